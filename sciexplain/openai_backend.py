@@ -1,0 +1,249 @@
+"""Backend for any OpenAI-compatible chat completions server (the OpenAI API, vLLM, llama.cpp, ...).
+
+* The API key is read only from the environment variable named by ``api_key_env`` (never from
+  params or files), and only when a call must actually be made, so a run whose answers are all
+  cached needs no key. ``api_key_env=None`` (or ``"none"``/``"null"``/``""``) means the server
+  needs no key (a local server): a dummy key is sent; this requires ``base_url``.
+* Retries are ours, not the client's (the client is built with ``max_retries=0``) so that they are
+  visible and testable: 408/409/429, 5xx, timeouts and connection errors are retried up to
+  ``max_retries`` times with exponential backoff ``retry_base_delay * 2**attempt`` (capped at
+  ``retry_max_delay``, with jitter in [0.5, 1]x, and at least a server's ``Retry-After``).
+  401/403 fail at once; any other 4xx fails at once. Errors are one line, name the env var and
+  never contain the key (it is also scrubbed from server messages).
+* Up to ``max_concurrency`` calls run at once in a thread pool. ``generate(..., on_result=cb)``
+  calls ``cb(index, result)`` on the calling thread as soon as each call finishes (this is how
+  :func:`sciexplain.cache.generate_cached` caches per response). If one call fails for good, no new
+  call is started, the calls in flight are finished (and reported), then the error is raised.
+"""
+from __future__ import annotations
+
+import os
+import random
+import threading
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from typing import Callable, Sequence
+
+from .generation import GenRequest, GenResult, SamplingParams
+
+__all__ = ["OpenAIBackend", "BackendError", "NO_KEY_VALUES"]
+
+NO_KEY_VALUES = (None, "", "none", "null")
+_DUMMY_KEY = "sk-no-key-required"
+_RETRY_STATUS = {408, 409, 429}
+
+
+class BackendError(RuntimeError):
+    """A backend failed for good: the message is one line and says what to do."""
+
+
+class _Fatal(Exception):
+    pass
+
+
+class OpenAIBackend:
+    name = "openai"
+
+    def __init__(
+        self,
+        model: str,
+        base_url: str | None = None,
+        api_key_env: str | None = "OPENAI_API_KEY",
+        max_concurrency: int = 8,
+        max_retries: int = 6,
+        timeout: float = 60,
+        *,
+        retry_base_delay: float = 1.0,
+        retry_max_delay: float = 60.0,
+        max_tokens_field: str = "max_tokens",
+    ):
+        if not model:
+            raise BackendError("teacher model is empty: set the API model name (e.g. teacher.model)")
+        if max_concurrency < 1 or max_retries < 0:
+            raise BackendError(f"max_concurrency must be >= 1 and max_retries >= 0 (got {max_concurrency}, {max_retries})")
+        if max_tokens_field not in ("max_tokens", "max_completion_tokens"):
+            raise BackendError(f"max_tokens_field must be 'max_tokens' or 'max_completion_tokens', not {max_tokens_field!r}")
+        no_key = api_key_env is None or str(api_key_env).strip().lower() in NO_KEY_VALUES
+        if no_key and not base_url:
+            raise BackendError("api_key_env is none but base_url is not set: the OpenAI API needs a key; set teacher.base_url for a local server")
+        self.model = model
+        self.base_url = base_url
+        self.api_key_env = None if no_key else str(api_key_env)
+        self.max_concurrency = int(max_concurrency)
+        self.max_retries = int(max_retries)
+        self.timeout = float(timeout)
+        self.retry_base_delay = float(retry_base_delay)
+        self.retry_max_delay = float(retry_max_delay)
+        self.max_tokens_field = max_tokens_field
+        self._client = None
+        self._key: str | None = None
+        self._client_lock = threading.Lock()
+
+    def __repr__(self) -> str:  # never shows the key
+        return f"OpenAIBackend(model={self.model!r}, base_url={self.base_url!r}, api_key_env={self.api_key_env!r})"
+
+    # -- client ----------------------------------------------------------------------------------
+    def _where(self) -> str:
+        return self.base_url or "the OpenAI API"
+
+    def _get_client(self):
+        with self._client_lock:
+            if self._client is None:
+                if self.api_key_env is None:
+                    key = _DUMMY_KEY
+                else:
+                    key = os.environ.get(self.api_key_env, "").strip()
+                    if not key:
+                        raise BackendError(
+                            f"{self.api_key_env} is not set: export it, or set teacher.api_key_env "
+                            "to the variable that holds the key (null for a local server that needs none)"
+                        )
+                import openai
+
+                self._key = key
+                self._client = openai.OpenAI(
+                    api_key=key, base_url=self.base_url, max_retries=0, timeout=self.timeout
+                )
+            return self._client
+
+    def _scrub(self, text: str) -> str:
+        text = " ".join(str(text).split())  # one line
+        if self._key and self._key != _DUMMY_KEY:
+            text = text.replace(self._key, "***")
+        return text[:300]
+
+    # -- one call ----------------------------------------------------------------------------------
+    def _params(self, req: GenRequest, sampling: SamplingParams) -> dict:
+        return {
+            "model": self.model,
+            "messages": req.message_dicts(),
+            self.max_tokens_field: int(sampling.max_new_tokens),
+            "temperature": float(sampling.temperature),
+            "top_p": float(sampling.top_p),
+            "seed": int(sampling.seed),
+        }
+
+    def _backoff(self, attempt: int, retry_after: float | None) -> float:
+        delay = min(self.retry_max_delay, self.retry_base_delay * (2**attempt)) * random.uniform(0.5, 1.0)
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, self.retry_max_delay))
+        return delay
+
+    def _call(self, req: GenRequest, sampling: SamplingParams, stop: threading.Event) -> GenResult | None:
+        import openai
+
+        client = self._get_client()
+        params = self._params(req, sampling)
+        last = ""
+        for attempt in range(self.max_retries + 1):
+            if stop.is_set():
+                return None
+            retry_after = None
+            try:
+                resp = client.chat.completions.create(**params)
+                return self._to_result(req, resp)
+            except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
+                what = "rejected the API key" if self.api_key_env else "requires an API key"
+                raise _Fatal(
+                    f"{self._where()} {what} (HTTP {e.status_code}): check {self.api_key_env or 'teacher.api_key_env'}"
+                    f" and that it has access to model {self.model!r}"
+                ) from None
+            except openai.APITimeoutError:
+                last = f"timed out after {self.timeout:g}s"
+            except openai.APIConnectionError as e:
+                last = f"connection error ({self._scrub(e.__cause__ or e)})"
+            except openai.APIStatusError as e:
+                msg = self._scrub(getattr(e, "message", "") or e)
+                if e.status_code in _RETRY_STATUS or e.status_code >= 500:
+                    last = f"HTTP {e.status_code}: {msg}"
+                    retry_after = _retry_after(e.response)
+                else:
+                    raise _Fatal(f"{self._where()} refused request {req.id!r} (HTTP {e.status_code}): {msg}") from None
+            except openai.OpenAIError as e:  # e.g. a malformed 200 response
+                raise _Fatal(f"{self._where()} failed on request {req.id!r}: {self._scrub(e)}") from None
+            if attempt < self.max_retries:
+                if stop.wait(self._backoff(attempt, retry_after)):
+                    return None
+        raise _Fatal(
+            f"{self._where()} failed on request {req.id!r} after {self.max_retries + 1} attempts: last error {last}"
+        )
+
+    def _to_result(self, req: GenRequest, resp) -> GenResult:
+        choices = getattr(resp, "choices", None)
+        if not choices:
+            raise _Fatal(f"{self._where()} returned no choices for request {req.id!r}")
+        choice = choices[0]
+        content = choice.message.content if choice.message is not None else None
+        usage = getattr(resp, "usage", None)
+        return GenResult(
+            id=req.id,
+            sample=req.sample,
+            text=content or "",
+            prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
+            completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
+            finished=choice.finish_reason == "stop",
+            extra={"finish_reason": choice.finish_reason},
+        )
+
+    # -- many calls --------------------------------------------------------------------------------
+    def generate(
+        self,
+        requests: Sequence[GenRequest],
+        sampling: SamplingParams,
+        *,
+        on_result: Callable[[int, GenResult], None] | None = None,
+    ) -> list[GenResult]:
+        requests = list(requests)
+        if not requests:
+            return []
+        self._get_client()  # a missing key fails here, once, before any thread starts
+        results: list[GenResult | None] = [None] * len(requests)
+        stop = threading.Event()
+        error: BaseException | None = None
+        pool = ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(requests)), thread_name_prefix="openai")
+        try:
+            futures: dict[Future, int] = {pool.submit(self._call, r, sampling, stop): i for i, r in enumerate(requests)}
+            todo = set(futures)
+            while todo:
+                done, todo = wait(todo, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    if fut.cancelled():
+                        continue
+                    exc = fut.exception()
+                    if exc is not None:
+                        if error is None:
+                            error = exc
+                            stop.set()  # start nothing new; calls in flight still finish and are reported
+                            for f in todo:
+                                f.cancel()
+                        continue
+                    res = fut.result()
+                    if res is None:
+                        continue  # skipped because of an earlier error
+                    i = futures[fut]
+                    results[i] = res
+                    if on_result is not None:  # also after an error: a finished call is never thrown away
+                        on_result(i, res)
+        except BaseException:
+            stop.set()
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
+        if error is not None:
+            if isinstance(error, _Fatal):
+                raise BackendError(str(error)) from None
+            raise error
+        return results  # type: ignore[return-value]
+
+
+def _retry_after(response) -> float | None:
+    if response is None:
+        return None
+    headers = response.headers
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value is not None:
+            try:
+                return max(0.0, float(value) * scale)
+            except ValueError:
+                return None
+    return None

@@ -1,0 +1,36 @@
+"""Stage base_model: materialise the base chat model + tokenizer as HF safetensors."""
+import click
+
+from sciexplain.cli import get, params_option, read_params, stage
+from sciexplain.io import atomic_path, sha256_file, write_json
+
+
+@click.command()
+@click.option("--out", "out_dir", default="models/base", show_default=True, help="output model folder")
+@click.option("--metrics", "metrics_path", default="metrics/base_model.json", show_default=True)
+@params_option
+@stage
+def main(out_dir, metrics_path, params_path):
+    import shutil
+    from pathlib import Path
+
+    from sciexplain.models import materialize_base
+
+    p = read_params(params_path)
+    source = get(p, "base_model.source")
+    # build into a temp folder beside the output, then swap it in: never half a model
+    out = Path(out_dir)
+    with atomic_path(out) as tmp:
+        tmp.unlink()
+        info = materialize_base(source, tmp, revision=get(p, "base_model.revision", None),
+                                gguf_file=get(p, "base_model.gguf_file", None))
+        if out.exists():
+            shutil.rmtree(out)
+    weights = sorted(out.glob("*.safetensors"))
+    info["weights_sha256"] = {w.name: sha256_file(w) for w in weights}
+    write_json(metrics_path, info)
+    click.echo(f"base model {info['source']}: {info['parameters']:,} parameters -> {out}")
+
+
+if __name__ == "__main__":
+    main()
