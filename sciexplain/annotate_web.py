@@ -16,7 +16,6 @@ Routes: ``GET /`` page, ``GET /app.js``, ``GET /app.css``, ``GET /api/items`` (s
 from __future__ import annotations
 
 import json
-import sys
 import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -392,4 +391,4 @@ def main(sheet: str, out: str, host: str, port: int) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

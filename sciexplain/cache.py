@@ -219,7 +219,7 @@ def generate_cached(
     ``on_result``. If the backend fails midway, everything answered so far stays cached and the
     error propagates; rerunning picks up where it stopped.
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     requests = list(requests)
     stats = CacheStats()

@@ -9,21 +9,11 @@ import time
 
 import click
 
-from .io import DataError, load_params
+from .io import DataError, UserError, load_params
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
-
-#: errors that are the user's input, printed as one line without a traceback
-USER_ERRORS: tuple[type[BaseException], ...] = (DataError, FileNotFoundError)
-
-
-def register_user_error(exc_type: type[BaseException]) -> None:
-    global USER_ERRORS
-    if exc_type not in USER_ERRORS:
-        USER_ERRORS = USER_ERRORS + (exc_type,)
-
 
 def get(params: dict, dotted: str, default=KeyError):
     """``get(params, "sft.lora.r")``; a missing key names itself and params.yaml."""
@@ -43,12 +33,10 @@ def stage(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
-        from . import models  # noqa: F401  (registers ModelSourceError)
-
         t0 = time.time()
         try:
             result = fn(*args, **kwargs)
-        except USER_ERRORS as e:
+        except UserError as e:
             raise click.ClickException(str(e)) from None
         logging.getLogger(fn.__module__).info("done in %.1f s", time.time() - t0)
         return result

@@ -115,7 +115,11 @@ class _HTMLToText(HTMLParser):
         if self.pre:
             self.out.append(data)
         else:
-            self.out.append(re.sub(r"\s+", " ", data))
+            data = re.sub(r"\s+", " ", data)
+            if not self.out or self.out[-1].endswith("\n") or self.out[-1].endswith(("- ", ". ")):
+                data = data.lstrip()
+            if data:
+                self.out.append(data)
 
 
 def html_to_text(body: str) -> str:

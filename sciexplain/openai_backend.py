@@ -223,9 +223,9 @@ class OpenAIBackend:
                     results[i] = res
                     if on_result is not None:  # also after an error: a finished call is never thrown away
                         on_result(i, res)
-        except BaseException:
+        except BaseException:  # e.g. Ctrl-C or a failing on_result: stop at once, drop what is in flight
             stop.set()
-            pool.shutdown(wait=True, cancel_futures=True)
+            pool.shutdown(wait=False, cancel_futures=True)
             raise
         pool.shutdown(wait=True)
         if error is not None:

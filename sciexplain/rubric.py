@@ -84,8 +84,8 @@ DEFINITION_PATTERNS = (
     r"\b(?:is |are |so-)?called\b", r"\bknown as\b", r"\brefers? to\b", r"\bmeans\b",
     r"\bis defined as\b", r"\bare defined as\b", r"\bdefined as\b", r"\bis termed\b",
     r"\bwhich (?:is|are) (?:a|an|the\b|\w+s\b)", r"\bi\.e\.", r"\bthat is,",
-    r"\((?:[^()\d]*\s){2,}[^()\d]*\)",  # parenthetical gloss of 3+ words, "(the smallest unit of ...)"
-    r"\w[\w-]*\s*,\s*(?:a|an|the)\s+\w+[^,.]{0,50}\s*,",  # appositive: "photons, the particles of light,"
+    r"\([^()\d\s]+(?:\s+[^()\d\s]+){2,15}\)",  # parenthetical gloss of 3-16 words, "(the smallest unit of ...)"
+    r"\w[\w-]{0,40}\s*,\s*(?:a|an|the)\s+\w+[^,.]{0,50}\s*,",  # appositive: "photons, the particles of light,"
     r"\w+\s+[—–-]{1,2}\s+(?:a|an|the)\s",  # dash gloss: "entropy -- a measure of ..."
 )
 HEDGES = (
@@ -554,7 +554,7 @@ class RubricJudge:
     def strength(self, d: float) -> tuple[str | None, str]:
         """Map a total-score difference ``d = total_a - total_b`` onto (choice, strength)."""
         a = abs(d)
-        if a < self.t_unsure:
+        if a < self.t_unsure or d == 0:
             return None, "Unsure"
         label = "Slightly better" if a < self.t_slight else "Better" if a < self.t_better else "Significantly better"
         return ("A" if d > 0 else "B"), label

@@ -86,11 +86,15 @@ def test_paragraphs_alone_improve_structure(judge):
 
 def test_missing_summary_and_filler_opening_lower_structure(judge):
     no_summary = GOOD.rsplit("\n\n", 1)[0]
-    filler_open = "Well, let me think about this. " + GOOD
+    off_topic_open = "Light is interesting. " + GOOD
+    filler_open = GOOD.replace("The sky appears", "Sure, so the sky appears", 1)  # still on topic
     base = judge.score(Q, GOOD)["structure"]
     assert judge.score(Q, no_summary)["structure"] < base
-    assert judge.score(Q, filler_open)["structure"] < base
+    assert features(off_topic_open, Q)["opening_overlap"] == 0.0
+    assert judge.score(Q, off_topic_open)["structure"] < base
+    assert features(filler_open, Q)["opening_overlap"] == 1.0
     assert features(filler_open)["opening_filler"] and not features(GOOD)["opening_filler"]
+    assert judge.score(Q, filler_open)["structure"] < base
 
 
 def test_looping_answer_scores_low_on_repetition(judge):
@@ -130,6 +134,19 @@ def test_meta_text_is_penalised(judge, meta):
 )
 def test_chitchat_ai_and_emoji_penalised(judge, prefix):
     assert judge.score(Q, prefix + GOOD)["register"] < judge.score(Q, GOOD)["register"] - 0.1
+
+
+def test_chitchat_closing_and_filler_penalised(judge):
+    closing = GOOD + "\n\nI hope this helps, and feel free to ask more."
+    filler = GOOD.replace("This effect", "Basically, this effect").replace(
+        "For example", "It is important to note that, for example"
+    )
+    base = judge.score(Q, GOOD)
+    for text, key in ((closing, "n_chitchat"), (filler, "n_filler")):
+        assert features(text)[key] >= 1 and features(GOOD)[key] == 0
+        s = judge.score(Q, text)
+        assert s["register"] < base["register"] - 0.1
+        assert s["total"] < base["total"]
 
 
 def test_very_short_answer_loses(judge):
@@ -181,6 +198,7 @@ def test_strength_thresholds():
     assert j.strength(-0.03) == ("B", "Slightly better")
     assert j.strength(0.08) == ("A", "Better")
     assert j.strength(-0.5) == ("B", "Significantly better")
+    assert RubricJudge(t_unsure=0.0).strength(0.0) == (None, "Unsure")  # a tie is never a preference
     wide = RubricJudge(t_unsure=0.9, t_slight=0.95, t_better=0.99)
     assert wide.judge_pair(Q, GOOD, RUNON) == (None, "Unsure")
     with pytest.raises(ValueError):
