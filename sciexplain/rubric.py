@@ -85,8 +85,8 @@ DEFINITION_PATTERNS = (
     r"\bis defined as\b", r"\bare defined as\b", r"\bdefined as\b", r"\bis termed\b",
     r"\bwhich (?:is|are) (?:a|an|the\b|\w+s\b)", r"\bi\.e\.", r"\bthat is,",
     r"\([^()\d\s]+(?:\s+[^()\d\s]+){2,15}\)",  # parenthetical gloss of 3-16 words, "(the smallest unit of ...)"
-    r"\w[\w-]{0,40}\s*,\s*(?:a|an|the)\s+\w+[^,.]{0,50}\s*,",  # appositive: "photons, the particles of light,"
-    r"\w+\s+[—–-]{1,2}\s+(?:a|an|the)\s",  # dash gloss: "entropy -- a measure of ..."
+    r"\b\w[\w-]{0,40}\s*,\s*(?:a|an|the)\s+\w+[^,.]{0,50}\s*,",  # appositive: "photons, the particles of light,"
+    r"\b\w+\s+[—–-]{1,2}\s+(?:a|an|the)\s",  # dash gloss: "entropy -- a measure of ..."
 )
 HEDGES = (
     "typically", "generally", "usually", "often", "suggests", "suggest", "indicates",

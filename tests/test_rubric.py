@@ -268,3 +268,12 @@ def test_config_roundtrip():
     assert RubricJudge.from_config(cfg).config() == j.config()
     with pytest.raises(ValueError):
         RubricJudge(weights={"accuracy": 1.0})
+
+
+def test_pathological_inputs_are_fast(judge):
+    import time
+
+    start = time.perf_counter()
+    for text in ["a" * 20000, "a-" * 5000, "(" + "word " * 2000, "x — the " * 1000, GOOD * 20]:
+        judge.score(Q, text)
+    assert time.perf_counter() - start < 2.0  # no regex backtracking blow-up

@@ -1,0 +1,68 @@
+import pytest
+
+from sciexplain.cache import generate_cached
+from sciexplain.generation import GenRequest, SamplingParams
+from sciexplain.local_backend import LocalBackend
+
+QUESTIONS = ["Why is the sky blue?", "What is photosynthesis?", "How do stars shine and why do they fuse hydrogen?",
+             "Why?", "Explain plate tectonics in simple terms for a student."]
+
+
+def _reqs(n_samples=1):
+    return [GenRequest.from_messages(f"q{i}", [{"role": "user", "content": q}], sample=s)
+            for i, q in enumerate(QUESTIONS) for s in range(n_samples)]
+
+
+@pytest.fixture(scope="module")
+def backend(tiny_base):
+    return LocalBackend(tiny_base, batch_size=4)
+
+
+def test_batched_greedy_equals_one_at_a_time(backend):
+    sp = SamplingParams(max_new_tokens=12, temperature=0.0)
+    batched = backend.generate(_reqs(), sp)
+    single = [backend.generate([r], sp)[0] for r in _reqs()]
+    assert [r.text for r in batched] == [r.text for r in single]
+    assert [r.completion_tokens for r in batched] == [r.completion_tokens for r in single]
+    assert all(r.completion_tokens <= 12 for r in batched)
+    assert [r.id for r in batched] == [f"q{i}" for i in range(len(QUESTIONS))]
+
+
+def test_n_samples_per_prompt_and_seeds(backend):
+    sp = SamplingParams(max_new_tokens=10, temperature=1.0, top_p=1.0, seed=7)
+    out = backend.generate(_reqs(3), sp)
+    assert [(r.id, r.sample) for r in out] == [(f"q{i}", s) for i in range(len(QUESTIONS)) for s in range(3)]
+    assert len({r.text for r in out if r.id == "q0"}) > 1  # samples differ
+    again = backend.generate(_reqs(3), sp)
+    assert [r.text for r in again] == [r.text for r in out]  # same seed -> same samples
+    other = backend.generate(_reqs(3), SamplingParams(max_new_tokens=10, temperature=1.0, seed=8))
+    assert [r.text for r in other] != [r.text for r in out]
+
+
+def test_finished_flag_and_token_counts(backend):
+    # a model forced to emit the stop token first finishes with 1 completion token
+    stop = backend.stops[0]
+
+    def force_stop(_module, _inputs, logits):
+        logits[..., stop] += 1e4
+        return logits
+
+    hook = backend.lm.lm_head.register_forward_hook(force_stop)
+    try:
+        r = backend.generate(_reqs()[:1], SamplingParams(max_new_tokens=8))[0]
+    finally:
+        hook.remove()
+    assert r.finished and r.completion_tokens == 1 and r.text == ""
+    r = backend.generate(_reqs()[:1], SamplingParams(max_new_tokens=3))[0]
+    assert r.prompt_tokens > 5 and r.completion_tokens <= 3
+    assert backend.tokens_per_second() > 0
+
+
+def test_cache_makes_no_second_generation(backend, tmp_path):
+    sp = SamplingParams(max_new_tokens=6)
+    first = generate_cached(backend, _reqs(), sp, tmp_path / "cache.jsonl", progress=False)
+    assert first.stats.misses == len(QUESTIONS)
+    before = backend.stats["sequences"]
+    second = generate_cached(backend, _reqs(), sp, tmp_path / "cache.jsonl", progress=False)
+    assert second.stats.hits == len(QUESTIONS) and backend.stats["sequences"] == before
+    assert [r.text for r in second] == [r.text for r in first]
