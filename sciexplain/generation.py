@@ -56,3 +56,4 @@ class Backend(Protocol):
     def generate(self, requests: list[GenRequest], sampling: SamplingParams) -> list[GenResult]:
         """Answer every request; results in the same order as requests."""
         ...
+

@@ -24,6 +24,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Callable, Sequence
 
 from .generation import GenRequest, GenResult, SamplingParams
+from .io import UserError
 
 __all__ = ["OpenAIBackend", "BackendError", "NO_KEY_VALUES"]
 
@@ -32,7 +33,7 @@ _DUMMY_KEY = "sk-no-key-required"
 _RETRY_STATUS = {408, 409, 429}
 
 
-class BackendError(RuntimeError):
+class BackendError(UserError, RuntimeError):
     """A backend failed for good: the message is one line and says what to do."""
 
 

@@ -57,7 +57,7 @@ def make_tiny_model(tokenizer, seed: int = 0, hidden: int = 32, layers: int = 2)
     torch.manual_seed(seed)
     cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
                       num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                      max_position_embeddings=1024, tie_word_embeddings=True,
+                      max_position_embeddings=1024, tie_word_embeddings=True, initializer_range=0.3,
                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                       pad_token_id=tokenizer.pad_token_id)
     model = LlamaForCausalLM(cfg)

@@ -11,7 +11,7 @@ import yaml
 
 from conftest import ROOT, write_params
 
-PIPELINE_FILES = ["dvc.yaml", "params.yaml", "stages", "sciexplain", "prompts", "data/raw"]
+PIPELINE_FILES = ["dvc.yaml", "params.yaml", "stages", "sciexplain", "prompts", "data/raw", "data/annotations"]
 
 
 def _run(args, cwd, check=True):
@@ -28,7 +28,17 @@ def tiny_params() -> dict:
 
 
 @pytest.fixture(scope="module")
-def tiny_repo(tmp_path_factory, tiny_base):
+def teacher_server():
+    """The teacher answers through the openai backend from a real local HTTP server (a random tiny model writes
+    no sentence the teacher filters would keep)."""
+    from openai_server import FakeOpenAIServer
+
+    with FakeOpenAIServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def tiny_repo(tmp_path_factory, tiny_base, teacher_server):
     repo = tmp_path_factory.mktemp("repo")
     for rel in PIPELINE_FILES:
         src = ROOT / rel
@@ -41,17 +51,21 @@ def tiny_repo(tmp_path_factory, tiny_base):
         shutil.rmtree(pycache)
     updates = tiny_params()
     updates["base_model"] = {"source": str(tiny_base)}
+    updates["teacher"].update(backend="openai", model="test-teacher", base_url=teacher_server.base_url, api_key_env="none")
     write_params(repo / "params.yaml", updates)
     _run(["git", "init", "-q"], repo)
     _run(["dvc", "init", "-q"], repo)
+    _run(["git", "add", "-A"], repo)
+    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny"], repo)
     r = _run(["dvc", "repro"], repo)
     return repo, r.stdout
 
 
-def test_repro_then_status_clean(tiny_repo):
+def test_repro_then_status_clean(tiny_repo, teacher_server):
     repo, out = tiny_repo
     for stage in yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]:
         assert f"Running stage '{stage}'" in out
+    assert teacher_server.total_served > 0
     status = _run(["dvc", "status"], repo).stdout
     assert "up to date" in status, status
     again = _run(["dvc", "repro"], repo).stdout

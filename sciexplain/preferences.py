@@ -1,0 +1,245 @@
+"""Preference pairs for the reward model: from annotation files (humans and/or judges) and from the
+judge panel on the rm split; dedupe; train/validation split by question.
+
+A pair record::
+
+    {"id": question id (stable_id of the question), "question", "prompt" (the chat-templated question,
+     see :func:`chat_prompt`), "chosen", "rejected" (answer texts), "margin" (STRENGTH_MARGIN of the
+     strength), "strength", "source" ("<pair>/<annotator>" or "rm/judge-rubric"),
+     "chosen_model", "rejected_model" (None when unknown), "item_id"}
+
+The reward model sees ``prompt + answer + end-of-turn`` (see :mod:`sciexplain.reward`).
+"Unsure" verdicts are dropped (``unsure="drop"``) or kept with margin 0 (``unsure="keep"``); a kept
+Unsure pair has no direction, so its chosen/rejected order is fixed by a hash of the two answers
+(arbitrary but deterministic, independent of the A/B position on the sheet).
+"""
+from __future__ import annotations
+
+import hashlib
+from itertools import combinations
+from pathlib import Path
+from typing import Callable, Iterable, Mapping
+
+from .annotations import read_annotation_dir, read_sheet
+from .io import DataError, read_jsonl, stable_id
+from .rubric import RubricJudge
+from .stats import STRENGTH_MARGIN, UNSURE
+
+UNSURE_MODES = ("drop", "keep")
+ANNOTATOR_KINDS = ("all", "humans", "judges")
+RUBRIC_SOURCE = "rm/judge-rubric"
+_SENTINEL = "\ue000ANSWER\ue000"
+
+
+# --------------------------------------------------------------------------- chat format
+
+def _render(tokenizer, question: str) -> tuple[str, str]:
+    """(text before the answer, text after it) of the conversation user=question, assistant=<answer>."""
+    msgs = [{"role": "user", "content": question}, {"role": "assistant", "content": _SENTINEL}]
+    text = tokenizer.apply_chat_template(msgs, tokenize=False)
+    if text.count(_SENTINEL) != 1:
+        raise DataError(None, None, "chat_template", "the chat template does not render the assistant turn verbatim")
+    before, after = text.split(_SENTINEL)
+    return before, after
+
+
+def chat_prompt(tokenizer, question: str) -> str:
+    """The chat-templated question: the conversation text up to where the assistant's answer begins."""
+    return _render(tokenizer, question)[0]
+
+
+def end_of_turn(tokenizer) -> str:
+    """What the chat template writes after an assistant answer, without trailing whitespace (``<|im_end|>``).
+
+    The reward model's sequence ends with it, so the classifier pools the end-of-turn token.
+    Falls back to the EOS token when the template writes nothing after the answer.
+    """
+    after = _render(tokenizer, "q")[1].rstrip()
+    return after or (tokenizer.eos_token or "")
+
+
+# --------------------------------------------------------------------------- building pairs
+
+def _check_unsure(unsure: str) -> None:
+    if unsure not in UNSURE_MODES:
+        raise DataError("params.yaml", None, "reward_model.unsure", f"must be one of {', '.join(UNSURE_MODES)}, got {unsure!r}")
+
+
+def _text_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def make_pair(question: str, prompt: str, answer_a: str, answer_b: str, choice: str | None, strength: str,
+              source: str, unsure: str = "drop", model_a: str | None = None, model_b: str | None = None,
+              item_id: str | None = None) -> dict | None:
+    """One pair from a verdict on (A, B); None when the verdict is Unsure and ``unsure == "drop"``."""
+    _check_unsure(unsure)
+    if strength == UNSURE or choice not in ("A", "B"):
+        if unsure == "drop":
+            return None
+        # no direction: order by answer hash (then by position for identical answers), margin 0
+        first_a = (_text_hash(answer_a), 0) <= (_text_hash(answer_b), 1)
+        choice, strength = ("A" if first_a else "B"), UNSURE
+    a_wins = choice == "A"
+    return {
+        "id": stable_id(question),
+        "question": question,
+        "prompt": prompt,
+        "chosen": answer_a if a_wins else answer_b,
+        "rejected": answer_b if a_wins else answer_a,
+        "margin": float(STRENGTH_MARGIN[strength]),
+        "strength": strength,
+        "source": source,
+        "chosen_model": model_a if a_wins else model_b,
+        "rejected_model": model_b if a_wins else model_a,
+        "item_id": item_id,
+    }
+
+
+def _is_judge(annotator: str) -> bool:
+    return annotator.startswith("judge-")
+
+
+def read_key(path: str | Path) -> dict[str, dict]:
+    """``{item_id: {"a_model", "b_model"}}`` from a key.jsonl; ``{}`` when the file does not exist."""
+    path = Path(path)
+    if not path.exists():
+        return {}
+    return {r["item_id"]: r for r in read_jsonl(path, required=("item_id", "a_model", "b_model"))}
+
+
+def read_pair_annotations(pair: str, compare_root: str | Path, annotation_roots: Iterable[str | Path]) -> dict:
+    """Sheet, key and every annotator's verdicts for one compared pair.
+
+    Returns ``{"sheet": {item_id: sheet record} (sheet order), "key": {...}, "annotations":
+    {annotator: {item_id: Annotation}}}``. Annotation folders ``<root>/<pair>`` that do not exist
+    are skipped; the same annotator in two roots is an error.
+    """
+    cdir = Path(compare_root) / pair
+    sheet = {r["item_id"]: r for r in read_sheet(cdir / "sheet.jsonl")}
+    key = read_key(cdir / "key.jsonl")
+    annotations: dict = {}
+    for root in annotation_roots:
+        d = Path(root) / pair
+        if not d.is_dir():
+            continue
+        for name, anns in read_annotation_dir(d, sheet).items():
+            if name in annotations:
+                raise DataError(d, None, None, f"annotator {name!r} also has a file in another annotation folder")
+            annotations[name] = anns
+    return {"sheet": sheet, "key": key, "annotations": annotations}
+
+
+def annotation_pairs(pair: str, data: Mapping, prompt_fn: Callable[[str], str], unsure: str = "drop",
+                     annotators: str = "all") -> list[dict]:
+    """Pairs from one compared pair's annotations (see :func:`read_pair_annotations`): one pair per
+    item and annotator, the annotator's preferred answer as ``chosen``. ``annotators``: all, humans
+    (files not named judge-*) or judges (judge-* files)."""
+    _check_unsure(unsure)
+    if annotators not in ANNOTATOR_KINDS:
+        raise DataError("params.yaml", None, "reward_model.annotators", f"must be one of {', '.join(ANNOTATOR_KINDS)}, got {annotators!r}")
+    sheet, key = data["sheet"], data["key"]
+    out = []
+    for name in sorted(data["annotations"]):
+        if (annotators == "humans" and _is_judge(name)) or (annotators == "judges" and not _is_judge(name)):
+            continue
+        anns = data["annotations"][name]
+        for item_id, rec in sheet.items():  # sheet order
+            ann = anns.get(item_id)
+            if ann is None:
+                continue
+            k = key.get(item_id, {})
+            p = make_pair(rec["question"], prompt_fn(rec["question"]), rec["answer_a"], rec["answer_b"], ann.choice,
+                          ann.strength, f"{pair}/{name}", unsure, k.get("a_model"), k.get("b_model"), item_id)
+            if p is not None:
+                out.append(p)
+    return out
+
+
+def read_generations(path: str | Path) -> dict[str, dict]:
+    """``{question id: record}`` from a generations JSONL, one record per question (the lowest ``sample``)."""
+    out: dict[str, dict] = {}
+    for n, rec in enumerate(read_jsonl(path, required=("id", "question")), 1):
+        if not isinstance(rec.get("answer"), str):
+            raise DataError(path, f"record {n}", "answer", "missing or not a string")
+        prev = out.get(rec["id"])
+        if prev is None or int(rec.get("sample") or 0) < int(prev.get("sample") or 0):
+            out[rec["id"]] = rec
+    return out
+
+
+def judge_pairs(questions: list[dict], generations: Mapping[str, Mapping[str, dict]], judge: RubricJudge,
+                prompt_fn: Callable[[str], str], unsure: str = "drop") -> tuple[list[dict], dict]:
+    """Pairs on the rm split: for each question, every two models' answers judged by the rubric judge.
+
+    ``questions``: records with ``id`` and ``question`` (the rm split); ``generations``:
+    ``{model: {question id: record}}`` (model order = pair order). Returns (pairs, counts) with
+    counts ``{"compared", "unsure", "missing"}`` (missing: a model has no answer for the question).
+    """
+    _check_unsure(unsure)
+    models = list(generations)
+    pairs, counts = [], {"compared": 0, "unsure": 0, "missing": 0}
+    for q in questions:
+        qid, question = q["id"], q["question"]
+        for ma, mb in combinations(models, 2):
+            ra, rb = generations[ma].get(qid), generations[mb].get(qid)
+            if ra is None or rb is None:
+                counts["missing"] += 1
+                continue
+            counts["compared"] += 1
+            choice, strength = judge.judge_pair(question, ra["answer"], rb["answer"])
+            if strength == UNSURE:
+                counts["unsure"] += 1
+            p = make_pair(question, prompt_fn(question), ra["answer"], rb["answer"], choice, strength,
+                          RUBRIC_SOURCE, unsure, ma, mb, f"{qid}:{ma}:{mb}")
+            if p is not None:
+                pairs.append(p)
+    return pairs, counts
+
+
+# --------------------------------------------------------------------------- dedupe and split
+
+def dedupe_pairs(pairs: Iterable[dict]) -> tuple[list[dict], int]:
+    """Keep the first of identical (prompt, chosen, rejected) pairs; returns (pairs, number removed)."""
+    pairs = list(pairs)
+    seen, out = set(), []
+    for p in pairs:
+        k = (p["prompt"], p["chosen"], p["rejected"])
+        if k in seen:
+            continue
+        seen.add(k)
+        out.append(p)
+    return out, len(pairs) - len(out)
+
+
+def validation_ids(question_ids: Iterable[str], val_fraction: float, seed: int) -> set[str]:
+    """The question ids that go to validation: rank the distinct ids by sha256(seed:id) and take the
+    first ``round(val_fraction * n)`` (at least 1 when ``val_fraction > 0`` and there are >= 2 questions)."""
+    if not 0.0 <= float(val_fraction) < 1.0:
+        raise DataError("params.yaml", None, "reward_model.val_fraction", f"must be in [0, 1), got {val_fraction!r}")
+    ids = sorted(set(question_ids), key=lambda q: hashlib.sha256(f"{seed}:{q}".encode()).hexdigest())
+    n_val = round(float(val_fraction) * len(ids))
+    if val_fraction > 0 and len(ids) >= 2:
+        n_val = min(max(n_val, 1), len(ids) - 1)
+    return set(ids[:n_val])
+
+
+def split_pairs(pairs: list[dict], val_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """(train, validation) by question id, so no question is in both."""
+    val_ids = validation_ids((p["id"] for p in pairs), val_fraction, seed)
+    return [p for p in pairs if p["id"] not in val_ids], [p for p in pairs if p["id"] in val_ids]
+
+
+def cap_pairs(pairs: list[dict], max_pairs: int | None, seed: int) -> tuple[list[dict], int]:
+    """At most ``max_pairs`` pairs (None/0 = all): annotation pairs before rm-split judge pairs, each
+    group ranked by sha256(seed, pair); the kept pairs stay in their input order. Returns (kept, n_removed)."""
+    if not max_pairs or len(pairs) <= int(max_pairs):
+        return list(pairs), 0
+
+    def rank(i: int):
+        p = pairs[i]
+        h = hashlib.sha256(f"{seed}:{p['prompt']}\0{p['chosen']}\0{p['rejected']}".encode()).hexdigest()
+        return (p["source"] == RUBRIC_SOURCE, h)
+
+    keep = sorted(sorted(range(len(pairs)), key=rank)[: int(max_pairs)])
+    return [pairs[i] for i in keep], len(pairs) - len(keep)

@@ -1,0 +1,107 @@
+"""The quality-metrics teacher prompt (prompts/system.md + prompts/few_shot.jsonl) and answer clean-up.
+
+The teacher sees the system prompt and few-shot examples written as a plan ("Plan:") followed by the
+explanation ("Answer:"), a short chain of thought; only the explanation is stored. The student (the model
+being fine-tuned) sees the bare question, so SFT distils the prompt's behaviour into the weights.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from .io import DataError, read_jsonl
+
+PLAN_RE = re.compile(r"^\s*\**\s*plan\s*\**\s*:\s*\**", re.I | re.M)
+ANSWER_RE = re.compile(r"^\s*\**\s*(?:answer|explanation)\s*\**\s*:\s*\**\s*", re.I | re.M)
+# meta-text the study stripped ("(152 tokens)", "Word count: 140", "[end of answer]")
+META_LINE_RE = re.compile(
+    r"^\W*(?:\(?\s*(?:approx(?:imately)?\.?\s*)?\d+\s*(?:tokens?|words?)\s*\)?|(?:word|token)\s*count\s*:?\s*\d+.*"
+    r"|\[?\s*end of (?:answer|explanation)\s*\]?)\W*$", re.I)
+META_INLINE_RE = re.compile(r"\(\s*\d+\s*(?:tokens?|words?)\s*\)|\b(?:as an ai|this prompt|these instructions)\b", re.I)
+
+
+def load_system_prompt(prompts_dir: str | Path = "prompts") -> str:
+    path = Path(prompts_dir) / "system.md"
+    if not path.exists():
+        raise DataError(path, None, None, "file not found")
+    text = path.read_text(encoding="utf-8").strip()
+    if not text:
+        raise DataError(path, None, None, "the system prompt is empty")
+    return text
+
+
+def load_few_shot(prompts_dir: str | Path = "prompts", k: int | None = None) -> list[dict]:
+    examples = read_jsonl(Path(prompts_dir) / "few_shot.jsonl", required=("question", "plan", "answer"))
+    return examples[:k] if k is not None else examples
+
+
+def teacher_messages(question: str, system: str, examples: list[dict]) -> list[dict]:
+    """System prompt, few-shot turns (plan + answer), then the question."""
+    msgs = [{"role": "system", "content": system}]
+    for ex in examples:
+        msgs.append({"role": "user", "content": ex["question"]})
+        msgs.append({"role": "assistant", "content": f"Plan:\n{ex['plan']}\n\nAnswer:\n{ex['answer']}"})
+    msgs.append({"role": "user", "content": question})
+    return msgs
+
+
+def student_messages(question: str) -> list[dict]:
+    """What the fine-tuned model (and the base model it is compared with) sees: the bare question."""
+    return [{"role": "user", "content": question}]
+
+
+def extract_answer(text: str) -> tuple[str, bool]:
+    """Drop the plan: keep what follows the last "Answer:" marker. Returns (answer, had_plan_marker)."""
+    matches = list(ANSWER_RE.finditer(text))
+    if matches:
+        return text[matches[-1].end():].strip(), True
+    if PLAN_RE.search(text):  # a plan with no answer marker: nothing usable
+        return "", True
+    return text.strip(), False
+
+
+def strip_meta(text: str) -> tuple[str, int]:
+    """Remove whole lines of meta-text ("(150 tokens)", "Word count: 140"). Returns (text, lines removed)."""
+    kept, removed = [], 0
+    for line in text.split("\n"):
+        if line.strip() and META_LINE_RE.match(line.strip()):
+            removed += 1
+            continue
+        kept.append(line)
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(kept)).strip(), removed
+
+
+def has_meta(text: str) -> bool:
+    return bool(META_INLINE_RE.search(text))
+
+
+SENTENCE_END_RE = re.compile(r"[.!?][\"')\]]?(?=\s|$)")
+
+
+def trim_to_sentence(text: str) -> str:
+    """Cut a truncated answer after its last complete sentence (and drop a dangling list marker or heading)."""
+    ends = list(SENTENCE_END_RE.finditer(text))
+    return text[: ends[-1].end()].rstrip() if ends else ""
+
+
+def clean_teacher_answer(raw: str, finished: bool, min_words: int, unfinished: str = "drop") -> tuple[str, str | None]:
+    """Plan removed, meta lines stripped; returns (answer, drop_reason or None).
+
+    ``unfinished``: ``drop`` an answer cut by max_new_tokens, or ``trim`` it to its last complete sentence
+    (small local teachers rarely stop on their own within budget).
+    """
+    answer, _ = extract_answer(raw)
+    answer, _ = strip_meta(answer)
+    if not answer:
+        return answer, "empty"
+    if not finished:
+        if unfinished != "trim":
+            return answer, "unfinished"
+        answer = trim_to_sentence(answer)
+        if len(answer.split()) < min_words:
+            return answer, "unfinished"
+    if has_meta(answer):
+        return answer, "meta_text"
+    if len(answer.split()) < min_words:
+        return answer, "too_short"
+    return answer, None

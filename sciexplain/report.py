@@ -1,0 +1,434 @@
+"""The study's report: one context dict in, a Markdown file (and optionally an HTML file) out.
+
+The report is first built as a list of small blocks (heading, paragraph, table, code, quote, image,
+side-by-side answers); two tiny renderers turn the same blocks into Markdown and into HTML, so the
+HTML needs no Markdown library and both files always say the same thing.
+
+Nothing taken from the context reaches either file unescaped: in HTML every string goes through
+:func:`html.escape`; in Markdown, table cells and quoted questions are backslash/entity-escaped and
+model answers sit in fenced code blocks whose fence is longer than any backtick run in the answer,
+so an answer holding ``<script>``, Markdown links or a closing fence stays literal text.
+
+Context schema (every top-level key is optional; a missing or empty section is omitted)::
+
+    {
+      "title": str,                         # default "Scientific explanations: study report"
+      "baseline": str,                      # the reference model, default "base"
+      "best_model": str,                    # the model shown next to the baseline in "Example answers";
+                                            #   default: highest mean reward in reward_stats (not the baseline)
+      "params":  {...},                     # selected params.yaml entries, dumped as YAML verbatim
+      "sources": {model: str | {...}},      # where each model came from (hub id, revision, adapter path, sha...)
+      "reward_stats": {model: {             # stats.reward_summary(...) plus the paired test vs the baseline
+          "n", "mean", "median", "std", "min", "max", "ci95_low", "ci95_high",
+          "wilcoxon": stats.paired_wilcoxon(model, baseline) | None   # {statistic, p_value, n, n_nonzero}
+      }},
+      "winrates": {"sft vs base": stats.summarize_pair(...) output, ...},
+      "reward_model": {                     # held-out preference accuracy of the reward model
+          "accuracy": float, "n": int,      # optional "ci95_low"/"ci95_high"
+          "baselines": {name: float | {"accuracy": float, "n": int}},   # e.g. "longer answer", "random"
+          ...other scalar metrics, listed as they are
+      },
+      "examples": [{"question": str, "id": str (optional), "answers": {model: text}}],
+      "plots": {name: path relative to the report's folder, e.g. "../plots/ridge.png"},
+    }
+"""
+from __future__ import annotations
+
+import html
+import math
+import re
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+from urllib.parse import quote, urlsplit
+
+from .io import write_text
+
+DEFAULT_TITLE = "Scientific explanations: study report"
+STRENGTH_COLUMNS = ("Significantly better", "Better", "Slightly better")
+
+# --------------------------------------------------------------------------- formatting
+
+DASH = "—"
+
+
+def _num(x: Any, digits: int = 4) -> str:
+    if x is None or isinstance(x, bool):
+        return DASH if x is None else str(x)
+    if isinstance(x, int):
+        return str(x)
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return str(x)
+    return DASH if not math.isfinite(x) else f"{x:.{digits}f}"
+
+
+def _pct(x: Any) -> str:
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return DASH
+    return DASH if not math.isfinite(x) else f"{100 * x:.1f}%"
+
+
+def _p(x: Any) -> str:
+    """A p-value: 4 significant digits, scientific below 1e-4 (never rounds to 0)."""
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return DASH
+    if not math.isfinite(x):
+        return DASH
+    return f"{x:.3e}" if 0 < x < 1e-4 else f"{x:.4g}"
+
+
+def _interval(lo: Any, hi: Any, fmt=_num) -> str:
+    if lo is None or hi is None:
+        return DASH
+    return f"[{fmt(lo)}, {fmt(hi)}]"
+
+
+# --------------------------------------------------------------------------- blocks
+
+def _h(level: int, text: str):
+    return ("h", level, text)
+
+
+def _para(text: str):
+    return ("p", text)
+
+
+def _table(headers: list[str], rows: list[list[str]]):
+    return ("table", headers, rows)
+
+
+def _code(text: str, lang: str = ""):
+    return ("code", lang, text)
+
+
+def _image(alt: str, src: str):
+    return ("img", alt, src)
+
+
+def _answers(question: str, qid: str | None, answers: list[tuple[str, str]]):
+    return ("answers", question, qid, answers)
+
+
+def _model_order(reward_stats: Mapping, baseline: str) -> list[str]:
+    names = list(reward_stats)
+    return ([baseline] if baseline in reward_stats else []) + [m for m in names if m != baseline]
+
+
+def _wilcoxon_p(entry: Mapping) -> str:
+    w = entry.get("wilcoxon")
+    if isinstance(w, Mapping):
+        return _p(w.get("p_value"))
+    return _p(w) if w is not None else DASH
+
+
+def _reward_section(ctx: Mapping, baseline: str) -> list:
+    stats = ctx.get("reward_stats") or {}
+    if not stats:
+        return []
+    rows = []
+    for m in _model_order(stats, baseline):
+        s = stats[m] or {}
+        rows.append([m, _num(s.get("n")), _num(s.get("mean")), _num(s.get("median")), _num(s.get("std")),
+                     _num(s.get("min")), _num(s.get("max")), _interval(s.get("ci95_low"), s.get("ci95_high")),
+                     DASH if m == baseline else _wilcoxon_p(s)])
+    return [_h(2, "Reward statistics"),
+            _para(f"Reward-model scores per model on the evaluation questions. 95% CI: BCa bootstrap of the mean; "
+                  f"p: two-sided Wilcoxon signed-rank test against {baseline} on the same questions."),
+            _table(["model", "n", "mean", "median", "std", "min", "max", "95% CI (mean)", f"Wilcoxon p vs {baseline}"],
+                   rows)]
+
+
+def _pair_order(name: str, summary: Mapping) -> list[str]:
+    models = list(summary.get("models") or {})
+    parts = [p.strip() for p in re.split(r"\s+vs\.?\s+", name)]
+    if len(parts) == 2 and parts[0] != parts[1] and set(parts) == set(models):
+        return parts
+    return sorted(models)
+
+
+def _winrate_section(ctx: Mapping) -> list:
+    pairs = ctx.get("winrates") or {}
+    if not pairs:
+        return []
+    rows, strength_rows = [], []
+    for name, s in pairs.items():
+        models = s.get("models") or {}
+        ties = s.get("ties") or {}
+        for m in _pair_order(name, s):
+            ms = models.get(m) or {}
+            rows.append([name, m, _num(s.get("n_items")), _num(ms.get("wins")), _pct(ms.get("win_rate")),
+                         _num(ties.get("count")), _pct(ms.get("win_rate_decisive")),
+                         _interval(ms.get("ci95_low"), ms.get("ci95_high"), _pct), _p(ms.get("p_value"))])
+            st = (s.get("strength") or {}).get(m) or {}
+            strength_rows.append([name, m] + [_num(st.get(c, 0)) for c in STRENGTH_COLUMNS])
+    return [_h(2, "Win rates"),
+            _para("Blind A/B comparison, item winner by majority vote of the annotators (Unsure = tie). "
+                  "Decisive win rate = wins / (items - ties), with its Wilson 95% interval and the two-sided "
+                  "exact binomial p-value against 0.5."),
+            _table(["comparison", "model", "items", "wins", "win rate", "ties", "decisive win rate",
+                    "Wilson 95% CI", "binomial p"], rows),
+            _h(3, "Preference strength"),
+            _para("Votes that agree with the item's winner, by strength."),
+            _table(["comparison", "model", *STRENGTH_COLUMNS], strength_rows)]
+
+
+def _agreement_section(ctx: Mapping) -> list:
+    pairs = {k: v for k, v in (ctx.get("winrates") or {}).items() if v.get("agreement")}
+    if not pairs:
+        return []
+    rows, loo_rows = [], []
+    for name, s in pairs.items():
+        a = s["agreement"]
+        rows.append([name, _num(s.get("n_annotators")), _num(a.get("pairwise")), _num(a.get("n_pairs")),
+                     _num(a.get("fleiss_kappa")), _num(a.get("kappa_items")), _num(a.get("leave_one_out_mean"))])
+        for ann, v in (a.get("leave_one_out") or {}).items():
+            v = v or {}
+            loo_rows.append([name, str(ann), _num(v.get("agreement")), _num(v.get("n"))])
+    out = [_h(2, "Annotator agreement"),
+           _para("Raw pairwise agreement over all annotator pairs per item; Fleiss' kappa over (model 1, model 2, "
+                 "tie) on the items every annotator rated; leave-one-out: each annotator against the majority "
+                 "of the others (items where the others tie are skipped)."),
+           _table(["comparison", "annotators", "pairwise", "pairs", "Fleiss' kappa", "kappa items",
+                   "leave-one-out mean"], rows)]
+    if loo_rows:
+        out += [_h(3, "Leave-one-out agreement per annotator"),
+                _table(["comparison", "annotator", "agreement", "items"], loo_rows)]
+    lp_rows = [[name, str(ann), _num(v.get("prefers_longer")), _num(v.get("n"))]
+               for name, s in pairs.items() for ann, v in (s.get("length_preference") or {}).items()]
+    if lp_rows:
+        out += [_h(3, "Length preference"),
+                _para("Share of an annotator's decisive votes that chose the longer answer."),
+                _table(["comparison", "annotator", "prefers longer", "votes"], lp_rows)]
+    return out
+
+
+def _reward_model_section(ctx: Mapping) -> list:
+    rm = ctx.get("reward_model") or {}
+    if not rm:
+        return []
+    rows = [["reward model", _num(rm.get("accuracy")), _num(rm.get("n")),
+             _interval(rm.get("ci95_low"), rm.get("ci95_high"))]]
+    for name, b in (rm.get("baselines") or {}).items():
+        if isinstance(b, Mapping):
+            rows.append([f"baseline: {name}", _num(b.get("accuracy")), _num(b.get("n")),
+                         _interval(b.get("ci95_low"), b.get("ci95_high"))])
+        else:
+            rows.append([f"baseline: {name}", _num(b), DASH, DASH])
+    out = [_h(2, "Reward model"),
+           _para("Accuracy at predicting the preferred answer of held-out preference pairs."),
+           _table(["predictor", "accuracy", "pairs", "95% CI"], rows)]
+    known = {"accuracy", "n", "ci95_low", "ci95_high", "baselines"}
+    extra = [[str(k), _num(v)] for k, v in rm.items()
+             if k not in known and (v is None or isinstance(v, (int, float, str)))]
+    if extra:
+        out += [_table(["metric", "value"], extra)]
+    return out
+
+
+def _safe_src(src: str) -> str | None:
+    """A relative (or http/https) image URL, percent-quoted; None for anything else (``javascript:``...)."""
+    src = str(src)
+    parts = urlsplit(src)
+    if parts.scheme not in ("", "http", "https") or src.strip().lower().startswith(("javascript", "data")):
+        return None
+    return quote(src, safe="/:._-~%#?=&")
+
+
+def _plots_section(ctx: Mapping) -> list:
+    plots = ctx.get("plots") or {}
+    if not plots:
+        return []
+    out = [_h(2, "Plots")]
+    for name, src in plots.items():
+        out += [_h(3, str(name)), _image(str(name), str(src))]
+    return out
+
+
+def _best_model(ctx: Mapping, baseline: str) -> str | None:
+    if ctx.get("best_model"):
+        return str(ctx["best_model"])
+    stats = {m: s.get("mean") for m, s in (ctx.get("reward_stats") or {}).items() if m != baseline and s}
+    stats = {m: v for m, v in stats.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+    return max(stats, key=lambda m: (stats[m], m)) if stats else None
+
+
+def _examples_section(ctx: Mapping, baseline: str) -> list:
+    examples = ctx.get("examples") or []
+    if not examples:
+        return []
+    best = _best_model(ctx, baseline)
+    out = [_h(2, "Example answers")]
+    for ex in examples:
+        answers = ex.get("answers") or {}
+        if best is not None and baseline in answers and best in answers:
+            shown = [(baseline, answers[baseline]), (best, answers[best])]
+        else:
+            shown = list(answers.items())
+        out.append(_answers(str(ex.get("question", "")), ex.get("id"), [(str(m), str(t)) for m, t in shown]))
+    return out
+
+
+def _sources_section(ctx: Mapping) -> list:
+    out = []
+    sources = ctx.get("sources") or {}
+    if sources:
+        fields: list[str] = []
+        for v in sources.values():
+            for k in (v if isinstance(v, Mapping) else {"source": v}):
+                if k not in fields:
+                    fields.append(str(k))
+        rows = [[m] + [str((v if isinstance(v, Mapping) else {"source": v}).get(f, DASH)) for f in fields]
+                for m, v in sources.items()]
+        out += [_h(2, "Model sources"), _table(["model", *fields], rows)]
+    if ctx.get("params"):
+        import yaml
+
+        out += [_h(2, "Parameters"),
+                _code(yaml.safe_dump(ctx["params"], sort_keys=False, allow_unicode=True, default_flow_style=False),
+                      "yaml")]
+    return out
+
+
+def build_blocks(context: Mapping) -> list:
+    """The report as a list of blocks, in order; a missing or empty section is left out."""
+    baseline = str(context.get("baseline") or "base")
+    blocks = [_h(1, str(context.get("title") or DEFAULT_TITLE))]
+    for section in (_reward_section(context, baseline), _winrate_section(context), _agreement_section(context),
+                    _reward_model_section(context), _plots_section(context), _examples_section(context, baseline),
+                    _sources_section(context)):
+        blocks += section
+    return blocks
+
+
+# --------------------------------------------------------------------------- Markdown
+
+# Inline punctuation that can start emphasis, code, links, tables or strikethrough. ``< > &`` become
+# entities; line-start markers (``#``, ``-``, ``1.`` ...) are handled by :func:`_md_line`.
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]|~])")
+_MD_LINE_START = re.compile(r"^(\s*)([#+=-]|\d+[.)])")
+
+
+def md_escape(text: str) -> str:
+    """Inline Markdown text that renders literally: HTML entities for ``& < >``, backslashes before
+    Markdown punctuation, newlines collapsed to spaces (safe inside a table cell)."""
+    text = html.escape(str(text), quote=False)
+    text = _MD_SPECIAL.sub(r"\\\1", text)
+    return re.sub(r"\s*[\r\n]+\s*", " ", text).strip()
+
+
+def _md_line(text: str) -> str:
+    """:func:`md_escape` for text that starts a line: a leading block marker is escaped too."""
+    return _MD_LINE_START.sub(lambda m: m.group(1) + m.group(2)[:-1] + "\\" + m.group(2)[-1], md_escape(text),
+                              count=1)
+
+
+def _fence(text: str) -> str:
+    longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
+    return "`" * max(3, longest + 1)
+
+
+def _md_quote(text: str) -> str:
+    lines = str(text).splitlines() or [""]
+    return "\n".join("> " + _md_line(line) if line.strip() else ">" for line in lines)
+
+
+def _md_code(text: str, lang: str = "") -> str:
+    text = str(text).replace("\r\n", "\n").replace("\r", "\n")
+    fence = _fence(text)
+    return f"{fence}{lang}\n{text.rstrip(chr(10))}\n{fence}"
+
+
+def to_markdown(blocks: Iterable) -> str:
+    parts = []
+    for b in blocks:
+        kind = b[0]
+        if kind == "h":
+            parts.append("#" * b[1] + " " + md_escape(b[2]))
+        elif kind == "p":
+            parts.append(_md_line(b[1]))
+        elif kind == "table":
+            headers, rows = b[1], b[2]
+            lines = ["| " + " | ".join(md_escape(h) for h in headers) + " |",
+                     "|" + "|".join("---" for _ in headers) + "|"]
+            lines += ["| " + " | ".join(md_escape(c) for c in row) + " |" for row in rows]
+            parts.append("\n".join(lines))
+        elif kind == "code":
+            parts.append(_md_code(b[2], b[1]))
+        elif kind == "img":
+            src = _safe_src(b[2])
+            parts.append(f"![{md_escape(b[1])}]({src})" if src else md_escape(f"(image not shown: {b[2]})"))
+        elif kind == "answers":
+            _, question, qid, answers = b
+            head = "**Question**" + (f" ({md_escape(qid)})" if qid else "")
+            chunk = [head, _md_quote(question)]
+            for model, text in answers:
+                chunk += [f"**{md_escape(model)}**", _md_code(text, "text")]
+            parts.append("\n\n".join(chunk) + "\n\n---")
+    return "\n\n".join(parts) + "\n"
+
+
+# --------------------------------------------------------------------------- HTML
+
+_CSS = """
+body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }
+table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.92em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; }
+th { background: #f3f3f3; }
+pre { background: #f7f7f7; padding: 0.6em; white-space: pre-wrap; overflow-wrap: anywhere; }
+img { max-width: 100%; }
+.pair { display: grid; grid-template-columns: repeat(auto-fit, minmax(300px, 1fr)); gap: 1em; }
+blockquote { border-left: 4px solid #ccc; margin: 0.5em 0; padding: 0.2em 0.8em; white-space: pre-wrap; }
+"""
+
+
+def _e(text: Any) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def to_html(blocks: Iterable, title: str = DEFAULT_TITLE) -> str:
+    parts = []
+    for b in blocks:
+        kind = b[0]
+        if kind == "h":
+            parts.append(f"<h{b[1]}>{_e(b[2])}</h{b[1]}>")
+        elif kind == "p":
+            parts.append(f"<p>{_e(b[1])}</p>")
+        elif kind == "table":
+            head = "".join(f"<th>{_e(h)}</th>" for h in b[1])
+            body = "\n".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in row) + "</tr>" for row in b[2])
+            parts.append(f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>")
+        elif kind == "code":
+            parts.append(f'<pre><code class="language-{_e(b[1])}">{_e(b[2])}</code></pre>')
+        elif kind == "img":
+            src = _safe_src(b[2])
+            parts.append(f'<p><img src="{_e(src)}" alt="{_e(b[1])}"></p>' if src
+                         else f"<p>{_e(f'(image not shown: {b[2]})')}</p>")
+        elif kind == "answers":
+            _, question, qid, answers = b
+            cols = "\n".join(f"<div><h4>{_e(m)}</h4><pre>{_e(t)}</pre></div>" for m, t in answers)
+            q = f"<p><strong>Question</strong>{f' ({_e(qid)})' if qid else ''}</p>"
+            parts.append(f'<section class="example">{q}\n<blockquote>{_e(question)}</blockquote>\n'
+                         f'<div class="pair">\n{cols}\n</div></section>\n<hr>')
+    body = "\n".join(parts)
+    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{_e(title)}</title>\n'
+            f"<style>{_CSS}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n")
+
+
+# --------------------------------------------------------------------------- entry point
+
+def render_report(context: Mapping, out_md, out_html=None) -> str:
+    """Write the Markdown report to ``out_md`` (and the HTML one to ``out_html`` when given), atomically.
+
+    See the module docstring for the ``context`` schema. Returns the Markdown text.
+    """
+    blocks = build_blocks(context)
+    md = to_markdown(blocks)
+    write_text(Path(out_md), md)
+    if out_html is not None:
+        write_text(Path(out_html), to_html(blocks, str(context.get("title") or DEFAULT_TITLE)))
+    return md

@@ -1,0 +1,403 @@
+"""The reward model: LoRA on a 1-logit sequence classifier, trained with TRL's RewardTrainer on
+preference pairs; a batched scorer every later stage uses; and its evaluation.
+
+Input format (training and scoring alike, :class:`ChatEncoder`): the conversation user = question,
+assistant = answer, rendered by the tokenizer's chat template and *ending with the end-of-turn
+token* (``<|im_end|>`` for SmolLM2; the template's trailing newline is cut), so the classifier,
+which pools the last non-pad token, scores the end-of-turn. The pad token is distinct from EOS
+(:func:`sciexplain.models._fix_pad_token`), and literal special-token text inside an answer is
+tokenized as plain text, so a pad id never occurs inside a sequence.
+
+Length: TRL's RewardTrainer *drops* pairs longer than ``max_length``. We pre-tokenize instead and
+truncate the answer (never the question or the end-of-turn) to fit, and count the truncations;
+the trainer then drops nothing (checked). Scoring truncates the same way.
+
+Loss (TRL 1.16, ``RewardTrainer.compute_loss``)::
+
+    loss = -logsigmoid(r_chosen - r_rejected - margin).mean()
+           + center_rewards_coefficient * mean((r_chosen + r_rejected) ** 2)
+
+so a pair's margin (from the preference strength) is how far the chosen reward must exceed the
+rejected one before the loss flattens.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+from .io import DataError, UserError, stable_id, write_json
+from .preferences import RUBRIC_SOURCE, chat_prompt, end_of_turn
+from .stats import DECISIVE_STRENGTHS, TIE, majority_vote, reward_summary, wilson_interval
+
+log = logging.getLogger(__name__)
+
+REWARD_CONFIG = "reward_config.json"
+
+
+def _r4(x) -> float | None:
+    """A number for JSON: rounded to 4 decimals, None for missing/NaN."""
+    if x is None or x != x:
+        return None
+    return round(float(x), 4)
+
+
+# --------------------------------------------------------------------------- input format
+
+class ChatEncoder:
+    """Token ids of ``chat_prompt(question) + answer + end_of_turn``, at most ``max_length`` long."""
+
+    def __init__(self, tokenizer, max_length: int):
+        self.tokenizer = tokenizer
+        self.max_length = int(max_length)
+        self.eot_text = end_of_turn(tokenizer)
+        self.eot_ids = tokenizer(self.eot_text, add_special_tokens=False)["input_ids"]
+        pad = tokenizer.pad_token_id
+        if pad is None or pad in self.eot_ids:
+            raise UserError(f"the tokenizer's pad token {tokenizer.pad_token!r} must be set and differ from the "
+                            f"end-of-turn {self.eot_text!r}, or the reward model pools the wrong token")
+
+    def prompt(self, question: str) -> str:
+        return chat_prompt(self.tokenizer, question)
+
+    def encode(self, prompt: str, answer: str) -> tuple[list[int], bool]:
+        """(ids, truncated): the answer is cut so the whole sequence fits ``max_length``."""
+        tok = self.tokenizer
+        p = tok(prompt, add_special_tokens=False)["input_ids"]
+        a = tok(answer, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        budget = self.max_length - len(p) - len(self.eot_ids)
+        if budget < 1:
+            raise DataError(None, f"prompt {prompt[-80:]!r}", "max_length",
+                            f"the prompt alone is {len(p)} tokens (+{len(self.eot_ids)} end-of-turn); "
+                            f"max_length {self.max_length} leaves no room for the answer")
+        return p + a[:budget] + self.eot_ids, len(a) > budget
+
+
+def encode_pairs(pairs: Iterable[Mapping], encoder: ChatEncoder) -> tuple[list[dict], dict]:
+    """Rows ``{chosen_ids, rejected_ids, margin}`` for RewardTrainer and counts
+    ``{"pairs", "truncated_pairs", "truncated_sequences", "tokens"}``."""
+    rows, n_pairs, t_pairs, t_seqs, tokens = [], 0, 0, 0, 0
+    for p in pairs:
+        c, tc = encoder.encode(p["prompt"], p["chosen"])
+        r, tr = encoder.encode(p["prompt"], p["rejected"])
+        rows.append({"chosen_ids": c, "rejected_ids": r, "margin": float(p["margin"])})
+        n_pairs += 1
+        t_pairs += tc or tr
+        t_seqs += tc + tr
+        tokens += len(c) + len(r)
+    return rows, {"pairs": n_pairs, "truncated_pairs": t_pairs, "truncated_sequences": t_seqs, "tokens": tokens}
+
+
+# --------------------------------------------------------------------------- batching and pooling
+
+def _batch(seqs: Sequence[Sequence[int]], pad_id: int, side: str = "right"):
+    import torch
+
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if side == "right":
+            ids[i, :len(s)] = torch.tensor(s)
+            mask[i, :len(s)] = 1
+        else:
+            ids[i, width - len(s):] = torch.tensor(s)
+            mask[i, width - len(s):] = 1
+    out = {"input_ids": ids, "attention_mask": mask}
+    if side == "left":  # positions must start at 0 on the first real token
+        out["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
+    return out
+
+
+def _forward(model, batch) -> list[float]:
+    import torch
+
+    with torch.inference_mode():
+        logits = model(**{k: v.to(model.device) for k, v in batch.items()}, use_cache=False).logits
+    return logits[:, 0].float().cpu().tolist()
+
+
+def check_pooling(model, tokenizer, seqs: Sequence[Sequence[int]], end_of_turn_ids: Sequence[int] = ()) -> dict:
+    """Does the classifier score the last real token, not a pad? Scores the shortest sequence alone and
+    inside right- and left-padded batches with the longest one (equal scores = correct pooling), and
+    checks the token it pools (the last non-pad one) is the end-of-turn.
+
+    Returns ``{"alone", "right_padded", "left_padded", "max_abs_diff", "pools_end_of_turn"}``.
+    """
+    short = min(seqs, key=len)
+    long = max(seqs, key=len)
+    if len(long) == len(short):
+        long = list(long) + list(long)
+    pad = tokenizer.pad_token_id
+    alone = _forward(model, _batch([short], pad))[0]
+    right = _forward(model, _batch([short, long], pad, "right"))[0]
+    left = _forward(model, _batch([short, long], pad, "left"))[0]
+    ids = _batch([short, long], pad, "right")["input_ids"]
+    import torch
+
+    pooled = (torch.arange(ids.shape[1]) * (ids != pad)).argmax(-1)
+    pooled_ok = int(pooled[0]) == len(short) - 1 and int(pooled[1]) == len(long) - 1
+    eot_ok = not end_of_turn_ids or (short[-1] == end_of_turn_ids[-1] and long[-1] == end_of_turn_ids[-1])
+    return {"alone": _r4(alone), "right_padded": _r4(right), "left_padded": _r4(left),
+            "max_abs_diff": float(max(abs(alone - right), abs(alone - left))),
+            "pools_end_of_turn": bool(pooled_ok and eot_ok)}
+
+
+# --------------------------------------------------------------------------- training
+
+def _replace_dir(tmp: Path, out: Path) -> None:
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+
+
+def train_reward_model(base_dir, train_pairs: Sequence[Mapping], out_dir, *, lora_r: int = 16, lora_alpha: int = 64,
+                       lora_dropout: float = 0.1, target_modules=None, lora_layers: int | None = None,
+                       learning_rate: float = 1e-4,
+                       epochs: float = 1, batch_size: int = 4, max_length: int = 384,
+                       center_rewards_coefficient: float | None = None, seed: int = 0, scratch_dir="scratch/reward",
+                       live_dir=None, logging_steps: int = 1, use_margin: bool = True,
+                       quantize_4bit="auto") -> dict:
+    """Train a LoRA reward model on ``train_pairs`` (see :mod:`sciexplain.preferences`) and save it to
+    ``out_dir``: a PEFT adapter folder (the ``score`` head included via ``modules_to_save``) + the
+    tokenizer + ``reward_config.json`` (max_length). ``lora_layers``: LoRA on the last N decoder layers
+    only (backward then stops there: ~3x faster on CPU for SmolLM2 with N=8 of 30); None = all. Trainer scratch goes to ``scratch_dir``; curves to
+    a DVCLive folder ``live_dir`` (optional). Returns training numbers for metrics::
+
+        {pairs, truncated_pairs, truncated_sequences, tokens, dropped, train_loss, runtime_s,
+         tokens_per_s, steps, trainable_params, total_params}
+    """
+    import torch
+    import transformers
+    from datasets import Dataset
+    from trl import RewardConfig, RewardTrainer
+
+    from .models import compute_dtype, count_parameters, has_cuda, load_seq_classifier, load_tokenizer, lora_config
+
+    tok = load_tokenizer(base_dir, padding_side="right")
+    enc = ChatEncoder(tok, max_length)
+    rows, counts = encode_pairs(train_pairs, enc)
+    if not rows:
+        raise UserError("no training pairs for the reward model (check reward_model.sources and the rm generations)")
+    if not use_margin:
+        rows = [{k: v for k, v in r.items() if k != "margin"} for r in rows]
+    dataset = Dataset.from_list(rows)
+
+    transformers.set_seed(int(seed))  # the score head is initialised at load time
+    model = load_seq_classifier(base_dir, quantize_4bit=quantize_4bit, trainable=True, tokenizer=tok)
+    peft_cfg = lora_config(lora_r, lora_alpha, lora_dropout, target_modules, task_type="SEQ_CLS",
+                           modules_to_save=["score"])
+    if lora_layers:
+        n_layers = int(model.config.num_hidden_layers)
+        peft_cfg.layers_to_transform = list(range(max(0, n_layers - int(lora_layers)), n_layers))
+        peft_cfg.layers_pattern = "layers"
+    args = RewardConfig(
+        output_dir=str(scratch_dir), save_strategy="no", report_to="none",
+        use_cpu=not has_cuda(), bf16=compute_dtype() == torch.bfloat16, activation_checkpointing=False,
+        per_device_train_batch_size=int(batch_size), num_train_epochs=float(epochs),
+        learning_rate=float(learning_rate), lr_scheduler_type="linear", warmup_steps=0,
+        seed=int(seed), data_seed=int(seed), logging_steps=int(logging_steps), max_length=int(max_length),
+        center_rewards_coefficient=None if center_rewards_coefficient in (None, 0) else float(center_rewards_coefficient),
+        disable_dropout=False,  # the base has no dropout; keep the LoRA dropout the params ask for
+        dataloader_num_workers=0, disable_tqdm=False,
+    )
+    callbacks = []
+    if live_dir is not None:
+        from dvclive import Live
+        from transformers.integrations import DVCLiveCallback
+
+        callbacks.append(DVCLiveCallback(live=Live(str(live_dir), dvcyaml=False, save_dvc_exp=False)))
+    trainer = RewardTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok,
+                            peft_config=peft_cfg, callbacks=callbacks)
+    dropped = len(dataset) - len(trainer.train_dataset)
+    if dropped:
+        raise RuntimeError(f"RewardTrainer dropped {dropped} pre-truncated pairs (max_length {max_length})")
+    trainable, total = count_parameters(trainer.model)
+    t0 = time.time()
+    result = trainer.train()
+    runtime = time.time() - t0
+
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    trainer.model.save_pretrained(str(tmp))
+    tok.save_pretrained(str(tmp))
+    write_json(tmp / REWARD_CONFIG, {"max_length": int(max_length), "end_of_turn": enc.eot_text,
+                                     "pad_token": tok.pad_token})
+    _replace_dir(tmp, out)
+    return {
+        **counts, "dropped": dropped,
+        "train_loss": _r4(result.training_loss),
+        "runtime_s": round(runtime, 1),
+        "tokens_per_s": round(counts["tokens"] * float(epochs) / runtime, 1) if runtime > 0 else None,
+        "steps": int(result.global_step),
+        "trainable_params": int(trainable), "total_params": int(total),
+    }
+
+
+# --------------------------------------------------------------------------- scoring
+
+class RewardScorer:
+    """Scores answers with a trained reward model (base model + adapter folder from :func:`train_reward_model`).
+
+    ``score(questions, answers, batch_size)`` returns one float per answer; batches are right-padded
+    and sorted by length, and equal one-at-a-time scores (up to float rounding). Results are cached
+    by (question, answer) for the scorer's lifetime.
+    """
+
+    def __init__(self, base_dir, adapter, max_length: int | None = None, quantize_4bit="auto"):
+        from .models import _check_dir, load_seq_classifier, load_tokenizer
+
+        _check_dir(adapter, "reward model")
+        cfg_path = Path(adapter) / REWARD_CONFIG
+        cfg = json.loads(cfg_path.read_text()) if cfg_path.exists() else {}
+        self.tokenizer = load_tokenizer(base_dir, padding_side="right")
+        self.encoder = ChatEncoder(self.tokenizer, max_length or cfg.get("max_length") or 1024)
+        self.model = load_seq_classifier(base_dir, adapter, quantize_4bit=quantize_4bit, tokenizer=self.tokenizer)
+        self.model.eval()
+        self._cache: dict[tuple[str, str], float] = {}
+        self.truncated = 0
+
+    def encode(self, question: str, answer: str) -> list[int]:
+        ids, cut = self.encoder.encode(self.encoder.prompt(question), answer)
+        return ids
+
+    def score_ids(self, seqs: Sequence[Sequence[int]], batch_size: int = 8) -> list[float]:
+        """Scores of already-encoded sequences, batched (longest first) and returned in input order."""
+        order = sorted(range(len(seqs)), key=lambda i: (-len(seqs[i]), i))
+        out: list[float] = [0.0] * len(seqs)
+        pad = self.tokenizer.pad_token_id
+        for start in range(0, len(order), max(1, int(batch_size))):
+            idx = order[start:start + max(1, int(batch_size))]
+            for i, s in zip(idx, _forward(self.model, _batch([seqs[i] for i in idx], pad))):
+                out[i] = s
+        return out
+
+    def score(self, questions: Sequence[str], answers: Sequence[str], batch_size: int = 8,
+              progress: bool = False) -> list[float]:
+        if len(questions) != len(answers):
+            raise ValueError(f"{len(questions)} questions but {len(answers)} answers")
+        todo = list(dict.fromkeys(k for k in zip(questions, answers) if k not in self._cache))
+        if todo:
+            seqs = []
+            for q, a in todo:
+                ids, cut = self.encoder.encode(self.encoder.prompt(q), a)
+                self.truncated += cut
+                seqs.append(ids)
+            scores = []
+            step = max(1, int(batch_size)) * 4
+            chunks = range(0, len(seqs), step)
+            if progress:
+                from tqdm import tqdm
+
+                chunks = tqdm(chunks, desc="reward scoring", unit="chunk", mininterval=2)
+            # score in chunks (each chunk sorted by length) so the progress bar moves
+            for c in chunks:
+                scores.extend(self.score_ids(seqs[c:c + step], batch_size))
+            self._cache.update(zip(todo, scores))
+        return [self._cache[k] for k in zip(questions, answers)]
+
+    def check_pooling(self, questions: Sequence[str], answers: Sequence[str]) -> dict:
+        seqs = [self.encode(q, a) for q, a in zip(questions, answers)]
+        return check_pooling(self.model, self.tokenizer, seqs, self.encoder.eot_ids)
+
+
+# --------------------------------------------------------------------------- evaluation
+
+def _acc(hits: Sequence[bool]) -> dict:
+    k, n = int(sum(hits)), len(hits)
+    lo, hi = wilson_interval(k, n)
+    return {"n": n, "correct": k, "accuracy": _r4(k / n) if n else None, "ci95_low": _r4(lo), "ci95_high": _r4(hi)}
+
+
+def pairwise_eval(pairs: Sequence[Mapping], chosen_scores: Sequence[float], rejected_scores: Sequence[float],
+                  judge=None) -> dict:
+    """Held-out pairwise accuracy of the reward model and of two baselines on the same pairs.
+
+    Accuracy is over the decisive pairs (margin > 0; kept Unsure pairs have no right answer); a tie
+    in score counts as wrong. Returns::
+
+        {n_pairs, heldout: {n, correct, accuracy, ci95_low, ci95_high},
+         by_strength: {label: {...}}, by_source: {"annotations": {...}, "rm_judge": {...}},
+         baselines: {"longer_answer": {...}, "rubric_judge": {...}}  (rubric only with ``judge``),
+         rewards: {"chosen": reward_summary, "rejected": ..., "difference": ...}}
+
+    Note: the rm-split pairs are labelled by the rubric judge, so its baseline is 1.0 on them by
+    construction; compare on ``by_source.annotations`` there.
+    """
+    dec = [i for i, p in enumerate(pairs) if float(p["margin"]) > 0]
+    hit = {i: chosen_scores[i] > rejected_scores[i] for i in dec}
+    by_strength = {s: _acc([hit[i] for i in dec if pairs[i]["strength"] == s]) for s in DECISIVE_STRENGTHS}
+    is_rm = lambda i: pairs[i]["source"] == RUBRIC_SOURCE  # noqa: E731
+    by_source = {"annotations": _acc([hit[i] for i in dec if not is_rm(i)]),
+                 "rm_judge": _acc([hit[i] for i in dec if is_rm(i)])}
+    longer = [len(pairs[i]["chosen"]) > len(pairs[i]["rejected"]) for i in dec]
+    baselines = {"longer_answer": _acc(longer)}
+    if judge is not None:
+        rub = [judge.score(pairs[i]["question"], pairs[i]["chosen"])["total"]
+               > judge.score(pairs[i]["question"], pairs[i]["rejected"])["total"] for i in dec]
+        baselines["rubric_judge"] = _acc(rub)
+        baselines["rubric_judge_annotations_only"] = _acc([h for h, i in zip(rub, dec) if not is_rm(i)])
+    cs = [chosen_scores[i] for i in dec]
+    rs = [rejected_scores[i] for i in dec]
+    return {
+        "n_pairs": len(pairs),
+        "heldout": _acc([hit[i] for i in dec]),
+        "by_strength": by_strength,
+        "by_source": by_source,
+        "baselines": baselines,
+        "rewards": {"chosen": reward_summary(cs), "rejected": reward_summary(rs),
+                    "difference": reward_summary([c - r for c, r in zip(cs, rs)])},
+    }
+
+
+def _pick(sa: float, sb: float) -> str:
+    return "A" if sa > sb else "B" if sb > sa else TIE
+
+
+def majority_agreement(scorer: RewardScorer, pair_data: Mapping[str, Mapping], train_question_ids: set,
+                       judge=None, batch_size: int = 8) -> dict:
+    """Agreement of the reward model's pick (the higher-scored answer) with the annotators' majority.
+
+    ``pair_data``: ``{pair: read_pair_annotations(...)}``. For each item rated by at least one
+    annotator, the majority over *all* annotation files (humans and judges,
+    :func:`sciexplain.stats.majority_vote`); agreement is over decisive items (majority not a tie).
+    ``heldout`` restricts to items whose question is in no training pair. Baselines on the same
+    items: the longer answer, and the rubric judge alone (an Unsure counts as disagreement).
+    """
+    items = []  # (pair, item_id, question, a, b, majority)
+    for pair in sorted(pair_data):
+        d = pair_data[pair]
+        for item_id, rec in d["sheet"].items():
+            verdicts = [(anns[item_id].choice, anns[item_id].strength)
+                        for _, anns in sorted(d["annotations"].items()) if item_id in anns]
+            if not verdicts:
+                continue
+            items.append((pair, item_id, rec["question"], rec["answer_a"], rec["answer_b"], majority_vote(verdicts)))
+    dec = [it for it in items if it[5] != TIE]
+    qs = [it[2] for it in dec]
+    sa = scorer.score(qs, [it[3] for it in dec], batch_size) if dec else []
+    sb = scorer.score(qs, [it[4] for it in dec], batch_size) if dec else []
+    agree = [_pick(x, y) == it[5] for x, y, it in zip(sa, sb, dec)]
+    held = [stable_id(it[2]) not in train_question_ids for it in dec]
+    longer = [_pick(len(it[3]), len(it[4])) == it[5] for it in dec]
+    out = {
+        "n_items": len(items), "n_decisive": len(dec),
+        "all": _acc(agree),
+        "heldout": _acc([a for a, h in zip(agree, held) if h]),
+        "baselines": {"longer_answer": _acc(longer)},
+        "by_pair": {p: _acc([a for a, it in zip(agree, dec) if it[0] == p]) for p in sorted(pair_data)},
+    }
+    if judge is not None:
+        out["baselines"]["rubric_judge"] = _acc([(judge.judge_pair(it[2], it[3], it[4])[0] or TIE) == it[5]
+                                                 for it in dec])
+    return out

@@ -1,0 +1,119 @@
+"""LoRA supervised fine-tuning with TRL's SFTTrainer, shared by the ``sft`` and ``rs`` stages.
+
+Data are conversational prompt/completion pairs (the question as the user turn, the target explanation as
+the assistant turn), so the loss covers the completion only (SmolLM2's chat template has no
+``{% generation %}`` markers, so ``assistant_only_loss`` does not apply). fp32 and ``use_cpu`` on CPU;
+4-bit NF4 (QLoRA) only where CUDA exists. Works unchanged under ``accelerate launch`` (multi-GPU, FSDP,
+DeepSpeed): only the main process writes outputs.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import time
+from pathlib import Path
+
+from .models import count_parameters, has_cuda, load_causal_lm, load_tokenizer, lora_config, use_4bit
+from .prompts import student_messages
+
+log = logging.getLogger(__name__)
+
+
+def to_conversations(records: list[dict], answer_field: str = "answer") -> list[dict]:
+    return [{"id": r["id"], "prompt": student_messages(r["question"]),
+             "completion": [{"role": "assistant", "content": r[answer_field]}]} for r in records]
+
+
+def split_train_val(records: list[dict], val_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """Deterministic split by question id (at least one validation record when val_fraction > 0)."""
+    ranked = sorted(records, key=lambda r: hashlib.sha256(f"{seed}:{r['id']}".encode()).hexdigest())
+    n_val = min(len(ranked) - 1, max(1, round(len(ranked) * val_fraction))) if val_fraction > 0 else 0
+    return ranked[n_val:], ranked[:n_val]
+
+
+def _config(scratch_dir, *, learning_rate, epochs, batch_size, grad_accum, max_length, seed):
+    from trl import SFTConfig
+
+    cuda = has_cuda()
+    return SFTConfig(
+        output_dir=str(scratch_dir), seed=seed, data_seed=seed,
+        use_cpu=not cuda, bf16=cuda and __import__("torch").cuda.is_bf16_supported(), fp16=False,
+        activation_checkpointing=False,  # TRL's default (True) only costs time at this scale
+        per_device_train_batch_size=batch_size, per_device_eval_batch_size=batch_size,
+        gradient_accumulation_steps=grad_accum, num_train_epochs=epochs, learning_rate=learning_rate,
+        lr_scheduler_type="cosine",
+        max_length=max_length, completion_only_loss=True, packing=False,
+        eval_strategy="epoch", logging_steps=1, save_strategy="no", report_to="none",
+        dataloader_num_workers=0, disable_tqdm=False,
+    )
+
+
+def train_sft(base_dir, train_records: list[dict], val_records: list[dict], out_dir, *, init_adapter=None,
+              lora: dict | None = None, learning_rate: float = 2e-4, epochs: float = 1, batch_size: int = 4,
+              grad_accum: int = 1, max_length: int = 384, seed: int = 0, quantize_4bit="auto",
+              scratch_dir="scratch/sft", live_dir=None, answer_field: str = "answer") -> dict:
+    """Train a LoRA adapter (new, or continuing ``init_adapter``) and save it to ``out_dir``. Returns metrics."""
+    import torch
+    from datasets import Dataset
+    from transformers import set_seed
+    from trl import SFTTrainer
+
+    set_seed(seed)
+    tok = load_tokenizer(base_dir, padding_side="right")
+    model = load_causal_lm(base_dir, adapter=init_adapter, quantize_4bit=quantize_4bit, trainable=True)
+    peft_config = None
+    if init_adapter is None:
+        peft_config = lora_config(**(lora or {}))
+        if use_4bit(quantize_4bit):
+            from peft import prepare_model_for_kbit_training
+
+            model = prepare_model_for_kbit_training(model)
+    model.config.use_cache = False
+    train_ds = Dataset.from_list(to_conversations(train_records, answer_field))
+    val_ds = Dataset.from_list(to_conversations(val_records, answer_field)) if val_records else None
+    args = _config(scratch_dir, learning_rate=learning_rate, epochs=epochs, batch_size=batch_size,
+                   grad_accum=grad_accum, max_length=max_length, seed=seed)
+    callbacks = []
+    live = None
+    if live_dir is not None:
+        from dvclive import Live
+        from transformers.integrations import DVCLiveCallback
+
+        live = Live(str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None)
+        callbacks.append(DVCLiveCallback(live=live))
+    trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
+                         processing_class=tok, peft_config=peft_config, callbacks=callbacks)
+    trainable, total = count_parameters(trainer.model)
+    metrics: dict = {"train_examples": len(train_ds), "val_examples": len(val_ds) if val_ds else 0,
+                     "trainable_parameters": trainable, "total_parameters": total,
+                     "init_adapter": str(init_adapter) if init_adapter else None}
+    if val_ds is not None:
+        metrics["eval_loss_start"] = trainer.evaluate(metric_key_prefix="start")["start_loss"]
+        with trainer.model.disable_adapter():
+            metrics["eval_loss_base"] = trainer.evaluate(metric_key_prefix="base")["base_loss"]
+    n_tokens = sum(len(x) for x in trainer.train_dataset["input_ids"]) * math.ceil(epochs)
+    t0 = time.perf_counter()
+    result = trainer.train()
+    seconds = time.perf_counter() - t0
+    metrics["train_loss"] = result.training_loss
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    metrics["train_loss_first_step"] = losses[0] if losses else None
+    metrics["train_loss_last_step"] = losses[-1] if losses else None
+    if val_ds is not None:
+        metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
+        metrics["eval_loss_improvement_vs_base"] = metrics["eval_loss_base"] - metrics["eval_loss"]
+    metrics["train_seconds"] = seconds
+    metrics["train_tokens"] = n_tokens
+    metrics["train_tokens_per_s"] = n_tokens / max(seconds, 1e-9)
+    if trainer.is_world_process_zero():
+        out_dir = Path(out_dir)
+        trainer.model.save_pretrained(str(out_dir), safe_serialization=True)
+        # the adapter README carries timestamps and paths: drop it, keep the folder byte-stable
+        (out_dir / "README.md").unlink(missing_ok=True)
+    if live is not None:
+        live.end()
+    del trainer, model
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()}

@@ -1,0 +1,71 @@
+"""Stage judge: the automatic judge panel (judge.panel) on every blind sheet in data/compare.
+
+Writes ``<out>/<pair>/judge-<name>.jsonl`` in the human annotation format (judges never see the key)
+and per-judge counts (unparseable replies, order disagreements, cache hits) to the metrics file.
+LLM judge replies are cached in ``<cache>/<name>.jsonl``: a rerun never repeats a finished call.
+"""
+import shutil
+import tempfile
+from pathlib import Path
+
+import click
+
+from sciexplain.annotations import read_sheet, write_annotations
+from sciexplain.cli import get, params_option, read_params, stage
+from sciexplain.io import DataError, write_json
+from sciexplain.judges import Panel
+
+
+def replace_dir(new: Path, out: Path) -> None:
+    """Swap a fully written folder into place, so files of pairs or judges no longer used do not linger."""
+    old = out.parent / f".{out.name}.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        out.rename(old)
+    new.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+@click.command()
+@click.option("--compare", "compare_dir", default="data/compare", show_default=True, help="folder of <pair>/sheet.jsonl")
+@click.option("--base", "base_dir", default="models/base", show_default=True, help="model of local LLM judges")
+@click.option("--prompt", "prompt_path", default="prompts/judge.md", show_default=True, help="LLM judge prompt template")
+@click.option("--cache", "cache_dir", default="data/cache/judge", show_default=True, help="LLM reply caches")
+@click.option("--out", "out_dir", default="data/judgments", show_default=True)
+@click.option("--metrics", "metrics_path", default="metrics/judge.json", show_default=True)
+@params_option
+@stage
+def main(compare_dir, base_dir, prompt_path, cache_dir, out_dir, metrics_path, params_path):
+    p = read_params(params_path)
+    panel = Panel(get(p, "judge.panel"), base_dir=base_dir, cache_dir=cache_dir, prompt_path=prompt_path)
+    sheets = sorted(d for d in Path(compare_dir).glob("*/sheet.jsonl"))
+    if not sheets:
+        raise DataError(compare_dir, None, None, "no <pair>/sheet.jsonl found: run the compare stage first")
+    if not panel.names:
+        click.echo("judge.panel is empty: no judgments written", err=True)
+
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    metrics = {"judges": panel.names, "pairs": {}}
+    try:
+        for sheet_path in sheets:
+            pair = sheet_path.parent.name
+            sheet = read_sheet(sheet_path)
+            result = panel.judge(sheet, label=pair)
+            (tmp / pair).mkdir(parents=True, exist_ok=True)
+            for name, annotations in result.items():
+                write_annotations(tmp / pair / f"judge-{name}.jsonl", annotations)
+            # cache hits/misses go to the log only: the metrics of a rerun must not change
+            cache = {n: f"{s.pop('hits')} cached, {s.pop('misses')} new" for n, s in result.stats.items() if "hits" in s}
+            metrics["pairs"][pair] = result.stats
+            click.echo(f"{pair}: {len(sheet)} items judged by {', '.join(panel.names) or 'nobody'}"
+                       + (f"; LLM calls: {cache}" if cache else ""))
+        replace_dir(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    write_json(metrics_path, metrics)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""Stage sft (and rs): LoRA SFT with TRL on teacher answers (or forum answers, or selected best-of-N answers).
+
+``--data teacher``: data/generations/teacher/sft.jsonl (kept answers) — the study's revised round;
+``--data forum``: the forum answers that ``prepare`` kept — the study's first round;
+``--data <file.jsonl>``: any {id, question, answer} file, e.g. the rejection-sampling winners (stage rs),
+with ``--init-adapter`` to continue from the SFT adapter.
+"""
+import os
+from pathlib import Path
+
+import click
+
+from sciexplain.cli import get, params_option, read_params, stage
+from sciexplain.io import DataError, read_jsonl, write_json
+
+
+def load_targets(data: str, prepared: Path, teacher: Path) -> list[dict]:
+    if data == "teacher":
+        recs = [r for r in read_jsonl(teacher) if r.get("keep", True) and r.get("answer")]
+    elif data == "forum":
+        recs = [r for r in read_jsonl(prepared) if r.get("answer")]
+        if not recs:
+            raise DataError(prepared, None, "answer", "sft.data=forum needs forum answers: add a stackexchange or qa "
+                            "source with answers to prepare.sources")
+    else:
+        recs = [r for r in read_jsonl(data, required=("id", "question", "answer"))]
+    if len(recs) < 2:
+        raise DataError(data, None, "answer", f"only {len(recs)} training examples")
+    return recs
+
+
+def _hyper(p: dict, section: str) -> dict:
+    return {"learning_rate": get(p, f"{section}.learning_rate"), "epochs": get(p, f"{section}.epochs"),
+            "batch_size": get(p, f"{section}.batch_size"), "grad_accum": get(p, f"{section}.grad_accum"),
+            "max_length": get(p, f"{section}.max_length"), "seed": get(p, f"{section}.seed")}
+
+
+@click.command()
+@click.option("--section", default="sft", show_default=True, help="params section (sft or rs)")
+@click.option("--base", "base_dir", default="models/base", show_default=True)
+@click.option("--data", "data_opt", default=None, help="teacher | forum | a JSONL file (default: <section>.data)")
+@click.option("--prepared", default="data/prepared/sft.jsonl", show_default=True)
+@click.option("--teacher", default="data/generations/teacher/sft.jsonl", show_default=True)
+@click.option("--init-adapter", default=None, help="continue training this adapter")
+@click.option("--out", "out_dir", default="models/sft", show_default=True)
+@click.option("--metrics", "metrics_path", default="metrics/sft.json", show_default=True)
+@click.option("--live", "live_dir", default="metrics/sft", show_default=True, help="DVCLive folder (training curves)")
+@click.option("--scratch", default="scratch/sft", show_default=True, help="trainer checkpoints (not a DVC out)")
+@params_option
+@stage
+def main(section, base_dir, data_opt, prepared, teacher, init_adapter, out_dir, metrics_path, live_dir, scratch, params_path):
+    from sciexplain.io import atomic_path
+    from sciexplain.sft import split_train_val, train_sft
+
+    p = read_params(params_path)
+    data = data_opt or get(p, f"{section}.data")
+    recs = load_targets(data, Path(prepared), Path(teacher))
+    train, val = split_train_val(recs, get(p, f"{section}.val_fraction"), get(p, f"{section}.seed"))
+    out = Path(out_dir)
+    lora = {"r": get(p, f"{section}.lora.r"), "alpha": get(p, f"{section}.lora.alpha"),
+            "dropout": get(p, f"{section}.lora.dropout"), "target_modules": get(p, f"{section}.lora.target_modules")}
+    if int(os.environ.get("RANK", "0")) != 0:  # under accelerate launch: only rank 0 writes the outputs
+        train_sft(base_dir, train, val, Path(scratch) / f"rank{os.environ['RANK']}", init_adapter=init_adapter, lora=lora,
+                  **_hyper(p, section), quantize_4bit=get(p, "model.quantize_4bit"), scratch_dir=scratch, live_dir=None)
+        return
+    with atomic_path(out) as tmp:  # train into a temp folder, then swap it in
+        tmp.unlink()
+        metrics = train_sft(base_dir, train, val, tmp, init_adapter=init_adapter, lora=lora, **_hyper(p, section),
+                            quantize_4bit=get(p, "model.quantize_4bit"), scratch_dir=scratch, live_dir=live_dir)
+        if out.exists():
+            import shutil
+
+            shutil.rmtree(out)
+    metrics["data"] = data
+    write_json(metrics_path, metrics)
+    click.echo(f"{section}: eval loss {metrics.get('eval_loss')} (base {metrics.get('eval_loss_base')}) -> {out}")
+
+
+if __name__ == "__main__":
+    main()

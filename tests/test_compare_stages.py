@@ -1,0 +1,167 @@
+"""The compare -> judge -> winrate stages on hand-made generation files (CliRunner, no DVC)."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from conftest import ROOT, read_jsonl, write_params
+from stages import compare, judge, winrate
+
+PROMPT = str(ROOT / "prompts" / "judge.md")
+QUESTIONS = ["Why is the sky blue?", "Why does ice float on water?", "How do vaccines train the immune system?",
+             "Why do seasons change on Earth?"]
+GOOD = ("{q} The short answer is a physical mechanism. Sunlight, water and molecules follow simple laws, and "
+        "scientists describe them with measurable quantities.\n\nFirst, the cause acts on a small scale; therefore "
+        "the effect appears on a large scale, which is called emergence. However, the details depend on conditions.\n\n"
+        "In summary, the mechanism explains the observation in a few clear steps.")
+POOR = "Great question!!! I think it's just how things are lol. Hope this helps!!"
+
+
+def ids():
+    return [f"q{i:02d}" for i in range(len(QUESTIONS))]
+
+
+@pytest.fixture()
+def project(workdir):
+    """Prepared eval questions, base (poor) and sft (good) answers, params for the three stages."""
+    prepared = [{"id": i, "question": q, "domain": "physics"} for i, q in zip(ids(), QUESTIONS)]
+    _write(workdir / "data/prepared/eval.jsonl", prepared)
+    for model, text in (("base", POOR), ("sft", GOOD), ("teacher", GOOD)):
+        recs = [{"id": i, "question": q, "model": model, "sample": s, "answer": text.format(q=q) + ("" if s == 0 else " Again."),
+                 "completion_tokens": 50, "finished": True} for i, q in zip(ids(), QUESTIONS) for s in (0, 1)]
+        recs.append({**recs[0], "id": "not-in-eval"})  # ignored: not an eval question
+        _write(workdir / f"data/generations/{model}/eval.jsonl", recs)
+    write_params(workdir / "params.yaml", {"compare": {"pairs": ["base_vs_sft"], "seed": 0},
+                                           "judge": {"panel": [{"name": "rubric", "type": "rubric"}]}})
+    return workdir
+
+
+def _write(path: Path, records):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def run(cmd, args=()):
+    r = CliRunner().invoke(cmd.main, list(args))
+    assert r.exit_code == 0, r.output
+    return r
+
+
+def fails(cmd, args=()):
+    r = CliRunner().invoke(cmd.main, list(args))
+    assert r.exit_code == 1 and "Traceback" not in r.output, r.output
+    return r.output
+
+
+def test_compare_builds_blind_sheets(project):
+    write_params(project / "params.yaml", {"compare": {"pairs": ["base_vs_sft", "sft_vs_teacher"]}})
+    run(compare)
+    d = project / "data/compare/base_vs_sft"
+    sheet, key = read_jsonl(d / "sheet.jsonl"), read_jsonl(d / "key.jsonl")
+    assert [s["item_id"] for s in sheet] == ids() and [s["question"] for s in sheet] == QUESTIONS
+    assert "base" not in (d / "sheet.jsonl").read_text() and set(sheet[0]) == {"item_id", "question", "answer_a", "answer_b"}
+    for s, k in zip(sheet, key):
+        assert {k["a_model"], k["b_model"]} == {"base", "sft"}
+        good = "answer_a" if k["a_model"] == "sft" else "answer_b"
+        assert s[good].startswith(s["question"]) and "Again" not in s[good]  # sample 0
+    assert {k["a_model"] for k in key} == {"base", "sft"}  # A/B shuffled
+    rows = list(csv.DictReader((d / "sheet.csv").open(encoding="utf-8-sig")))
+    assert [r["item_id"] for r in rows] == ids() and rows[0]["choice"] == ""
+    assert (project / "data/compare/sft_vs_teacher/key.jsonl").exists()
+    before = (d / "sheet.jsonl").read_bytes(), (d / "key.jsonl").read_bytes()
+    write_params(project / "params.yaml", {"compare": {"pairs": ["base_vs_sft"]}})
+    run(compare)
+    assert ((d / "sheet.jsonl").read_bytes(), (d / "key.jsonl").read_bytes()) == before  # deterministic
+    assert not (project / "data/compare/sft_vs_teacher").exists()  # a dropped pair does not linger
+
+
+def test_compare_missing_answer_names_the_file(project):
+    path = project / "data/generations/sft/eval.jsonl"
+    _write(path, [r for r in read_jsonl(path) if not (r["id"] == "q02" and r["sample"] == 0)])
+    out = fails(compare)
+    assert "data/generations/sft/eval.jsonl" in out and "q02" in out
+
+
+@pytest.mark.parametrize("pairs, words", [(["base-sft"], "base-sft"), (["base_vs_base"], "base_vs_base"),
+                                          (["base_vs_rs"], "data/generations/rs/eval.jsonl")])
+def test_compare_bad_pairs(project, pairs, words):
+    write_params(project / "params.yaml", {"compare": {"pairs": pairs}})
+    assert words in fails(compare)
+
+
+def test_judge_and_winrate_then_a_human_file(project, tiny_base):
+    write_params(project / "params.yaml", {"judge": {"panel": [
+        {"name": "rubric", "type": "rubric"},
+        {"name": "tiny", "type": "llm", "backend": "local", "max_new_tokens": 3}]}})
+    run(compare)
+    run(judge, ["--base", str(tiny_base), "--prompt", PROMPT])
+    jdir = project / "data/judgments/base_vs_sft"
+    assert sorted(p.name for p in jdir.iterdir()) == ["judge-rubric.jsonl", "judge-tiny.jsonl"]
+    assert (project / "data/cache/judge/tiny.jsonl").exists()
+    jm = json.loads((project / "metrics/judge.json").read_text())
+    assert jm["judges"] == ["rubric", "tiny"] and jm["pairs"]["base_vs_sft"]["tiny"]["calls"] == 8
+    assert "hits" not in jm["pairs"]["base_vs_sft"]["tiny"]  # metrics do not depend on the cache state
+    key = {k["item_id"]: k for k in read_jsonl(project / "data/compare/base_vs_sft/key.jsonl")}
+    for rec in read_jsonl(jdir / "judge-rubric.jsonl"):  # the rubric prefers sft everywhere
+        assert rec["choice"] == ("A" if key[rec["item_id"]]["a_model"] == "sft" else "B")
+
+    run(winrate)
+    metrics_path = project / "metrics/compare_base_vs_sft.json"
+    m = json.loads(metrics_path.read_text())
+    assert m["judge_annotators"] == ["judge-rubric", "judge-tiny"] and m["human_annotators"] == []
+    assert m["humans"] is None and m["judge_vs_humans"] is None
+    assert m["annotators"]["judge-rubric"] == {"kind": "judge", "n": 4, "ties": 0, "wins": {"base": 0, "sft": 4},
+                                               "win_rate": {"base": 0.0, "sft": 1.0}}
+    assert m["judge_annotators"] == m["all"]["annotators"] == m["judges"]["annotators"]
+    assert m["win_rate"]["sft"] == m["all"]["models"]["sft"]["win_rate"] and m["n_sheet_items"] == 4
+    with open(project / "plots/compare_strengths.csv") as f:
+        plot = list(csv.DictReader(f))
+    assert {(r["pair"], r["who"], r["model"]) for r in plot} >= {("base_vs_sft", "all", "sft")}
+    assert sum(int(r["votes"]) for r in plot if r["who"] == "all" and r["model"] == "sft") >= 4
+
+    # a human annotator who prefers base on every item, as a filled-in copy of sheet.csv
+    sheet_csv = project / "data/compare/base_vs_sft/sheet.csv"
+    rows = list(csv.DictReader(sheet_csv.open(encoding="utf-8-sig")))
+    for r in rows:
+        r["choice"] = "a" if key[r["item_id"]]["a_model"] == "base" else "B"
+        r["strength"] = "better"
+    human = project / "data/annotations/base_vs_sft/alice.csv"
+    human.parent.mkdir(parents=True)
+    with human.open("w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    judged = {p.name: p.read_bytes() for p in jdir.iterdir()}
+    run(winrate)
+    m2 = json.loads(metrics_path.read_text())
+    assert m2 != m and m2["human_annotators"] == ["alice"] and m2["humans"]["models"]["base"]["wins"] == 4
+    assert m2["annotators"]["alice"] == {"kind": "human", "n": 4, "ties": 0, "wins": {"base": 4, "sft": 0},
+                                         "win_rate": {"base": 1.0, "sft": 0.0}}
+    assert m2["all"]["n_annotators"] == 3 and "alice" in m2["all"]["annotators"]
+    assert m2["judge_vs_humans"]["judge-rubric"] == {"agreement": 0.0, "n": 4}
+    assert m2["all"]["agreement"]["n_pairs"] > 0 and m2["all"]["agreement"]["fleiss_kappa"] is not None
+    assert {p.name: p.read_bytes() for p in jdir.iterdir()} == judged  # judgments untouched
+
+    # a human row about an item that is not on the sheet: one clean line naming the file
+    with human.open("a", newline="", encoding="utf-8") as f:
+        f.write('"zz-unknown","q","a","b","A","Better",""\r\n')
+    out = fails(winrate)
+    assert "alice.csv" in out and "zz-unknown" in out
+
+
+def test_judge_needs_sheets_and_valid_panel(project):
+    assert "data/compare" in fails(judge)
+    run(compare)
+    write_params(project / "params.yaml", {"judge": {"panel": [{"name": "x", "type": "oracle"}]}})
+    assert "judge.panel[0]" in fails(judge, ["--prompt", PROMPT])
+
+
+def test_winrate_without_any_annotation_is_a_clean_error(project):
+    write_params(project / "params.yaml", {"judge": {"panel": []}})
+    run(compare)
+    run(judge, ["--prompt", PROMPT])
+    assert "no annotations for base_vs_sft" in fails(winrate)

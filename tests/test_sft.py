@@ -1,0 +1,59 @@
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from conftest import write_params
+from sciexplain.sft import split_train_val, to_conversations, train_sft
+
+TARGET = "Ice floats because it is less dense than water. In summary, the lattice is open."
+
+
+def _records(n):
+    return [{"id": f"q{i}", "question": f"Why does ice float? ({i})", "answer": TARGET} for i in range(n)]
+
+
+def test_split_train_val_is_deterministic_and_disjoint():
+    recs = _records(16)
+    train, val = split_train_val(recs, 0.25, seed=0)
+    assert len(val) == 4 and not {r["id"] for r in train} & {r["id"] for r in val}
+    assert split_train_val(list(reversed(recs)), 0.25, seed=0) == (train, val)
+    assert to_conversations(recs[:1])[0]["completion"] == [{"role": "assistant", "content": TARGET}]
+
+
+def test_sft_changes_adapter_and_lowers_loss(tiny_base, tmp_path):
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    train, val = split_train_val(_records(24), 0.25, seed=0)
+    m = train_sft(tiny_base, train, val, tmp_path / "adapter", lora={"r": 8, "alpha": 16, "dropout": 0.0},
+                  learning_rate=1e-2, epochs=3, batch_size=6, max_length=96, seed=0,
+                  scratch_dir=tmp_path / "scratch", live_dir=tmp_path / "live")
+    assert m["eval_loss"] < m["eval_loss_base"] - 0.5, m
+    assert m["train_loss_last_step"] < m["train_loss_first_step"], m
+    assert m["trainable_parameters"] > 0 and m["train_tokens_per_s"] > 0
+    weights = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
+    assert any("lora_B" in k and v.abs().sum() > 0 for k, v in weights.items())  # B starts at zero
+    assert (tmp_path / "live" / "plots" / "metrics" / "train" / "loss.tsv").exists()
+    assert not (tmp_path / "adapter" / "README.md").exists()
+    from sciexplain.models import load_causal_lm
+
+    model = load_causal_lm(tiny_base, adapter=tmp_path / "adapter")
+    assert isinstance(model, PeftModel)
+    # continuing from the adapter keeps training it
+    m2 = train_sft(tiny_base, train, val, tmp_path / "adapter2", init_adapter=tmp_path / "adapter",
+                   learning_rate=5e-3, epochs=1, batch_size=6, max_length=96, seed=0, scratch_dir=tmp_path / "s2")
+    assert m2["eval_loss_start"] == pytest.approx(m["eval_loss"], abs=1e-3)
+    assert m2["init_adapter"] == str(tmp_path / "adapter")
+
+
+def test_sft_stage_forum_needs_forum_answers(workdir, tiny_base):
+    from stages import sft
+
+    (workdir / "data/prepared").mkdir(parents=True)
+    (workdir / "data/prepared/sft.jsonl").write_text(json.dumps({"id": "a", "question": "q", "answer": None}) + "\n")
+    write_params(workdir / "params.yaml", {"sft": {"data": "forum"}})
+    r = CliRunner().invoke(sft.main, ["--base", str(tiny_base)])
+    assert r.exit_code == 1 and "sft.data=forum needs forum answers" in r.output
+    assert not (workdir / "models").exists()
