@@ -213,11 +213,13 @@ def dedupe_pairs(pairs: Iterable[dict]) -> tuple[list[dict], int]:
 
 
 def validation_ids(question_ids: Iterable[str], val_fraction: float, seed: int) -> set[str]:
-    """The question ids that go to validation: rank the distinct ids by sha256(seed:id) and take the
+    """The question ids that go to validation: rank the distinct ids by sha256("reward-val:seed:id") and take the
     first ``round(val_fraction * n)`` (at least 1 when ``val_fraction > 0`` and there are >= 2 questions)."""
     if not 0.0 <= float(val_fraction) < 1.0:
         raise DataError("params.yaml", None, "reward_model.val_fraction", f"must be in [0, 1), got {val_fraction!r}")
-    ids = sorted(set(question_ids), key=lambda q: hashlib.sha256(f"{seed}:{q}".encode()).hexdigest())
+    # salted: prepare ranks questions by sha256(f"{seed}:{id}") too, and the same ranking would put
+    # exactly its first split (eval) into validation
+    ids = sorted(set(question_ids), key=lambda q: hashlib.sha256(f"reward-val:{seed}:{q}".encode()).hexdigest())
     n_val = round(float(val_fraction) * len(ids))
     if val_fraction > 0 and len(ids) >= 2:
         n_val = min(max(n_val, 1), len(ids) - 1)
@@ -238,7 +240,7 @@ def cap_pairs(pairs: list[dict], max_pairs: int | None, seed: int) -> tuple[list
 
     def rank(i: int):
         p = pairs[i]
-        h = hashlib.sha256(f"{seed}:{p['prompt']}\0{p['chosen']}\0{p['rejected']}".encode()).hexdigest()
+        h = hashlib.sha256(f"reward-cap:{seed}:{p['prompt']}\0{p['chosen']}\0{p['rejected']}".encode()).hexdigest()
         return (p["source"] == RUBRIC_SOURCE, h)
 
     keep = sorted(sorted(range(len(pairs)), key=rank)[: int(max_pairs)])

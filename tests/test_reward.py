@@ -298,6 +298,16 @@ def test_dedupe_split_and_cap(tok):
         prefs.validation_ids(["a"], 1.5, 0)
 
 
+def test_validation_is_not_prepare_s_eval_split():
+    """prepare ranks ids by sha256(f"{seed}:{id}"); an unsalted ranking here picked exactly its eval questions."""
+    import hashlib
+
+    ids = [stable_id(f"question {i}") for i in range(80)]
+    prepare_order = sorted(ids, key=lambda q: hashlib.sha256(f"0:{q}".encode()).hexdigest())
+    val = prefs.validation_ids(ids, 0.2, 0)
+    assert len(val) == 16 and not val <= set(prepare_order[:32])
+
+
 def test_majority_agreement(trained, compare_dirs):
     data = _data(compare_dirs)
     # i1: alice A, judge A -> A; i2: alice B, judge A -> tie; i3: alice Unsure -> tie

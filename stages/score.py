@@ -1,0 +1,30 @@
+"""Stage score: the reward model scores every candidate answer (batched)."""
+import click
+
+from sciexplain.cli import get, params_option, read_params, stage
+from sciexplain.io import read_jsonl, write_json, write_jsonl
+
+
+@click.command()
+@click.option("--base", "base_dir", default="models/base", show_default=True)
+@click.option("--reward", "reward_dir", default="models/reward", show_default=True)
+@click.option("--samples", default="data/rs/samples.jsonl", show_default=True)
+@click.option("--out", "out_path", default="data/rs/scored.jsonl", show_default=True)
+@click.option("--metrics", "metrics_path", default="metrics/score.json", show_default=True)
+@params_option
+@stage
+def main(base_dir, reward_dir, samples, out_path, metrics_path, params_path):
+    from sciexplain.reward import RewardScorer
+    from sciexplain.stats import reward_summary
+
+    p = read_params(params_path)
+    recs = read_jsonl(samples, required=("id", "question", "answer"), allow_empty=False)
+    scorer = RewardScorer(base_dir, reward_dir, quantize_4bit=get(p, "model.quantize_4bit"))
+    rewards = scorer.score([r["question"] for r in recs], [r["answer"] for r in recs], batch_size=get(p, "score.batch_size"))
+    write_jsonl(out_path, [{**r, "reward": round(float(s), 6)} for r, s in zip(recs, rewards)])
+    write_json(metrics_path, {"scored": len(recs), "reward": reward_summary(rewards)})
+    click.echo(f"scored {len(recs)} candidates")
+
+
+if __name__ == "__main__":
+    main()
