@@ -4,7 +4,8 @@ judge panel on the rm split; dedupe; train/validation split by question.
 A pair record::
 
     {"id": question id (stable_id of the question), "question", "prompt" (the chat-templated question,
-     see :func:`chat_prompt`), "chosen", "rejected" (answer texts), "margin" (STRENGTH_MARGIN of the
+     :func:`sciexplain.reward.chat_prompt`, which builders take as ``prompt_fn``),
+     "chosen", "rejected" (answer texts), "margin" (STRENGTH_MARGIN of the
      strength), "strength", "source" ("<pair>/<annotator>" or "rm/judge-rubric"),
      "chosen_model", "rejected_model" (None when unknown), "item_id"}
 
@@ -27,35 +28,7 @@ from .stats import STRENGTH_MARGIN, UNSURE
 
 UNSURE_MODES = ("drop", "keep")
 ANNOTATOR_KINDS = ("all", "humans", "judges")
-RUBRIC_SOURCE = "rm/judge-rubric"
-_SENTINEL = "\ue000ANSWER\ue000"
-
-
-# --------------------------------------------------------------------------- chat format
-
-def _render(tokenizer, question: str) -> tuple[str, str]:
-    """(text before the answer, text after it) of the conversation user=question, assistant=<answer>."""
-    msgs = [{"role": "user", "content": question}, {"role": "assistant", "content": _SENTINEL}]
-    text = tokenizer.apply_chat_template(msgs, tokenize=False)
-    if text.count(_SENTINEL) != 1:
-        raise DataError(None, None, "chat_template", "the chat template does not render the assistant turn verbatim")
-    before, after = text.split(_SENTINEL)
-    return before, after
-
-
-def chat_prompt(tokenizer, question: str) -> str:
-    """The chat-templated question: the conversation text up to where the assistant's answer begins."""
-    return _render(tokenizer, question)[0]
-
-
-def end_of_turn(tokenizer) -> str:
-    """What the chat template writes after an assistant answer, without trailing whitespace (``<|im_end|>``).
-
-    The reward model's sequence ends with it, so the classifier pools the end-of-turn token.
-    Falls back to the EOS token when the template writes nothing after the answer.
-    """
-    after = _render(tokenizer, "q")[1].rstrip()
-    return after or (tokenizer.eos_token or "")
+RUBRIC_SOURCE = "rm/judge-rubric"  # rm-split pairs: source starts with "rm/" (see reward.pairwise_eval)
 
 
 # --------------------------------------------------------------------------- building pairs

@@ -31,12 +31,13 @@ from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 from .io import DataError, UserError, stable_id, write_json
-from .preferences import RUBRIC_SOURCE, chat_prompt, end_of_turn
 from .stats import DECISIVE_STRENGTHS, TIE, majority_vote, reward_summary, wilson_interval
 
 log = logging.getLogger(__name__)
 
 REWARD_CONFIG = "reward_config.json"
+RM_SOURCE_PREFIX = "rm/"  # pairs judged on the rm split (sciexplain.preferences.RUBRIC_SOURCE)
+_SENTINEL = "\ue000ANSWER\ue000"
 
 
 def _r4(x) -> float | None:
@@ -47,6 +48,32 @@ def _r4(x) -> float | None:
 
 
 # --------------------------------------------------------------------------- input format
+
+def _render(tokenizer, question: str) -> tuple[str, str]:
+    """(text before the answer, text after it) of the conversation user=question, assistant=<answer>."""
+    msgs = [{"role": "user", "content": question}, {"role": "assistant", "content": _SENTINEL}]
+    text = tokenizer.apply_chat_template(msgs, tokenize=False)
+    if text.count(_SENTINEL) != 1:
+        raise DataError(None, None, "chat_template", "the chat template does not render the assistant turn verbatim")
+    before, after = text.split(_SENTINEL)
+    return before, after
+
+
+def chat_prompt(tokenizer, question: str) -> str:
+    """The chat-templated question: the conversation text up to where the assistant's answer begins."""
+    return _render(tokenizer, question)[0]
+
+
+def end_of_turn(tokenizer) -> str:
+    """What the chat template writes after an assistant answer, without trailing whitespace (``<|im_end|>``).
+
+    The reward model's sequence ends with it, so the classifier pools the end-of-turn token.
+    Falls back to the EOS token when the template writes nothing after the answer.
+    """
+    after = _render(tokenizer, "q")[1].rstrip()
+    return after or (tokenizer.eos_token or "")
+
+
 
 class ChatEncoder:
     """Token ids of ``chat_prompt(question) + answer + end_of_turn``, at most ``max_length`` long."""
@@ -271,19 +298,27 @@ class RewardScorer:
         ids, cut = self.encoder.encode(self.encoder.prompt(question), answer)
         return ids
 
-    def score_ids(self, seqs: Sequence[Sequence[int]], batch_size: int = 8) -> list[float]:
+    def score_ids(self, seqs: Sequence[Sequence[int]], batch_size: int = 8, progress: bool = False) -> list[float]:
         """Scores of already-encoded sequences, batched (longest first) and returned in input order."""
+        bs = max(1, int(batch_size))
         order = sorted(range(len(seqs)), key=lambda i: (-len(seqs[i]), i))
         out: list[float] = [0.0] * len(seqs)
         pad = self.tokenizer.pad_token_id
-        for start in range(0, len(order), max(1, int(batch_size))):
-            idx = order[start:start + max(1, int(batch_size))]
+        starts = range(0, len(order), bs)
+        if progress:
+            from tqdm import tqdm
+
+            starts = tqdm(starts, desc="reward scoring", unit="batch", mininterval=2)
+        for start in starts:
+            idx = order[start:start + bs]
             for i, s in zip(idx, _forward(self.model, _batch([seqs[i] for i in idx], pad))):
                 out[i] = s
         return out
 
     def score(self, questions: Sequence[str], answers: Sequence[str], batch_size: int = 8,
               progress: bool = False) -> list[float]:
+        """One reward per (question, answer); answers longer than max_length are truncated (counted in
+        ``self.truncated``)."""
         if len(questions) != len(answers):
             raise ValueError(f"{len(questions)} questions but {len(answers)} answers")
         todo = list(dict.fromkeys(k for k in zip(questions, answers) if k not in self._cache))
@@ -293,17 +328,7 @@ class RewardScorer:
                 ids, cut = self.encoder.encode(self.encoder.prompt(q), a)
                 self.truncated += cut
                 seqs.append(ids)
-            scores = []
-            step = max(1, int(batch_size)) * 4
-            chunks = range(0, len(seqs), step)
-            if progress:
-                from tqdm import tqdm
-
-                chunks = tqdm(chunks, desc="reward scoring", unit="chunk", mininterval=2)
-            # score in chunks (each chunk sorted by length) so the progress bar moves
-            for c in chunks:
-                scores.extend(self.score_ids(seqs[c:c + step], batch_size))
-            self._cache.update(zip(todo, scores))
+            self._cache.update(zip(todo, self.score_ids(seqs, batch_size, progress)))
         return [self._cache[k] for k in zip(questions, answers)]
 
     def check_pooling(self, questions: Sequence[str], answers: Sequence[str]) -> dict:
@@ -337,7 +362,7 @@ def pairwise_eval(pairs: Sequence[Mapping], chosen_scores: Sequence[float], reje
     dec = [i for i, p in enumerate(pairs) if float(p["margin"]) > 0]
     hit = {i: chosen_scores[i] > rejected_scores[i] for i in dec}
     by_strength = {s: _acc([hit[i] for i in dec if pairs[i]["strength"] == s]) for s in DECISIVE_STRENGTHS}
-    is_rm = lambda i: pairs[i]["source"] == RUBRIC_SOURCE  # noqa: E731
+    is_rm = lambda i: str(pairs[i]["source"]).startswith(RM_SOURCE_PREFIX)  # noqa: E731
     by_source = {"annotations": _acc([hit[i] for i in dec if not is_rm(i)]),
                  "rm_judge": _acc([hit[i] for i in dec if is_rm(i)])}
     longer = [len(pairs[i]["chosen"]) > len(pairs[i]["rejected"]) for i in dec]

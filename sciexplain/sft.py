@@ -32,7 +32,7 @@ def split_train_val(records: list[dict], val_fraction: float, seed: int) -> tupl
     return ranked[n_val:], ranked[:n_val]
 
 
-def _config(scratch_dir, *, learning_rate, epochs, batch_size, grad_accum, max_length, seed):
+def _config(scratch_dir, *, learning_rate, epochs, batch_size, grad_accum, max_length, seed, has_val=True):
     from trl import SFTConfig
 
     cuda = has_cuda()
@@ -44,7 +44,7 @@ def _config(scratch_dir, *, learning_rate, epochs, batch_size, grad_accum, max_l
         gradient_accumulation_steps=grad_accum, num_train_epochs=epochs, learning_rate=learning_rate,
         lr_scheduler_type="cosine",
         max_length=max_length, completion_only_loss=True, packing=False,
-        eval_strategy="epoch", logging_steps=1, save_strategy="no", report_to="none",
+        eval_strategy="epoch" if has_val else "no", logging_steps=1, save_strategy="no", report_to="none",
         dataloader_num_workers=0, disable_tqdm=False,
     )
 
@@ -73,7 +73,7 @@ def train_sft(base_dir, train_records: list[dict], val_records: list[dict], out_
     train_ds = Dataset.from_list(to_conversations(train_records, answer_field))
     val_ds = Dataset.from_list(to_conversations(val_records, answer_field)) if val_records else None
     args = _config(scratch_dir, learning_rate=learning_rate, epochs=epochs, batch_size=batch_size,
-                   grad_accum=grad_accum, max_length=max_length, seed=seed)
+                   grad_accum=grad_accum, max_length=max_length, seed=seed, has_val=val_ds is not None)
     callbacks = []
     live = None
     if live_dir is not None:

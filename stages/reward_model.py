@@ -27,7 +27,7 @@ def main(base_dir, compare_root, annotations_root, judgments_root, generations_r
     from sciexplain import preferences as prefs
     from sciexplain.io import read_jsonl
     from sciexplain.models import load_tokenizer
-    from sciexplain.reward import RewardScorer, majority_agreement, pairwise_eval, train_reward_model
+    from sciexplain.reward import RewardScorer, chat_prompt, majority_agreement, pairwise_eval, train_reward_model
     from sciexplain.rubric import RubricJudge
 
     p = read_params(params_path)
@@ -35,7 +35,7 @@ def main(base_dir, compare_root, annotations_root, judgments_root, generations_r
     seed = int(get(p, "reward_model.seed"))
     judge = RubricJudge.from_config(get(p, "reward_model.rubric") or {})
     tok = load_tokenizer(base_dir)
-    prompt_fn = lambda q: prefs.chat_prompt(tok, q)  # noqa: E731
+    prompt_fn = lambda q: chat_prompt(tok, q)  # noqa: E731
 
     # every compared pair with annotations (for the majority agreement); the sources also give training pairs
     compare = Path(compare_root)

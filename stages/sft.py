@@ -57,8 +57,9 @@ def main(section, base_dir, data_opt, prepared, teacher, init_adapter, out_dir, 
     recs = load_targets(data, Path(prepared), Path(teacher))
     train, val = split_train_val(recs, get(p, f"{section}.val_fraction"), get(p, f"{section}.seed"))
     out = Path(out_dir)
-    lora = {"r": get(p, f"{section}.lora.r"), "alpha": get(p, f"{section}.lora.alpha"),
-            "dropout": get(p, f"{section}.lora.dropout"), "target_modules": get(p, f"{section}.lora.target_modules")}
+    lora = None if init_adapter else {  # continuing an adapter keeps its LoRA shape
+        "r": get(p, f"{section}.lora.r"), "alpha": get(p, f"{section}.lora.alpha"),
+        "dropout": get(p, f"{section}.lora.dropout"), "target_modules": get(p, f"{section}.lora.target_modules")}
     if int(os.environ.get("RANK", "0")) != 0:  # under accelerate launch: only rank 0 writes the outputs
         train_sft(base_dir, train, val, Path(scratch) / f"rank{os.environ['RANK']}", init_adapter=init_adapter, lora=lora,
                   **_hyper(p, section), quantize_4bit=get(p, "model.quantize_4bit"), scratch_dir=scratch, live_dir=None)

@@ -9,10 +9,9 @@ import pytest
 import torch
 
 from sciexplain import preferences as prefs
-from sciexplain.annotations import Annotation
 from sciexplain.io import DataError, UserError, stable_id
 from sciexplain.models import load_tokenizer
-from sciexplain.reward import (ChatEncoder, RewardScorer, check_pooling, encode_pairs, majority_agreement,
+from sciexplain.reward import (ChatEncoder, chat_prompt, RewardScorer, check_pooling, encode_pairs, majority_agreement,
                                pairwise_eval, train_reward_model)
 from sciexplain.rubric import RubricJudge
 
@@ -42,7 +41,7 @@ def synthetic(tok, n, seed, margin=1.0):
     for i in range(n):
         q = f"Why {r.choice(WORDS)} {seed}-{i}?"
         body = " ".join(r.choice(WORDS) for _ in range(r.randint(3, 8)))
-        out.append({"id": stable_id(q), "question": q, "prompt": prefs.chat_prompt(tok, q), "chosen": body + MARKER,
+        out.append({"id": stable_id(q), "question": q, "prompt": chat_prompt(tok, q), "chosen": body + MARKER,
                     "rejected": body, "margin": margin, "strength": "Significantly better", "source": "x/alice"})
     return out
 
@@ -218,7 +217,7 @@ def _data(root):
 
 
 def test_annotation_pairs_drop_unsure(compare_dirs, tok):
-    pairs = prefs.annotation_pairs("base_vs_sft", _data(compare_dirs), lambda q: prefs.chat_prompt(tok, q), "drop")
+    pairs = prefs.annotation_pairs("base_vs_sft", _data(compare_dirs), lambda q: chat_prompt(tok, q), "drop")
     got = {(p["source"], p["item_id"]): (p["chosen"], p["rejected"], round(p["margin"], 4), p["chosen_model"]) for p in pairs}
     assert got == {
         ("base_vs_sft/alice", "i1"): ("Scattering.", "Dunno lol", 1.0, "sft"),
@@ -259,7 +258,7 @@ def test_judge_pairs_on_rm_split(tok):
     gens = {"base": {"q1": {"answer": POOR}, "q2": {"answer": POOR}},
             "sft": {"q1": {"answer": GOOD}, "q2": {"answer": POOR}},
             "teacher": {"q1": {"answer": GOOD + " Overall, thus."}}}
-    pf = lambda q: prefs.chat_prompt(tok, q)  # noqa: E731
+    pf = lambda q: chat_prompt(tok, q)  # noqa: E731
     pairs, counts = prefs.judge_pairs(qs, gens, RubricJudge(), pf, "drop")
     assert counts["missing"] == 2 and counts["compared"] == 4 and counts["unsure"] >= 1  # q2 base == sft
     bs = [p for p in pairs if {p["chosen_model"], p["rejected_model"]} == {"base", "sft"}]

@@ -1,0 +1,175 @@
+"""Direct Preference Optimization (TRL's DPOTrainer) on best-vs-worst answer pairs, starting from the SFT adapter.
+
+Data are conversational preference rows: ``prompt`` = the student's view of the question
+(:func:`sciexplain.prompts.student_messages`), ``chosen`` / ``rejected`` = one assistant turn each.
+
+Reference model (checked in trl 1.16 ``DPOTrainer.__init__`` and ``_compute_loss``): we pass the SFT adapter as a
+trainable ``PeftModel`` with ``ref_model=None`` and no ``peft_config``. TRL then adds a second, frozen adapter
+``"ref"`` holding a copy of the SFT weights and computes the reference log-probs under ``use_adapter(model, "ref")``.
+So the reference is the SFT policy (the usual DPO reference), *not* the adapter-disabled base model; before the
+first step policy == reference and every implicit reward is exactly 0. Only with no ``init_adapter`` (a fresh LoRA
+from ``lora``) is the reference the adapter-disabled base model. The saved folder holds the ``default`` (policy)
+adapter only.
+
+Length: DPOTrainer drops a pair whose prompt alone reaches ``max_length`` and truncates the rest (keep_start);
+both are counted in the metrics. DPOConfig 1.16 has no ``max_prompt_length``.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+
+from .models import count_parameters, has_cuda, load_causal_lm, load_tokenizer, lora_config, use_4bit
+from .prompts import student_messages
+
+log = logging.getLogger(__name__)
+
+LOSS_TYPES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
+              "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")
+
+
+def to_preference_rows(pairs: list[dict]) -> list[dict]:
+    """{id, question, chosen, rejected} -> TRL's conversational {prompt, chosen, rejected} (+ id)."""
+    return [{"id": p["id"], "prompt": student_messages(p["question"]),
+             "chosen": [{"role": "assistant", "content": p["chosen"]}],
+             "rejected": [{"role": "assistant", "content": p["rejected"]}]} for p in pairs]
+
+
+def _loss_types(loss_type) -> list[str]:
+    from .io import UserError
+
+    types = [loss_type] if isinstance(loss_type, str) else list(loss_type)
+    bad = [t for t in types if t not in LOSS_TYPES]
+    if not types or bad:
+        raise UserError(f"dpo.loss_type {loss_type!r}: unknown {bad or 'empty'}; choose from {', '.join(LOSS_TYPES)}")
+    return types
+
+
+def _config(scratch_dir, *, beta, loss_type, learning_rate, epochs, batch_size, grad_accum, max_length, seed, evaluate):
+    import torch
+    from trl import DPOConfig
+
+    cuda = has_cuda()
+    return DPOConfig(
+        output_dir=str(scratch_dir), seed=seed, data_seed=seed,
+        use_cpu=not cuda, bf16=cuda and torch.cuda.is_bf16_supported(), fp16=False,
+        activation_checkpointing=False,
+        per_device_train_batch_size=batch_size, per_device_eval_batch_size=batch_size,
+        gradient_accumulation_steps=grad_accum, num_train_epochs=epochs, learning_rate=learning_rate,
+        lr_scheduler_type="cosine", beta=float(beta), loss_type=_loss_types(loss_type),
+        max_length=max_length, eval_strategy="epoch" if evaluate else "no", logging_steps=1,
+        save_strategy="no", report_to="none", dataloader_num_workers=0, disable_tqdm=False,
+    )
+
+
+def build_dpo_trainer(base_dir, train_pairs: list[dict], val_pairs: list[dict], *, init_adapter=None,
+                      lora: dict | None = None, beta: float = 0.1, loss_type="sigmoid", learning_rate: float = 5e-5,
+                      epochs: float = 1, batch_size: int = 2, grad_accum: int = 1, max_length: int = 512,
+                      seed: int = 0, scratch_dir="scratch/dpo", quantize_4bit="auto", callbacks=()):
+    """A ready DPOTrainer: policy = ``init_adapter`` (trainable), reference = its frozen copy (see module doc)."""
+    from datasets import Dataset
+    from transformers import set_seed
+    from trl import DPOTrainer
+
+    set_seed(seed)
+    tok = load_tokenizer(base_dir, padding_side="right")
+    model = load_causal_lm(base_dir, adapter=init_adapter, quantize_4bit=quantize_4bit, trainable=True)
+    peft_config = None
+    if init_adapter is None:
+        peft_config = lora_config(**(lora or {}))
+        if use_4bit(quantize_4bit):
+            from peft import prepare_model_for_kbit_training
+
+            model = prepare_model_for_kbit_training(model)
+    model.config.use_cache = False
+    train_ds = Dataset.from_list(to_preference_rows(train_pairs))
+    val_ds = Dataset.from_list(to_preference_rows(val_pairs)) if val_pairs else None
+    args = _config(scratch_dir, beta=beta, loss_type=loss_type, learning_rate=learning_rate, epochs=epochs,
+                   batch_size=batch_size, grad_accum=grad_accum, max_length=max_length, seed=seed,
+                   evaluate=val_ds is not None)
+    return DPOTrainer(model=model, ref_model=None, args=args, train_dataset=train_ds, eval_dataset=val_ds,
+                      processing_class=tok, peft_config=peft_config, callbacks=list(callbacks))
+
+
+def _lengths(ds, max_length: int) -> tuple[int, int]:
+    """(tokens processed per epoch, pairs truncated) of a prepared DPO dataset."""
+    tokens = truncated = 0
+    for p, c, r in zip(ds["prompt_ids"], ds["chosen_ids"], ds["rejected_ids"]):
+        lc, lr = len(p) + len(c), len(p) + len(r)
+        truncated += max(lc, lr) > max_length
+        tokens += min(lc, max_length) + min(lr, max_length)
+    return tokens, truncated
+
+
+def _eval(trainer, suffix: str = "") -> dict:
+    # DPOTrainer.log adds its rewards/* under "eval_" whatever metric_key_prefix is: keep the default prefix
+    m = trainer.evaluate()
+    return {f"eval_{k.replace('/', '_')}{suffix}": m.get(f"eval_{k}")
+            for k in ("loss", "rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected")}
+
+
+def train_dpo(base_dir, pairs: list[dict], val_pairs: list[dict], out_dir, *, init_adapter=None,
+              lora: dict | None = None, beta: float = 0.1, loss_type="sigmoid", learning_rate: float = 5e-5,
+              epochs: float = 1, batch_size: int = 2, grad_accum: int = 1, max_length: int = 512, seed: int = 0,
+              scratch_dir="scratch/dpo", live_dir=None, quantize_4bit="auto") -> dict:
+    """DPO from ``init_adapter`` on ``pairs`` ({id, question, chosen, rejected}); save the policy adapter to
+    ``out_dir`` (None: do not save). Returns metrics: pair counts, eval loss/rewards before and after (on
+    ``val_pairs``), the last training log's rewards, train loss first/last/mean, tokens/s."""
+    import torch
+
+    from .io import UserError
+
+    callbacks = []
+    live = None
+    if live_dir is not None:
+        from dvclive import Live
+        from transformers.integrations import DVCLiveCallback
+
+        live = Live(str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None)
+        callbacks.append(DVCLiveCallback(live=live))
+    trainer = build_dpo_trainer(base_dir, pairs, val_pairs, init_adapter=init_adapter, lora=lora, beta=beta,
+                                loss_type=loss_type, learning_rate=learning_rate, epochs=epochs,
+                                batch_size=batch_size, grad_accum=grad_accum, max_length=max_length, seed=seed,
+                                scratch_dir=scratch_dir, quantize_4bit=quantize_4bit, callbacks=callbacks)
+    n_train = len(trainer.train_dataset)
+    if n_train == 0:
+        raise UserError(f"every DPO training pair was dropped: each prompt alone fills dpo.max_length {max_length}")
+    tokens, truncated = _lengths(trainer.train_dataset, max_length)
+    trainable, total = count_parameters(trainer.model)
+    metrics: dict = {
+        "train_pairs": len(pairs), "val_pairs": len(val_pairs), "train_pairs_used": n_train,
+        "train_pairs_dropped": len(pairs) - n_train, "train_pairs_truncated": truncated,
+        "beta": float(beta), "loss_type": "+".join(_loss_types(loss_type)),
+        "reference": "init_adapter (frozen copy)" if init_adapter else "base (adapters disabled)",
+        "init_adapter": str(init_adapter) if init_adapter else None,
+        "trainable_parameters": trainable, "total_parameters": total,
+    }
+    if trainer.eval_dataset is not None:
+        metrics.update(_eval(trainer, "_start"))
+    t0 = time.perf_counter()
+    result = trainer.train()
+    seconds = time.perf_counter() - t0
+    logs = [h for h in trainer.state.log_history if "loss" in h and "rewards/margins" in h]
+    metrics["train_loss"] = result.training_loss
+    metrics["train_loss_first_step"] = logs[0]["loss"] if logs else None
+    metrics["train_loss_last_step"] = logs[-1]["loss"] if logs else None
+    metrics["train_rewards_accuracies_last_step"] = logs[-1]["rewards/accuracies"] if logs else None
+    metrics["train_rewards_margins_last_step"] = logs[-1]["rewards/margins"] if logs else None
+    if trainer.eval_dataset is not None:
+        metrics.update(_eval(trainer))
+    n_tokens = tokens * math.ceil(epochs)
+    metrics.update({"train_seconds": seconds, "train_tokens": n_tokens,
+                    "train_tokens_per_s": n_tokens / max(seconds, 1e-9), "steps": int(trainer.state.global_step)})
+    if out_dir is not None and trainer.is_world_process_zero():
+        out_dir = Path(out_dir)
+        # the policy only: TRL's frozen "ref" adapter would otherwise land in out_dir/ref
+        trainer.model.save_pretrained(str(out_dir), safe_serialization=True, selected_adapters=["default"])
+        (out_dir / "README.md").unlink(missing_ok=True)  # timestamps and paths: keep the folder byte-stable
+    if live is not None:
+        live.end()
+    del trainer
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()}

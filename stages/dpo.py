@@ -1,0 +1,95 @@
+"""Stage dpo: DPO (TRL) from the SFT adapter on best-vs-worst answer pairs (+ optional extra pairs).
+
+Pairs: ``--pairs`` (written by stage ``select``: {id, question, chosen, rejected, reward_chosen, reward_rejected})
+plus, optionally, ``--extra-pairs`` / ``dpo.extra_pairs`` (any {question, chosen, rejected[, id]} JSONL, e.g. human
+or judge preferences; list that file in the stage's deps when you set it). Train/val split by question id.
+Outputs: the policy adapter (models/dpo), metrics (metrics/dpo.json), DVCLive curves (metrics/dpo).
+"""
+import os
+import shutil
+from pathlib import Path
+
+import click
+
+from sciexplain.cli import get, params_option, read_params, stage
+from sciexplain.io import DataError, read_jsonl, stable_id, write_json
+
+FIELDS = ("question", "chosen", "rejected")
+
+
+def load_pairs(pairs_path, extra_path=None) -> tuple[list[dict], dict]:
+    """The pairs from ``select`` and the extra ones (id = stable_id(question) where missing); counts."""
+    pairs = read_jsonl(pairs_path, required=("id",) + FIELDS, allow_empty=True)
+    extra = []
+    if extra_path:
+        for rec in read_jsonl(extra_path, required=FIELDS, allow_empty=True):
+            extra.append({**rec, "id": rec.get("id") or stable_id(rec["question"])})
+    counts = {"pairs_select": len(pairs), "pairs_extra": len(extra)}
+    recs = [{k: r[k] for k in ("id",) + FIELDS} for r in pairs + extra]
+    if len(recs) < 2:
+        more = f" and {len(extra)} extra" if extra_path else ""
+        raise DataError(pairs_path, None, None,
+                        f"select produced {len(pairs)} pair{'s' if len(pairs) != 1 else ''}{more}; DPO needs at least 2: "
+                        "lower select.min_gap or raise sample.n")
+    return recs, counts
+
+
+def split_pairs(pairs: list[dict], val_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """Split by question id (all pairs of a question go to the same side), deterministically."""
+    from sciexplain.sft import split_train_val
+
+    ids = sorted({p["id"] for p in pairs})
+    _, val = split_train_val([{"id": i} for i in ids], val_fraction, seed)
+    val_ids = {r["id"] for r in val}
+    return [p for p in pairs if p["id"] not in val_ids], [p for p in pairs if p["id"] in val_ids]
+
+
+@click.command()
+@click.option("--base", "base_dir", default="models/base", show_default=True)
+@click.option("--pairs", "pairs_path", default="data/rs/dpo_pairs.jsonl", show_default=True)
+@click.option("--extra-pairs", "extra_opt", default=None, help="extra {question, chosen, rejected} JSONL (default: dpo.extra_pairs)")
+@click.option("--init-adapter", default="models/sft", show_default=True, help="the SFT adapter (policy start and reference)")
+@click.option("--out", "out_dir", default="models/dpo", show_default=True)
+@click.option("--metrics", "metrics_path", default="metrics/dpo.json", show_default=True)
+@click.option("--live", "live_dir", default="metrics/dpo", show_default=True, help="DVCLive folder (training curves)")
+@click.option("--scratch", default="scratch/dpo", show_default=True, help="trainer scratch (not a DVC out)")
+@params_option
+@stage
+def main(base_dir, pairs_path, extra_opt, init_adapter, out_dir, metrics_path, live_dir, scratch, params_path):
+    import tempfile
+
+    from sciexplain.dpo import train_dpo
+
+    p = read_params(params_path)
+    extra = extra_opt or get(p, "dpo.extra_pairs")
+    pairs, counts = load_pairs(pairs_path, extra)
+    train, val = split_pairs(pairs, get(p, "dpo.val_fraction"), get(p, "dpo.seed"))
+    hyper = {"beta": get(p, "dpo.beta"), "loss_type": get(p, "dpo.loss_type"),
+             "learning_rate": get(p, "dpo.learning_rate"), "epochs": get(p, "dpo.epochs"),
+             "batch_size": get(p, "dpo.batch_size"), "grad_accum": get(p, "dpo.grad_accum"),
+             "max_length": get(p, "dpo.max_length"), "seed": get(p, "dpo.seed"),
+             "quantize_4bit": get(p, "model.quantize_4bit")}
+    if int(os.environ.get("RANK", "0")) != 0:  # under accelerate launch: only rank 0 writes the outputs
+        train_dpo(base_dir, train, val, None, init_adapter=init_adapter, scratch_dir=scratch, live_dir=None, **hyper)
+        return
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))  # train into a temp folder, then swap it in
+    try:
+        metrics = train_dpo(base_dir, train, val, tmp, init_adapter=init_adapter, scratch_dir=scratch,
+                            live_dir=live_dir, **hyper)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    metrics.update(counts)
+    metrics["extra_pairs"] = str(extra) if extra else None
+    write_json(metrics_path, metrics)
+    click.echo(f"dpo: {len(train)} train / {len(val)} val pairs; eval reward accuracy "
+               f"{metrics.get('eval_rewards_accuracies')} margin {metrics.get('eval_rewards_margins')} -> {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""Stage evaluate: every model answers the same eval questions; reward statistics, judged win rates,
+plots (DVC plot data + PNGs) and the report."""
+from pathlib import Path
+
+import click
+
+from sciexplain.cli import get, params_option, read_params, stage
+from sciexplain.io import read_json, read_jsonl, write_json
+
+
+@click.command()
+@click.option("--base", "base_dir", default="models/base", show_default=True)
+@click.option("--reward", "reward_dir", default="models/reward", show_default=True)
+@click.option("--prepared", default="data/prepared/eval.jsonl", show_default=True)
+@click.option("--generations", default="data/generations", show_default=True)
+@click.option("--annotations", default="data/annotations", show_default=True, help="human files: <annotations>/eval_<pair>/")
+@click.option("--judge-prompt", default="prompts/judge.md", show_default=True)
+@click.option("--cache-dir", default="data/cache/evaluate", show_default=True)
+@click.option("--metrics-dir", default="metrics", show_default=True)
+@click.option("--plots", "plots_dir", default="plots/eval", show_default=True)
+@click.option("--report", "report_dir", default="reports", show_default=True)
+@click.option("--select-metrics", default="metrics/select.json", show_default=True, help="the best-of-n curve")
+@params_option
+@stage
+def main(base_dir, reward_dir, prepared, generations, annotations, judge_prompt, cache_dir, metrics_dir, plots_dir,
+         report_dir, select_metrics, params_path):
+    from sciexplain import plots
+    from sciexplain.evaluation import load_eval_answers, pair_sheet, pair_winrate, reward_statistics
+    from sciexplain.judges import run_panel
+    from sciexplain.comparisons import read_groups
+    from sciexplain.report import render_report
+    from sciexplain.reward import RewardScorer
+
+    p = read_params(params_path)
+    models = list(get(p, "evaluate.models"))
+    questions = read_jsonl(prepared)
+    limit = get(p, "evaluate.max_questions")
+    questions = questions[:limit] if limit else questions
+    ids = [q["id"] for q in questions]
+    answers = load_eval_answers(generations, models, ids)
+
+    # reward statistics
+    scorer = RewardScorer(base_dir, reward_dir, quantize_4bit=get(p, "model.quantize_4bit"))
+    rewards = {}
+    for m in models:
+        recs = [answers[m][i] for i in ids]
+        rewards[m] = scorer.score([r["question"] for r in recs], [r["answer"] for r in recs],
+                                  batch_size=get(p, "score.batch_size"), progress=True)
+    reward_stats = reward_statistics(rewards, "base", n_resamples=get(p, "evaluate.bootstrap_resamples"))
+    write_json(Path(metrics_dir) / "eval_rewards.json", reward_stats)
+
+    # judged win rates
+    winrates = {}
+    for pair in get(p, "evaluate.pairs"):
+        sheet, key = pair_sheet(pair, answers, ids, get(p, "compare.seed"))
+        panel = run_panel(sheet, get(p, "judge.panel"), base_dir=base_dir, cache_dir=Path(cache_dir) / pair,
+                          prompt_path=judge_prompt, progress=False)
+        judges = {f"judge-{name}": anns for name, anns in panel.items()}
+        _, humans = read_groups(f"eval_{pair}", [s["item_id"] for s in sheet], None, annotations)
+        winrates[pair] = pair_winrate(pair, sheet, key, judges, humans)
+    write_json(Path(metrics_dir) / "eval_winrates.json", winrates)
+
+    # plots: DVC plot data + PNGs
+    pdir = Path(plots_dir)
+    plots.write_plot_data(pdir / "data", rewards={m: dict(zip(ids, v)) for m, v in rewards.items()},
+                          winrates={k.replace("_vs_", " vs "): v["all"] for k, v in winrates.items() if v["all"]},
+                          best_of_n=read_json(select_metrics).get("best_of_n", []))
+    plots.ridge_plot(rewards, pdir / "ridge.png")
+    plots.winrate_bars({k.replace("_vs_", " vs "): v["all"] for k, v in winrates.items() if v["all"]}, pdir / "winrates.png")
+    plots.best_of_n_curve(read_json(select_metrics).get("best_of_n", []), pdir / "best_of_n.png")
+    plots.training_curves({s: Path(metrics_dir) / s for s in ("sft", "reward_model", "rs", "dpo")}, pdir / "training.png")
+
+    # report
+    rdir = Path(report_dir)
+    rel = lambda name: str(Path("..") / pdir / name)  # noqa: E731
+    rm_metrics = read_json(Path(metrics_dir) / "reward_model.json")
+    best = max((m for m in models if m not in ("base", "teacher")), key=lambda m: reward_stats[m]["mean"], default=None)
+    context = {
+        "params": {k: p.get(k) for k in ("base_model", "prepare", "teacher", "sft", "reward_model", "sample", "select",
+                                         "rs", "dpo", "evaluate")},
+        "sources": {"base": read_json(Path(metrics_dir) / "base_model.json").get("source"),
+                    "teacher": read_json(Path(metrics_dir) / "teacher.json").get("model"),
+                    **{m: f"models/{m} (LoRA adapter)" for m in models if m not in ("base", "teacher")}},
+        "reward_stats": reward_stats,
+        "winrates": {k.replace("_vs_", " vs "): v["all"] for k, v in winrates.items() if v["all"]},
+        "reward_model": {**rm_metrics.get("heldout", {}), "baselines": rm_metrics.get("baselines", {}),
+                         "agreement with annotators' majority": (rm_metrics.get("majority_agreement") or {}).get("all", {}).get("accuracy"),
+                         "train pairs": rm_metrics.get("pairs", {}).get("train")},
+        "best_model": best,
+        "examples": [{"id": i, "question": answers["base"][i]["question"],
+                      "answers": {m: answers[m][i]["answer"] for m in models}} for i in ids[: get(p, "evaluate.examples")]],
+        "plots": {"Reward per model": rel("ridge.png"), "Win rates": rel("winrates.png"),
+                  "Best-of-n": rel("best_of_n.png"), "Training curves": rel("training.png")},
+    }
+    render_report(context, rdir / "report.md", rdir / "report.html")
+    means = ", ".join(f"{m} {s['mean']:.3f}" for m, s in reward_stats.items())
+    click.echo(f"evaluate: mean reward {means}; report -> {rdir / 'report.md'}")
+
+
+if __name__ == "__main__":
+    main()

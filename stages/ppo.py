@@ -1,0 +1,93 @@
+"""Stage ppo: RL against the reward model with a degeneration guard (GRPO; trl 1.16 has no PPO). Off by default.
+
+``ppo.enabled: false`` (the default, as in the study, where PPO degraded the answers): nothing is trained;
+metrics/ppo.json says ``"enabled": false`` and models/ppo holds only a ``DISABLED`` note (no adapter), so the DAG
+stays valid. ``true``: GRPO from the SFT adapter on the ``--prompts`` questions, reward = the reward model's score,
+KL penalty ``ppo.beta`` against the SFT adapter; the guard (``ppo.guard.*``) stops the run when the KL or the
+repetition of the samples crosses a threshold and puts back the last policy that passed.
+See :mod:`sciexplain.ppo` for why GRPO.
+"""
+import os
+import shutil
+from pathlib import Path
+
+import click
+
+from sciexplain.cli import get, params_option, read_params, stage
+from sciexplain.io import read_jsonl, write_json
+
+def _swap(tmp: Path, out: Path) -> None:
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+
+
+@click.command()
+@click.option("--base", "base_dir", default="models/base", show_default=True)
+@click.option("--init-adapter", default="models/sft", show_default=True, help="the SFT adapter (policy start and KL reference)")
+@click.option("--reward", "reward_dir", default="models/reward", show_default=True, help="the reward model adapter")
+@click.option("--prompts", "prompts_path", default="data/prepared/rs.jsonl", show_default=True, help="{id, question} JSONL")
+@click.option("--out", "out_dir", default="models/ppo", show_default=True)
+@click.option("--metrics", "metrics_path", default="metrics/ppo.json", show_default=True)
+@click.option("--live", "live_dir", default="metrics/ppo", show_default=True, help="DVCLive folder (training curves)")
+@click.option("--scratch", default="scratch/ppo", show_default=True, help="trainer scratch (not a DVC out)")
+@params_option
+@stage
+def main(base_dir, init_adapter, reward_dir, prompts_path, out_dir, metrics_path, live_dir, scratch, params_path):
+    import tempfile
+
+    from sciexplain import ppo
+
+    p = read_params(params_path)
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if not get(p, "ppo.enabled"):
+        from dvclive import Live
+
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        ppo.write_disabled(tmp)
+        _swap(tmp, out)
+        live = Live(str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None)  # keeps the declared plots valid
+        live.log_metric("enabled", 0)
+        live.end()
+        write_json(metrics_path, ppo.disabled_metrics())
+        click.echo(f"ppo: disabled (ppo.enabled: false) -> {out / ppo.DISABLED_FILE}")
+        return
+
+    from sciexplain.reward import RewardScorer
+
+    questions = [r["question"] for r in read_jsonl(prompts_path, required=("id", "question"))]
+    quantize = get(p, "model.quantize_4bit")
+    scorer = RewardScorer(base_dir, reward_dir, quantize_4bit=quantize)
+    guard = {"max_kl": get(p, "ppo.guard.max_kl"), "min_distinct3": get(p, "ppo.guard.min_distinct3"),
+             "max_code_fence_share": get(p, "ppo.guard.max_code_fence_share"),
+             "max_repeated_line_share": get(p, "ppo.guard.max_repeated_line_share"),
+             "restore_last_good": get(p, "ppo.guard.restore_last_good")}
+    hyper = {"beta": get(p, "ppo.beta"), "learning_rate": get(p, "ppo.learning_rate"),
+             "max_steps": get(p, "ppo.max_steps"), "num_generations": get(p, "ppo.num_generations"),
+             "prompts_per_step": get(p, "ppo.prompts_per_step"),
+             "max_completion_length": get(p, "ppo.max_completion_length"),
+             "temperature": get(p, "ppo.temperature"), "top_p": get(p, "ppo.top_p"), "seed": get(p, "ppo.seed"),
+             "score_batch_size": get(p, "ppo.score_batch_size"), "quantize_4bit": quantize}
+    if int(os.environ.get("RANK", "0")) != 0:  # under accelerate launch: only rank 0 writes the outputs
+        ppo.train_ppo(base_dir, questions, None, scorer=scorer, init_adapter=init_adapter, guard=guard,
+                      scratch_dir=scratch, live_dir=None, **hyper)
+        return
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        metrics = ppo.train_ppo(base_dir, questions, tmp, scorer=scorer, init_adapter=init_adapter, guard=guard,
+                                scratch_dir=scratch, live_dir=live_dir, **hyper)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _swap(tmp, out)
+    metrics["reward_model"] = str(reward_dir)
+    metrics["reward_truncated_answers"] = getattr(scorer, "truncated", None)
+    write_json(metrics_path, metrics)
+    stop = f"stopped at step {metrics['stop_step']}: {metrics['stop_reason']}" if metrics["stopped_early"] else "no stop"
+    click.echo(f"ppo ({metrics['algorithm']}): {metrics['steps_run']} steps, reward {metrics['reward_mean_first']} -> "
+               f"{metrics['reward_mean_last']}, KL {metrics['kl_final']}, {stop} -> {out}")
+
+
+if __name__ == "__main__":
+    main()
