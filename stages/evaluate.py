@@ -5,7 +5,7 @@ from pathlib import Path
 import click
 
 from sciexplain.cli import get, params_option, read_params, stage
-from sciexplain.io import read_json, read_jsonl, write_json
+from sciexplain.io import read_json, read_jsonl, write_json, write_jsonl
 
 
 @click.command()
@@ -19,12 +19,15 @@ from sciexplain.io import read_json, read_jsonl, write_json
 @click.option("--metrics-dir", default="metrics", show_default=True)
 @click.option("--plots", "plots_dir", default="plots/eval", show_default=True)
 @click.option("--report", "report_dir", default="reports", show_default=True)
+@click.option("--sheets", "sheets_dir", default="data/eval_sheets", show_default=True,
+              help="blind sheets of the eval comparisons, for human annotators")
 @click.option("--select-metrics", default="metrics/select.json", show_default=True, help="the best-of-n curve")
 @params_option
 @stage
 def main(base_dir, reward_dir, prepared, generations, annotations, judge_prompt, cache_dir, metrics_dir, plots_dir,
-         report_dir, select_metrics, params_path):
+         report_dir, sheets_dir, select_metrics, params_path):
     from sciexplain import plots
+    from sciexplain.annotations import write_sheet_csv
     from sciexplain.evaluation import load_eval_answers, pair_sheet, pair_winrate, reward_statistics
     from sciexplain.judges import run_panel
     from sciexplain.comparisons import read_groups
@@ -53,6 +56,10 @@ def main(base_dir, reward_dir, prepared, generations, annotations, judge_prompt,
     winrates = {}
     for pair in get(p, "evaluate.pairs"):
         sheet, key = pair_sheet(pair, answers, ids, get(p, "compare.seed"))
+        sdir = Path(sheets_dir) / f"eval_{pair}"
+        write_jsonl(sdir / "sheet.jsonl", sheet)
+        write_jsonl(sdir / "key.jsonl", [{"item_id": i, **k} for i, k in key.items()])
+        write_sheet_csv(sheet, sdir / "sheet.csv")
         panel = run_panel(sheet, get(p, "judge.panel"), base_dir=base_dir, cache_dir=Path(cache_dir) / pair,
                           prompt_path=judge_prompt, progress=False)
         judges = {f"judge-{name}": anns for name, anns in panel.items()}

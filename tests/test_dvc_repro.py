@@ -72,14 +72,61 @@ def test_repro_then_status_clean(tiny_repo, teacher_server):
     assert "Running stage" not in again, again
 
 
-def test_param_change_dirties_only_downstream(tiny_repo):
+def _dirty_stages(repo) -> set[str]:
+    status = _run(["dvc", "status"], repo).stdout
+    return {line[:-1] for line in status.splitlines() if line and not line.startswith((" ", "\t")) and line.endswith(":")}
+
+
+@pytest.mark.parametrize("update, expect", [
+    ({"prepare": {"seed": 7}}, {"prepare"}),
+    ({"select": {"min_gap": 0.5}}, {"select"}),
+    ({"evaluate": {"examples": 1}}, {"evaluate"}),
+    ({"sft": {"lora": {"r": 2}}}, {"sft"}),
+])
+def test_param_change_dirties_only_its_stage(tiny_repo, update, expect):
+    """`dvc status` lists the stage whose param changed (its downstream reruns only if its outputs change)."""
     repo, _ = tiny_repo
     params = repo / "params.yaml"
     saved = params.read_text()
     try:
-        p = yaml.safe_load(saved)
-        write_params(params, {"prepare": {"splits": {"eval": p["prepare"]["splits"]["eval"] + 1}}})
-        status = _run(["dvc", "status"], repo).stdout
-        assert "prepare:" in status and "base_model:" not in status, status
+        write_params(params, update)
+        assert _dirty_stages(repo) == expect
     finally:
         params.write_text(saved)
+
+
+def test_outputs_of_the_tiny_run(tiny_repo):
+    repo, _ = tiny_repo
+    report = (repo / "reports/report.md").read_text()
+    for model in ("base", "sft", "rs", "dpo", "teacher"):
+        assert model in report
+    for png in ("ridge", "winrates", "best_of_n", "training"):
+        assert (repo / f"plots/eval/{png}.png").stat().st_size > 1000
+    rewards = yaml.safe_load((repo / "metrics/eval_rewards.json").read_text())
+    assert set(rewards) == {"base", "sft", "rs", "dpo", "teacher"}
+    assert all(rewards[m]["n"] == 4 for m in rewards)
+    winrates = yaml.safe_load((repo / "metrics/eval_winrates.json").read_text())
+    assert set(winrates) == {"sft_vs_base", "rs_vs_base", "dpo_vs_base", "rs_vs_teacher"}
+    compare = yaml.safe_load((repo / "metrics/compare_base_vs_sft.json").read_text())
+    assert compare["judge_annotators"] == ["judge-rubric"]
+
+
+def test_a_human_annotation_file_updates_stats_without_regenerating(tiny_repo):
+    repo, _ = tiny_repo
+    import json
+
+    sheet = [json.loads(line) for line in (repo / "data/compare/base_vs_sft/sheet.jsonl").read_text().splitlines()]
+    human = repo / "data/annotations/base_vs_sft/alice.csv"
+    human.parent.mkdir(parents=True, exist_ok=True)
+    human.write_text("item_id,choice,strength\n" + "".join(f"{r['item_id']},A,Better\n" for r in sheet))
+    try:
+        out = _run(["dvc", "repro"], repo).stdout
+        ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
+        assert "winrate" in ran
+        assert not {s for s in ran if s.startswith(("answer", "teacher", "sample", "compare", "judge", "sft", "rs", "dpo"))}, ran
+        compare = json.loads((repo / "metrics/compare_base_vs_sft.json").read_text())
+        assert compare["human_annotators"] == ["alice"] and compare["all"]["n_annotators"] == 2
+        assert "Running stage" not in _run(["dvc", "repro"], repo).stdout
+    finally:
+        human.unlink()
+        _run(["dvc", "repro"], repo)
