@@ -17,7 +17,12 @@ def load_eval_answers(generations_dir, models: list[str], eval_ids: list[str]) -
         path = Path(generations_dir) / m / "eval.jsonl"
         if not path.exists():
             raise DataError(path, None, None, f"no eval answers for model {m!r}: build it or drop it from evaluate.models")
-        recs = {r["id"]: r for r in read_jsonl(path, required=("id", "question", "answer"), allow_empty=False) if r.get("sample", 0) == 0}
+        recs = {}
+        for n, r in enumerate(read_jsonl(path, required=("id", "question")), 1):
+            if not isinstance(r.get("answer"), str):
+                raise DataError(path, n, "answer", "missing or not a string")
+            if r.get("sample", 0) == 0:
+                recs[r["id"]] = r  # an empty answer (e.g. a teacher reply with a plan but no answer) scores as empty
         missing = [i for i in eval_ids if i not in recs]
         if missing:
             raise DataError(path, None, "id", f"no answer for eval question {missing[0]!r} ({len(missing)} missing)")
@@ -37,6 +42,8 @@ def reward_statistics(rewards: dict[str, list[float]], baseline: str = "base", n
 
 def pair_sheet(pair: str, answers: dict[str, dict[str, dict]], eval_ids: list[str], seed: int):
     """The blind sheet + key of ``<x>_vs_<y>`` over the eval questions."""
+    if "_vs_" not in str(pair):
+        raise DataError("params.yaml", "evaluate.pairs", str(pair), "a pair is written <model>_vs_<model>")
     a, b = pair.split("_vs_", 1)
     for m in (a, b):
         if m not in answers:

@@ -3,6 +3,11 @@
 Batched with left padding and the KV cache; the samples of one prompt come from one
 ``num_return_sequences`` call; prompts are grouped by length so a batch carries little padding;
 sampling is seeded per batch; generation stops at EOS / end of turn or ``max_new_tokens``.
+
+Reproducibility: the same requests with the same seed give the same answers on CPU. Sampled answers
+depend on which prompts share a batch (transformers draws one random stream per batch), so a run that
+was resumed from the response cache, or whose request set grew, can sample the not-yet-cached answers
+differently than a fresh run would. Greedy decoding (temperature 0) does not have this caveat.
 """
 from __future__ import annotations
 

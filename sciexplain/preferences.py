@@ -130,11 +130,16 @@ def annotation_pairs(pair: str, data: Mapping, prompt_fn: Callable[[str], str], 
 
 
 def read_generations(path: str | Path) -> dict[str, dict]:
-    """``{question id: record}`` from a generations JSONL, one record per question (the lowest ``sample``)."""
+    """``{question id: record}`` from a generations JSONL, one record per question (the lowest ``sample``).
+
+    Records the teacher's filters dropped (``keep: false``) and empty answers are skipped: they would make
+    trivial "anything beats nothing" pairs (counted as missing by :func:`judge_pairs`)."""
     out: dict[str, dict] = {}
     for n, rec in enumerate(read_jsonl(path, required=("id", "question")), 1):
         if not isinstance(rec.get("answer"), str):
             raise DataError(path, f"record {n}", "answer", "missing or not a string")
+        if rec.get("keep") is False or not rec["answer"].strip():
+            continue
         prev = out.get(rec["id"])
         if prev is None or int(rec.get("sample") or 0) < int(prev.get("sample") or 0):
             out[rec["id"]] = rec

@@ -33,6 +33,8 @@ def select(scored: list[dict], *, threshold: float | None = None, quantile: floa
            min_gap: float = 0.0, require_finished: bool = True) -> dict:
     """Per question: the best candidate if its reward passes the threshold; the best-vs-worst pair if the gap
     reaches ``min_gap``. Ties in reward go to the lower sample index (deterministic)."""
+    empty = sum(1 for r in scored if not str(r.get("answer") or "").strip())
+    scored = [r for r in scored if str(r.get("answer") or "").strip()]  # an empty answer never wins or loses
     groups = group_by_question(scored)
     pool = [r for r in scored if r.get("finished", True) or not require_finished]
     cut = resolve_threshold([r["reward"] for r in pool], threshold, quantile)
@@ -55,7 +57,8 @@ def select(scored: list[dict], *, threshold: float | None = None, quantile: floa
                           "reward_chosen": best["reward"], "reward_rejected": worst["reward"]})
         else:
             counts["gap_too_small"] += 1
-    counts.update(selected=len(selected), dpo_pairs=len(pairs), threshold=None if cut is None else round(cut, 6))
+    counts.update(selected=len(selected), dpo_pairs=len(pairs), empty_answers=empty,
+                  threshold=None if cut is None else round(cut, 6))
     return {"selected": selected, "pairs": pairs, "counts": counts}
 
 

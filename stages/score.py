@@ -2,7 +2,7 @@
 import click
 
 from sciexplain.cli import get, params_option, read_params, stage
-from sciexplain.io import read_jsonl, write_json, write_jsonl
+from sciexplain.io import DataError, read_jsonl, write_json, write_jsonl
 
 
 @click.command()
@@ -18,7 +18,10 @@ def main(base_dir, reward_dir, samples, out_path, metrics_path, params_path):
     from sciexplain.stats import reward_summary
 
     p = read_params(params_path)
-    recs = read_jsonl(samples, required=("id", "question", "answer"), allow_empty=False)
+    recs = read_jsonl(samples, required=("id", "question"), allow_empty=False)
+    for n, r in enumerate(recs, 1):
+        if not isinstance(r.get("answer"), str):
+            raise DataError(samples, n, "answer", "missing or not a string")
     scorer = RewardScorer(base_dir, reward_dir, quantize_4bit=get(p, "model.quantize_4bit"))
     rewards = scorer.score([r["question"] for r in recs], [r["answer"] for r in recs], batch_size=get(p, "score.batch_size"))
     write_jsonl(out_path, [{**r, "reward": round(float(s), 6)} for r, s in zip(recs, rewards)])

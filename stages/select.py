@@ -20,7 +20,7 @@ def main(scored, selected_path, pairs_path, metrics_path, params_path):
     from sciexplain.selection import best_of_n_curve, select
 
     p = read_params(params_path)
-    recs = read_jsonl(scored, required=("id", "question", "answer", "reward"))
+    recs = read_jsonl(scored, required=("id", "question", "reward"))
     out = select(recs, threshold=get(p, "select.threshold"), quantile=get(p, "select.quantile"),
                  min_gap=get(p, "select.min_gap"), require_finished=get(p, "select.require_finished"))
     write_jsonl(selected_path, out["selected"])

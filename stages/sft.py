@@ -23,9 +23,10 @@ def load_targets(data: str, prepared: Path, teacher: Path) -> list[dict]:
             raise DataError(prepared, None, "answer", "sft.data=forum needs forum answers: add a stackexchange or qa "
                             "source with answers to prepare.sources")
     else:
-        recs = [r for r in read_jsonl(data, required=("id", "question", "answer"))]
+        recs = [r for r in read_jsonl(data, required=("id", "question", "answer"), allow_empty=True)]
     if len(recs) < 2:
-        raise DataError(data, None, "answer", f"only {len(recs)} training examples")
+        raise DataError(data, None, "answer", f"only {len(recs)} training examples; for the rs round loosen "
+                        "select.threshold / select.quantile or raise sample.n")
     return recs
 
 

@@ -54,6 +54,7 @@ def main(prepared, base_dir, prompts_dir, out_dir, cache_path, metrics_path, par
         cache_stats = {}
     else:
         backend = make_backend(kind, base_dir=base_dir, batch_size=get(p, "teacher.batch_size"), model=model_name,
+                               quantize_4bit=get(p, "model.quantize_4bit"),
                                base_url=get(p, "teacher.base_url"), api_key_env=get(p, "teacher.api_key_env"),
                                max_concurrency=get(p, "teacher.max_concurrency"))
         results = generate_cached(backend, requests, sampling, cache_path, desc="teacher")

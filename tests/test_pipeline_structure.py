@@ -85,4 +85,5 @@ def test_stage_reads_only_declared_params(name):
     src = (ROOT / (m.group(1).replace(".", "/") + ".py")).read_text()
     declared = STAGES[name].get("params", [])
     for key in re.findall(r"""get\(p, ["']([\w.]+)["']""", src):
-        assert any(d == key or d.startswith(key + ".") for d in declared), f"stage {name} reads {key} but does not declare it"
+        assert any(d == key or d.startswith(key + ".") or key.startswith(d + ".") for d in declared), \
+            f"stage {name} reads {key} but does not declare it"

@@ -40,3 +40,13 @@ def test_best_of_n_curve_is_monotone_and_exact():
     assert curve[0]["mean_reward"] == pytest.approx((0.1 - 1.0 + 0.3) / 3, abs=1e-6)
     assert curve[1]["mean_reward"] == pytest.approx((0.9 - 0.5 + 0.3) / 3, abs=1e-6)
     assert curve[2]["mean_reward"] == pytest.approx((0.9 - 0.5 + 0.3) / 3, abs=1e-6)
+
+
+def test_empty_answers_never_selected_or_paired():
+    rows = _scored()
+    rows.append({"id": "a", "question": "Qa?", "sample": 3, "answer": " ", "reward": 5.0, "finished": True})
+    rows.append({"id": "b", "question": "Qb?", "sample": 3, "answer": "", "reward": -9.0, "finished": True})
+    out = select(rows, threshold=0.0, min_gap=0.2)
+    assert [r["answer"] for r in out["selected"]] == ["a1", "c0"]
+    assert [(p["chosen"], p["rejected"]) for p in out["pairs"]] == [("a1", "a0"), ("b1", "b0")]
+    assert out["counts"]["empty_answers"] == 2
