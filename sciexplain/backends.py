@@ -7,7 +7,7 @@ from .io import DataError
 
 def make_backend(kind: str, *, base_dir=None, adapter=None, quantize_4bit="auto", batch_size: int = 8,
                  model: str | None = None, base_url: str | None = None, api_key_env: str | None = "OPENAI_API_KEY",
-                 max_concurrency: int = 8) -> Backend:
+                 max_concurrency: int = 8, max_retries: int = 6) -> Backend:
     """``local``: the base model (+ adapter) with transformers; ``openai``: any OpenAI-compatible server."""
     if kind == "local":
         from .local_backend import LocalBackend
@@ -18,5 +18,6 @@ def make_backend(kind: str, *, base_dir=None, adapter=None, quantize_4bit="auto"
 
         if not model:
             raise DataError("params.yaml", None, "model", "the openai backend needs a model name")
-        return OpenAIBackend(model, base_url=base_url, api_key_env=api_key_env, max_concurrency=max_concurrency)
+        return OpenAIBackend(model, base_url=base_url, api_key_env=api_key_env, max_concurrency=max_concurrency,
+                             max_retries=max_retries)
     raise DataError("params.yaml", None, "backend", f"unknown backend {kind!r} (local, openai)")

@@ -56,7 +56,7 @@ def main(prepared, base_dir, prompts_dir, out_dir, cache_path, metrics_path, par
         backend = make_backend(kind, base_dir=base_dir, batch_size=get(p, "teacher.batch_size"), model=model_name,
                                quantize_4bit=get(p, "model.quantize_4bit"),
                                base_url=get(p, "teacher.base_url"), api_key_env=get(p, "teacher.api_key_env"),
-                               max_concurrency=get(p, "teacher.max_concurrency"))
+                               max_concurrency=get(p, "teacher.max_concurrency"), max_retries=get(p, "teacher.max_retries"))
         results = generate_cached(backend, requests, sampling, cache_path, desc="teacher")
         cache_stats = results.stats.as_dict()
         tokens_per_s = round(backend.tokens_per_second(), 2) if hasattr(backend, "tokens_per_second") else None

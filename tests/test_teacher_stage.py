@@ -32,7 +32,7 @@ def test_teacher_openai_backend(project, monkeypatch):
     with FakeOpenAIServer() as server:
         server.fail_contents = {"How do magnets work?"}  # always 500 -> a clear error, after the others are cached
         write_params(project / "params.yaml", {"teacher": {"backend": "openai", "base_url": server.base_url,
-                                                           "api_key_env": "MY_KEY"}})
+                                                           "api_key_env": "MY_KEY", "max_retries": 1}})
         r = CliRunner().invoke(teacher.main, [])
         assert r.exit_code == 1 and "500" in r.output and "Traceback" not in r.output
         assert not (project / "data/generations").exists()
