@@ -28,7 +28,7 @@ def adapter_for(model: str, models_dir: str | Path = "models") -> Path | None:
     return path
 
 
-def export_merged(base_dir, adapter, out_dir) -> Path:
+def merge_export(base_dir, adapter, out_dir) -> Path:
     """Merge the adapter into the fp32 base (never 4-bit) and save a plain HF model + tokenizer."""
     from .io import atomic_path
     from .models import load_causal_lm, load_tokenizer
@@ -63,7 +63,7 @@ def main(question, model, base_dir, models_dir, max_new_tokens, temperature, see
     try:
         adapter = adapter_for(model, models_dir)
         if export_merged:
-            out = export_merged(base_dir, adapter, export_merged)
+            out = merge_export(base_dir, adapter, export_merged)
             click.echo(f"merged {model} -> {out}")
             if not question:
                 return

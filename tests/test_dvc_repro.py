@@ -78,13 +78,16 @@ def _dirty_stages(repo) -> set[str]:
 
 
 @pytest.mark.parametrize("update, expect", [
-    ({"prepare": {"seed": 7}}, {"prepare"}),
-    ({"select": {"min_gap": 0.5}}, {"select"}),
+    ({"prepare": {"seed": 7}}, {"prepare", "evaluate"}),
+    ({"select": {"min_gap": 0.5}}, {"select", "evaluate"}),
     ({"evaluate": {"examples": 1}}, {"evaluate"}),
-    ({"sft": {"lora": {"r": 2}}}, {"sft"}),
+    ({"sft": {"lora": {"r": 2}}}, {"sft", "evaluate"}),
+    ({"teacher": {"temperature": 0.5}}, {"teacher", "evaluate"}),
+    ({"generate": {"max_new_tokens": 9}}, {"answer_base", "answer_sft", "answer_rs", "answer_dpo"}),
 ])
 def test_param_change_dirties_only_its_stage(tiny_repo, update, expect):
-    """`dvc status` lists the stage whose param changed (its downstream reruns only if its outputs change)."""
+    """`dvc status` lists the stage whose param changed (its downstream reruns only if its outputs change).
+    ``evaluate`` prints the study's params sections in the report, so it declares (and depends on) them too."""
     repo, _ = tiny_repo
     params = repo / "params.yaml"
     saved = params.read_text()
