@@ -29,7 +29,7 @@ import os
 import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 from .generation import Backend, GenRequest, GenResult, SamplingParams
 from .io import DataError

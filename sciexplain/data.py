@@ -228,7 +228,7 @@ def load_stackexchange(path: str | Path, drops: Drops, min_score: int = 1, domai
             if best is not None and _int_attr(path, best, "Score") < min_score:
                 best = None
             answer = html_to_text(best.get("Body") or "") if best is not None else None
-        except UnsafeHTML as e:
+        except UnsafeHTML:
             drops.add("unsafe_html")
             continue
         if answer is None and require_answer:

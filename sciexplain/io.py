@@ -75,6 +75,19 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         raise
 
 
+def replace_dir(new: str | os.PathLike, out: str | os.PathLike) -> None:
+    """Swap a fully written folder ``new`` into place at ``out`` (the old folder, if any, is removed after)."""
+    import shutil
+
+    new, out = Path(new), Path(out)
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        os.replace(out, old)
+    os.replace(new, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")

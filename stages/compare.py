@@ -12,7 +12,7 @@ import click
 
 from sciexplain.annotations import build_sheet, write_sheet_csv
 from sciexplain.cli import get, params_option, read_params, stage
-from sciexplain.io import DataError, read_jsonl, write_jsonl
+from sciexplain.io import DataError, read_jsonl, replace_dir, write_jsonl
 
 
 def parse_pair(pair) -> tuple[str, str]:
@@ -41,16 +41,6 @@ def load_answers(path: Path, model: str) -> dict[str, dict]:
             raise DataError(path, where, "id", "a second sample-0 answer for this question")
         answers[rec["id"]] = rec
     return answers
-
-
-def replace_dir(new: Path, out: Path) -> None:
-    """Swap a fully written folder into place, so pairs no longer in params do not linger."""
-    old = out.parent / f".{out.name}.old"
-    shutil.rmtree(old, ignore_errors=True)
-    if out.exists():
-        out.rename(old)
-    new.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 @click.command()

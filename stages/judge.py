@@ -12,18 +12,8 @@ import click
 
 from sciexplain.annotations import read_sheet, write_annotations
 from sciexplain.cli import get, params_option, read_params, stage
-from sciexplain.io import DataError, write_json
+from sciexplain.io import DataError, replace_dir, write_json
 from sciexplain.judges import Panel
-
-
-def replace_dir(new: Path, out: Path) -> None:
-    """Swap a fully written folder into place, so files of pairs or judges no longer used do not linger."""
-    old = out.parent / f".{out.name}.old"
-    shutil.rmtree(old, ignore_errors=True)
-    if out.exists():
-        out.rename(old)
-    new.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 @click.command()

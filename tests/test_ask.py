@@ -1,4 +1,3 @@
-import shutil
 
 import torch
 from click.testing import CliRunner
