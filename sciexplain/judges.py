@@ -123,7 +123,7 @@ def load_template(path: str | os.PathLike = PROMPT_PATH) -> str:
         raise DataError(path, None, None, "judge prompt file not found") from None
     for name in PLACEHOLDERS:
         if "{" + name + "}" not in text:
-            raise DataError(path, None, name, f"the judge prompt needs a {{{name}}} placeholder")
+            raise DataError(path, None, name, f"the judge prompt needs a {{{name}}} slot")
     return text
 
 

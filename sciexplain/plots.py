@@ -58,7 +58,7 @@ def _save(fig, path) -> Path:
     return path
 
 
-def _placeholder(path, title: str, message: str) -> Path:
+def _no_data_figure(path, title: str, message: str) -> Path:
     with _style():
         fig = _figure(6.0, 2.0)
         ax = fig.add_subplot()
@@ -106,7 +106,7 @@ def ridge_plot(rewards: Mapping[str, Sequence[float]], path, title: str = "Rewar
     """
     data = {str(m): _finite(_reward_values(v), f"rewards of {m!r}") for m, v in rewards.items()}
     if not any(a.size for a in data.values()):
-        return _placeholder(path, title, "no rewards yet")
+        return _no_data_figure(path, title, "no rewards yet")
     allv = np.concatenate([a for a in data.values() if a.size])
     lo, hi = float(allv.min()), float(allv.max())
     span = hi - lo if hi > lo else max(abs(hi), 1.0)
@@ -218,7 +218,7 @@ def winrate_bars(summaries: Mapping[str, Mapping], path, title: str = "Win rates
     first model's decisive win rate with its Wilson 95% interval and binomial p, and n.
     """
     if not summaries:
-        return _placeholder(path, title, "no comparisons yet")
+        return _no_data_figure(path, title, "no comparisons yet")
     names = list(summaries)
     with _style():
         from matplotlib.patches import Patch
@@ -283,7 +283,7 @@ def best_of_n_curve(curve: Iterable[Mapping], path, title: str = "Best-of-n: mea
     spans a factor of 4 or more). ValueError for a point without integer ``n >= 1`` / finite ``mean_reward``."""
     pts = _curve_points(curve)
     if not pts:
-        return _placeholder(path, title, "no best-of-n results yet")
+        return _no_data_figure(path, title, "no best-of-n results yet")
     ns, rs = [p[0] for p in pts], [p[1] for p in pts]
     with _style():
         fig = _figure(6.0, 4.0)
@@ -338,14 +338,14 @@ def training_curves(dirs: Mapping[str, str | Path], path, pattern: str | None = 
     name contains ``pattern`` (all metrics with ``None``), e.g. ``train/loss`` and ``eval/loss``.
 
     A stage whose folder is missing or holds no matching metric gets a panel saying "no logs"; with no
-    stages at all the figure is a placeholder. Returns what was plotted: ``{stage: {metric: points}}``.
+    stages at all the figure says "no logs". Returns what was plotted: ``{stage: {metric: points}}``.
     """
     plotted = {}
     for stage, d in dirs.items():
         metrics = read_dvclive_metrics(d)
         plotted[stage] = {k: v for k, v in metrics.items() if pattern is None or pattern in k}
     if not plotted:
-        _placeholder(path, title, "no training stages yet")
+        _no_data_figure(path, title, "no training stages yet")
         return plotted
     n = len(plotted)
     with _style():

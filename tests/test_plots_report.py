@@ -96,7 +96,7 @@ def test_ridge_plot_degenerate_inputs(tmp_path):
     with pytest.raises(ValueError, match="'bad'"):
         plots.ridge_plot({"bad": [0.1, float("nan")]}, tmp_path / "bad.png")
     assert not (tmp_path / "bad.png").exists()
-    # nothing at all: a placeholder, not a crash
+    # nothing at all: a "no data" figure, not a crash
     assert plots.ridge_plot({}, tmp_path / "empty.png").read_bytes()[:8] == PNG_SIGNATURE
 
 
