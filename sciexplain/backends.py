@@ -1,23 +1,86 @@
-"""Build a generation backend from params: ``local`` (transformers) or ``openai`` (any OpenAI-compatible server)."""
+"""The one place a generation backend is built, for every stage that writes text (teacher, answer_*,
+sample, LLM judges).
+
+Three backends, one params shape:
+
+* ``local``  -- transformers (:class:`~sciexplain.local_backend.LocalBackend`): the base model folder + a
+  LoRA adapter, batched; CPU or GPU.
+* ``vllm``   -- vLLM's offline engine (:class:`~sciexplain.vllm_backend.VLLMBackend`): the same folders,
+  the adapter through ``LoRARequest``, ``n`` samples per request; engine settings from params ``vllm:``.
+* ``openai`` -- any OpenAI-compatible server (:class:`~sciexplain.openai_backend.OpenAIBackend`): OpenAI,
+  ``vllm serve``, llama.cpp's server, Ollama. A model is addressed by its served name; ``weights`` names
+  the local folder(s) or file the server was started from, and its hash joins the cache key.
+
+The answer and sample stages read the ``engine`` section (:func:`engine_backend`); the teacher reads
+``teacher.*``; an LLM judge its panel entry. All three end in :func:`make_backend`.
+"""
 from __future__ import annotations
 
-from .generation import Backend
+import os
+from typing import Mapping, Sequence
+
+from .generation import BACKENDS, Backend, fingerprint
 from .io import DataError
 
+__all__ = ["BACKENDS", "make_backend", "engine_backend", "served_fingerprint"]
 
-def make_backend(kind: str, *, base_dir=None, adapter=None, quantize_4bit="auto", batch_size: int = 8,
+
+def served_fingerprint(weights) -> str | None:
+    """The fingerprint of what a server serves: ``weights`` is a path, a list of paths, or None (no fingerprint)."""
+    if weights in (None, "", []):
+        return None
+    if isinstance(weights, (str, os.PathLike)):
+        weights = [weights]
+    return fingerprint(*weights)
+
+
+def make_backend(kind: str, *, base_dir=None, adapter=None, quantize_4bit="auto", batch_size: int = 16,
                  model: str | None = None, base_url: str | None = None, api_key_env: str | None = "OPENAI_API_KEY",
-                 max_concurrency: int = 8, max_retries: int = 6) -> Backend:
-    """``local``: the base model (+ adapter) with transformers; ``openai``: any OpenAI-compatible server."""
+                 max_concurrency: int = 8, max_retries: int = 6, timeout: float = 60,
+                 max_tokens_field: str = "max_tokens", weights=None, vllm: Mapping | None = None,
+                 where: str = "backend") -> Backend:
+    """A backend of ``kind`` (``local`` | ``vllm`` | ``openai``). ``where`` names the param in errors."""
     if kind == "local":
         from .local_backend import LocalBackend
 
         return LocalBackend(base_dir, adapter=adapter, quantize_4bit=quantize_4bit, batch_size=batch_size)
+    if kind == "vllm":
+        from .vllm_backend import VLLMBackend
+
+        return VLLMBackend(base_dir, adapter=adapter, quantize_4bit=quantize_4bit, engine=dict(vllm or {}))
     if kind == "openai":
         from .openai_backend import OpenAIBackend
 
         if not model:
-            raise DataError("params.yaml", None, "model", "the openai backend needs a model name")
+            raise DataError("params.yaml", None, where.replace("backend", "model"),
+                            "the openai backend needs the model's served name")
         return OpenAIBackend(model, base_url=base_url, api_key_env=api_key_env, max_concurrency=max_concurrency,
-                             max_retries=max_retries)
-    raise DataError("params.yaml", None, "backend", f"unknown backend {kind!r} (local, openai)")
+                             max_retries=max_retries, timeout=timeout, max_tokens_field=max_tokens_field,
+                             fingerprint=served_fingerprint(weights))
+    raise DataError("params.yaml", None, where, f"unknown backend {kind!r}; choose one of {', '.join(BACKENDS)}")
+
+
+def engine_backend(params: Mapping, model_name: str, base_dir, adapter=None, batch_size: int = 16) -> Backend:
+    """The backend an answer/sample stage uses for ``model_name`` (base, sft, rs, dpo, ...), from params
+    ``engine`` (+ ``vllm``, ``model.quantize_4bit``).
+
+    With ``engine.backend: openai`` the model is asked for by its served name (``engine.served_names``,
+    default the model name) and fingerprinted by ``engine.weights[model_name]`` (default: the stage's own
+    base folder + adapter folder, i.e. what ``vllm serve models/base --enable-lora --lora-modules
+    sft=models/sft`` serves).
+    """
+    from .cli import get
+
+    kind = get(params, "engine.backend")
+    served = get(params, "engine.served_names") or {}
+    weights = (get(params, "engine.weights") or {})
+    if not isinstance(served, Mapping) or not isinstance(weights, Mapping):
+        raise DataError("params.yaml", None, "engine.served_names" if not isinstance(served, Mapping) else "engine.weights",
+                        "must be a mapping of model name -> value")
+    w: Sequence | str | None = weights.get(model_name) or [p for p in (base_dir, adapter) if p]
+    return make_backend(
+        kind, base_dir=base_dir, adapter=adapter, quantize_4bit=get(params, "model.quantize_4bit"),
+        batch_size=batch_size, model=served.get(model_name, model_name), base_url=get(params, "engine.base_url"),
+        api_key_env=get(params, "engine.api_key_env"), max_concurrency=get(params, "engine.max_concurrency"),
+        max_retries=get(params, "engine.max_retries"), weights=w if kind == "openai" else None,
+        vllm=get(params, "vllm") if kind == "vllm" else None, where="engine.backend")

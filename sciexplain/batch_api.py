@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from .generation import GenRequest, GenResult, SamplingParams
+from .generation import GenRequest, GenResult, SamplingParams, request_seed
 from .io import DataError, write_jsonl
 
 __all__ = ["custom_id", "parse_custom_id", "request_body", "export_batch", "import_batch", "CHAT_URL"]
@@ -41,7 +41,7 @@ def request_body(request: GenRequest, sampling: SamplingParams, model: str, max_
         max_tokens_field: int(sampling.max_new_tokens),
         "temperature": float(sampling.temperature),
         "top_p": float(sampling.top_p),
-        "seed": int(sampling.seed),
+        "seed": request_seed(sampling.seed, request.id, request.sample),
     }
 
 

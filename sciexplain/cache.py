@@ -1,8 +1,9 @@
 """Append-only response cache in front of any backend, so a finished call is never made twice.
 
-Key: sha256 of the canonical JSON of (backend name, model, messages, sampling params incl. seed,
-sample index). The request ``id`` is *not* part of the key: two records that ask the same thing
-share one answer. The cache file is JSONL, one line per answered call::
+Key: sha256 of the canonical JSON of (backend name, the model's cache id -- its name and a
+fingerprint of its weights --, messages, sampling params incl. seed, sample index, and the request's
+own seed for backends that seed each request). The request ``id`` is otherwise *not* part of the
+key: two records that ask the same thing share one answer. The cache file is JSONL, one line per answered call::
 
     {"key", "id", "sample", "text", "prompt_tokens", "completion_tokens", "finished"}
 
@@ -34,13 +35,14 @@ from typing import Sequence
 from .generation import Backend, GenRequest, GenResult, SamplingParams
 from .io import DataError
 
-__all__ = ["cache_key", "ResponseCache", "CacheStats", "CachedResults", "generate_cached", "DEFAULT_CHUNK_SIZE"]
+__all__ = ["cache_key", "backend_cache_key", "ResponseCache", "CacheStats", "CachedResults", "generate_cached", "DEFAULT_CHUNK_SIZE"]
 
 DEFAULT_CHUNK_SIZE = 16
 _FIELDS = ("key", "id", "sample", "text", "prompt_tokens", "completion_tokens", "finished")
 
 
-def cache_key(backend_name: str, model: str, request: GenRequest, sampling: SamplingParams) -> str:
+def cache_key(backend_name: str, model: str, request: GenRequest, sampling: SamplingParams,
+              request_seed: int | None = None) -> str:
     """sha256 hex of the canonical JSON of everything that decides the answer (not the record id)."""
     payload = {
         "backend": backend_name,
@@ -49,6 +51,8 @@ def cache_key(backend_name: str, model: str, request: GenRequest, sampling: Samp
         "sampling": sampling.as_dict(),
         "sample": int(request.sample),
     }
+    if request_seed is not None:
+        payload["request_seed"] = int(request_seed)
     blob = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
@@ -193,6 +197,14 @@ class CachedResults(list):
     stats: CacheStats
 
 
+def backend_cache_key(backend, request: GenRequest, sampling: SamplingParams) -> str:
+    """The cache key of ``request`` on ``backend``: its ``cache_id`` (else ``model``) and, where the backend
+    seeds each request, that seed."""
+    seeder = getattr(backend, "request_seed", None)
+    return cache_key(backend.name, getattr(backend, "cache_id", backend.model), request, sampling,
+                     seeder(request, sampling) if seeder is not None else None)
+
+
 def _accepts_on_result(backend) -> bool:
     try:
         params = inspect.signature(backend.generate).parameters
@@ -226,7 +238,7 @@ def generate_cached(
     results: list[GenResult | None] = [None] * len(requests)
     with ResponseCache(cache_path) as cache:
         stats.torn_lines = cache.torn_lines
-        keys = [cache_key(backend.name, backend.model, r, sampling) for r in requests]
+        keys = [backend_cache_key(backend, r, sampling) for r in requests]
         pending: dict[str, list[int]] = {}  # key -> indices of requests that want it
         for i, (req, key) in enumerate(zip(requests, keys)):
             hit = cache.get(key, req)

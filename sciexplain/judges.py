@@ -5,8 +5,9 @@ Every judge turns a sheet (``{item_id, question, answer_a, answer_b}`` records, 
 shape a human annotation file holds, so the statistics treat judges and humans alike.
 
 * **rubric** -- :class:`sciexplain.rubric.RubricJudge` ``.judge_pair`` on each item (deterministic, fast).
-* **llm** -- a chat model through a generation backend (``local``: a transformers model, optionally
-  with a LoRA adapter; ``openai``: any OpenAI-compatible server), every call cached by
+* **llm** -- a chat model through a generation backend built by :func:`sciexplain.backends.make_backend`
+  (``local``: a transformers model, optionally with a LoRA adapter; ``vllm``: the same on vLLM's engine;
+  ``openai``: any OpenAI-compatible server, ``weights`` fingerprinting what it serves), every call cached by
   :func:`sciexplain.cache.generate_cached`. The prompt (``prompts/judge.md``) shows the question and
   the two answers and asks for a final line ``Verdict: A|B|Tie, Strength: <label>``. Each item is asked
   twice, the second time with A and B swapped. If either reply is unparseable, or the two verdicts
@@ -18,6 +19,7 @@ The panel is a list of specs (``judge.panel`` in params.yaml)::
     - {name: rubric, type: rubric, params: {t_unsure: 0.02}}            # params: RubricJudge kwargs
     - {name: llm-local, type: llm, backend: local, adapter: null, max_new_tokens: 24}
     - {name: gpt, type: llm, backend: openai, model: gpt-4o-mini, base_url: null, api_key_env: OPENAI_API_KEY}
+    - {name: big, type: llm, backend: vllm, base: models/judge, vllm: {gpu_memory_utilization: 0.4}}
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ from typing import Iterable, Mapping
 
 from .annotations import STRENGTHS, UNSURE, Annotation
 from .cache import generate_cached
-from .generation import Backend, GenRequest, SamplingParams
+from .generation import BACKENDS, Backend, GenRequest, SamplingParams
 from .io import DataError
 from .rubric import RubricJudge
 
@@ -40,15 +42,16 @@ __all__ = [
 PROMPT_PATH = "prompts/judge.md"
 PLACEHOLDERS = ("question", "answer_a", "answer_b")
 JUDGE_TYPES = ("rubric", "llm")
-BACKENDS = ("local", "openai")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 _COMMON_KEYS = {"name", "type"}
 _RUBRIC_KEYS = _COMMON_KEYS | {"params"}
 _LLM_DEFAULTS = {"backend": "local", "prompt": None, "max_new_tokens": 24, "temperature": 0.0, "top_p": 1.0, "seed": 0}
 _LOCAL_DEFAULTS = {"base": None, "adapter": None, "batch_size": 16, "quantize_4bit": "auto"}
+_VLLM_DEFAULTS = {"base": None, "adapter": None, "quantize_4bit": "auto", "vllm": {}}
 _OPENAI_DEFAULTS = {"model": None, "base_url": None, "api_key_env": "OPENAI_API_KEY", "max_concurrency": 8,
-                    "max_retries": 6, "timeout": 60, "max_tokens_field": "max_tokens"}
+                    "max_retries": 6, "timeout": 60, "max_tokens_field": "max_tokens", "weights": None}
+_BACKEND_DEFAULTS = {"local": _LOCAL_DEFAULTS, "vllm": _VLLM_DEFAULTS, "openai": _OPENAI_DEFAULTS}
 
 # "Verdict: A, Strength: Better" on one line; markdown emphasis and quotes are ignored.
 _VERDICT_RE = re.compile(
@@ -232,7 +235,7 @@ def validate_panel(panel) -> list[dict]:
             backend = raw.get("backend", "local")
             if backend not in BACKENDS:
                 raise DataError("params.yaml", _where(i), "backend", f"must be one of {', '.join(BACKENDS)}, got {backend!r}")
-            extra = _LOCAL_DEFAULTS if backend == "local" else _OPENAI_DEFAULTS
+            extra = _BACKEND_DEFAULTS[backend]
             allowed = _COMMON_KEYS | set(_LLM_DEFAULTS) | set(extra)
             spec = _LLM_DEFAULTS | extra | raw
             if backend == "openai" and not spec["model"]:
@@ -248,16 +251,15 @@ def validate_panel(panel) -> list[dict]:
 
 def make_backend(spec: Mapping, base_dir: str | os.PathLike = "models/base") -> Backend:
     """The generation backend of an ``llm`` judge spec (as returned by :func:`validate_panel`)."""
-    if spec["backend"] == "local":
-        from .local_backend import LocalBackend
+    from . import backends
 
-        return LocalBackend(spec.get("base") or base_dir, adapter=spec.get("adapter"),
-                            quantize_4bit=spec.get("quantize_4bit", "auto"), batch_size=spec.get("batch_size", 16))
-    from .openai_backend import OpenAIBackend
-
-    return OpenAIBackend(spec["model"], base_url=spec.get("base_url"), api_key_env=spec.get("api_key_env"),
-                         max_concurrency=spec.get("max_concurrency", 8), max_retries=spec.get("max_retries", 6),
-                         timeout=spec.get("timeout", 60), max_tokens_field=spec.get("max_tokens_field", "max_tokens"))
+    return backends.make_backend(
+        spec["backend"], base_dir=spec.get("base") or base_dir, adapter=spec.get("adapter"),
+        quantize_4bit=spec.get("quantize_4bit", "auto"), batch_size=spec.get("batch_size", 16),
+        model=spec.get("model"), base_url=spec.get("base_url"), api_key_env=spec.get("api_key_env"),
+        max_concurrency=spec.get("max_concurrency", 8), max_retries=spec.get("max_retries", 6),
+        timeout=spec.get("timeout", 60), max_tokens_field=spec.get("max_tokens_field", "max_tokens"),
+        weights=spec.get("weights"), vllm=spec.get("vllm"), where=f"judge.panel[{spec['name']}].backend")
 
 
 class PanelResult(dict):

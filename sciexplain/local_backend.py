@@ -20,22 +20,9 @@ from typing import Callable
 
 import torch
 
-from .generation import GenRequest, GenResult, SamplingParams
-from .io import sha256_file
+from .generation import GenRequest, GenResult, SamplingParams, fingerprint
 
 log = logging.getLogger(__name__)
-
-
-def weights_fingerprint(*dirs) -> str:
-    """A short hash of the safetensors in the given folders (the cache key changes when weights change)."""
-    h = hashlib.sha256()
-    for d in dirs:
-        if d is None:
-            continue
-        for f in sorted(Path(d).glob("*.safetensors")):
-            h.update(f.name.encode())
-            h.update(sha256_file(f).encode())
-    return h.hexdigest()[:16]
 
 
 def stop_token_ids(tokenizer) -> list[int]:
@@ -61,7 +48,7 @@ class LocalBackend:
         self.lm.eval()
         self.batch_size = int(batch_size)
         # ``model`` identifies these weights in the response cache (the nn.Module is ``lm``)
-        self.model = label or f"{Path(base_dir).name}:{weights_fingerprint(base_dir, adapter)}"
+        self.model = label or f"{Path(base_dir).name}:{fingerprint(base_dir, adapter)}"
         self.stops = stop_token_ids(self.tokenizer)
         self.stats = {"generated_tokens": 0, "seconds": 0.0, "sequences": 0}
 

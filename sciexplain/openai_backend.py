@@ -10,6 +10,12 @@
   ``retry_max_delay``, with jitter in [0.5, 1]x, and at least a server's ``Retry-After``).
   401/403 fail at once; any other 4xx fails at once. Errors are one line, name the env var and
   never contain the key (it is also scrubbed from server messages).
+* Each sample is its own call with its own ``seed`` (:func:`sciexplain.generation.request_seed` of
+  (seed, request id, sample index)): engines that honour seeds (vLLM, llama.cpp) give N different
+  samples of a question, and the same ones again on a rerun.
+* The cache key names the weights behind the served name: ``fingerprint`` (a hash of the local
+  folder or file the server was started from, see :func:`sciexplain.generation.fingerprint`) joins
+  the model name in :attr:`cache_id`, so a retrained adapter served under the same name is asked again.
 * Up to ``max_concurrency`` calls run at once in a thread pool. ``generate(..., on_result=cb)``
   calls ``cb(index, result)`` on the calling thread as soon as each call finishes (this is how
   :func:`sciexplain.cache.generate_cached` caches per response). If one call fails for good, no new
@@ -23,7 +29,7 @@ import threading
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Callable, Sequence
 
-from .generation import GenRequest, GenResult, SamplingParams
+from .generation import GenRequest, GenResult, SamplingParams, request_seed
 from .io import UserError
 
 __all__ = ["OpenAIBackend", "BackendError", "NO_KEY_VALUES"]
@@ -56,6 +62,7 @@ class OpenAIBackend:
         retry_base_delay: float = 1.0,
         retry_max_delay: float = 60.0,
         max_tokens_field: str = "max_tokens",
+        fingerprint: str | None = None,
     ):
         if not model:
             raise BackendError("teacher model is empty: set the API model name (e.g. teacher.model)")
@@ -75,9 +82,18 @@ class OpenAIBackend:
         self.retry_base_delay = float(retry_base_delay)
         self.retry_max_delay = float(retry_max_delay)
         self.max_tokens_field = max_tokens_field
+        self.fingerprint = fingerprint or None
         self._client = None
         self._key: str | None = None
         self._client_lock = threading.Lock()
+
+    @property
+    def cache_id(self) -> str:
+        """What names the model in the response cache: the served name and the weights' fingerprint."""
+        return f"{self.model}@{self.fingerprint}" if self.fingerprint else self.model
+
+    def request_seed(self, req: GenRequest, sampling: SamplingParams) -> int:
+        return request_seed(sampling.seed, req.id, req.sample)
 
     def __repr__(self) -> str:  # never shows the key
         return f"OpenAIBackend(model={self.model!r}, base_url={self.base_url!r}, api_key_env={self.api_key_env!r})"
@@ -120,7 +136,7 @@ class OpenAIBackend:
             self.max_tokens_field: int(sampling.max_new_tokens),
             "temperature": float(sampling.temperature),
             "top_p": float(sampling.top_p),
-            "seed": int(sampling.seed),
+            "seed": self.request_seed(req, sampling),
         }
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:

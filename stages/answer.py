@@ -2,6 +2,8 @@
 
 Writes data/generations/<model>/<split>.jsonl: {id, question, model, sample, answer, completion_tokens,
 finished}. The model sees the bare question (the student prompt). Cached like every generation.
+The backend comes from params ``engine`` (local transformers, vLLM's offline engine, or an OpenAI-compatible
+server that serves the model under its name; see sciexplain/backends.py).
 """
 from pathlib import Path
 
@@ -24,22 +26,22 @@ from sciexplain.io import read_jsonl, write_json, write_jsonl
 @stage
 def main(model_name, base_dir, adapter, prepared, splits, out_dir, cache_path, metrics_path, params_path):
     from sciexplain.answering import answer_questions
+    from sciexplain.backends import engine_backend
     from sciexplain.generation import SamplingParams
-    from sciexplain.local_backend import LocalBackend
 
     p = read_params(params_path)
     sampling = SamplingParams(max_new_tokens=get(p, "generate.max_new_tokens"), temperature=get(p, "generate.temperature"),
                               top_p=get(p, "generate.top_p"), seed=get(p, "generate.seed"))
     names = [s.strip() for s in splits.split(",") if s.strip()]
     questions = {s: read_jsonl(Path(prepared) / f"{s}.jsonl") for s in names}
-    backend = LocalBackend(base_dir, adapter=adapter, quantize_4bit=get(p, "model.quantize_4bit"),
-                           batch_size=get(p, "generate.batch_size"))
+    backend = engine_backend(p, model_name, base_dir, adapter, batch_size=get(p, "generate.batch_size"))
     records, summary = answer_questions(backend, [q for s in names for q in questions[s]], sampling,
                                         cache_path or f"data/cache/answer-{model_name}.jsonl", model_name)
     it = iter(records)
     for s in names:
         write_jsonl(Path(out_dir) / f"{s}.jsonl", [next(it) for _ in questions[s]])
     summary["adapter"] = adapter
+    summary["backend"] = backend.name
     write_json(metrics_path or f"metrics/answer_{model_name}.json", summary)
     click.echo(f"{model_name}: {summary['answers']} answers for {names}")
 

@@ -1,4 +1,8 @@
-"""Stage sample: N answers per rs question from the SFT model (num_return_sequences, seeded, cached)."""
+"""Stage sample: N answers per rs question from the SFT model (seeded per question and sample, cached).
+
+The backend comes from params ``engine`` like the answer stages: local transformers (num_return_sequences),
+vLLM (``n`` samples in one request), or an OpenAI-compatible server (one call per sample, each with its own seed).
+"""
 import click
 
 from sciexplain.cli import get, params_option, read_params, stage
@@ -8,24 +12,24 @@ from sciexplain.io import read_jsonl, write_json, write_jsonl
 @click.command()
 @click.option("--base", "base_dir", default="models/base", show_default=True)
 @click.option("--adapter", default="models/sft", show_default=True)
+@click.option("--model-name", default="sft", show_default=True, help="the sampled model's name (served name for openai)")
 @click.option("--questions", default="data/prepared/rs.jsonl", show_default=True)
 @click.option("--out", "out_path", default="data/rs/samples.jsonl", show_default=True)
 @click.option("--cache", "cache_path", default="data/cache/sample.jsonl", show_default=True)
 @click.option("--metrics", "metrics_path", default="metrics/sample.json", show_default=True)
 @params_option
 @stage
-def main(base_dir, adapter, questions, out_path, cache_path, metrics_path, params_path):
+def main(base_dir, adapter, model_name, questions, out_path, cache_path, metrics_path, params_path):
     from sciexplain.answering import answer_questions
+    from sciexplain.backends import engine_backend
     from sciexplain.generation import SamplingParams
-    from sciexplain.local_backend import LocalBackend
 
     p = read_params(params_path)
     n = get(p, "sample.n")
     sampling = SamplingParams(max_new_tokens=get(p, "sample.max_new_tokens"), temperature=get(p, "sample.temperature"),
                               top_p=get(p, "sample.top_p"), seed=get(p, "sample.seed"))
-    backend = LocalBackend(base_dir, adapter=adapter, quantize_4bit=get(p, "model.quantize_4bit"),
-                           batch_size=get(p, "sample.batch_size"))
-    records, summary = answer_questions(backend, read_jsonl(questions), sampling, cache_path, "sft", n_samples=n,
+    backend = engine_backend(p, model_name, base_dir, adapter, batch_size=get(p, "sample.batch_size"))
+    records, summary = answer_questions(backend, read_jsonl(questions), sampling, cache_path, model_name, n_samples=n,
                                         desc=f"sample x{n}")
     write_jsonl(out_path, records)
     write_json(metrics_path, summary)

@@ -1,7 +1,9 @@
 """Stage teacher: answers written under the quality-metrics prompt (plan removed, filtered), per split.
 
-Backends: ``local`` (a transformers model, default the base model itself: context distillation, offline),
-``openai`` (OpenAI or any OpenAI-compatible server via ``teacher.base_url``; key from the environment),
+Backends (sciexplain/backends.py): ``local`` (a transformers model, default the base model itself: context
+distillation, offline), ``vllm`` (the same model on vLLM's offline engine, GPU),
+``openai`` (OpenAI or any OpenAI-compatible server via ``teacher.base_url``; key from the environment;
+``teacher.weights`` names the local weights a self-hosted server was started from, for the cache key),
 ``batch-export`` / ``batch-import`` (the OpenAI Batch API file format). Every call goes through the
 append-only response cache, so a rerun or a resumed crash never repeats a finished call.
 """
@@ -41,7 +43,7 @@ def main(prepared, base_dir, prompts_dir, out_dir, cache_path, metrics_path, par
     questions = {s: read_jsonl(Path(prepared) / f"{s}.jsonl") for s in splits}
     requests = [GenRequest.from_messages(q["id"], prompts.teacher_messages(q["question"], system, shots))
                 for s in splits for q in questions[s]]
-    model_name = get(p, "teacher.model") if kind != "local" else None
+    model_name = get(p, "teacher.model") if kind not in ("local", "vllm") else None
 
     if kind == "batch-export":
         path = get(p, "teacher.batch_file")
@@ -56,12 +58,14 @@ def main(prepared, base_dir, prompts_dir, out_dir, cache_path, metrics_path, par
         backend = make_backend(kind, base_dir=base_dir, batch_size=get(p, "teacher.batch_size"), model=model_name,
                                quantize_4bit=get(p, "model.quantize_4bit"),
                                base_url=get(p, "teacher.base_url"), api_key_env=get(p, "teacher.api_key_env"),
-                               max_concurrency=get(p, "teacher.max_concurrency"), max_retries=get(p, "teacher.max_retries"))
+                               max_concurrency=get(p, "teacher.max_concurrency"), max_retries=get(p, "teacher.max_retries"),
+                               weights=get(p, "teacher.weights"), vllm=get(p, "vllm") if kind == "vllm" else None,
+                               where="teacher.backend")
         results = generate_cached(backend, requests, sampling, cache_path, desc="teacher")
         cache_stats = results.stats.as_dict()
         tokens_per_s = round(backend.tokens_per_second(), 2) if hasattr(backend, "tokens_per_second") else None
 
-    label = f"local:{base_dir}" if kind == "local" else f"{kind}:{model_name}"
+    label = f"{kind}:{base_dir}" if kind in ("local", "vllm") else f"{kind}:{model_name}"
     min_words = get(p, "teacher.min_words")
     unfinished = get(p, "teacher.unfinished")
     drops, kept, out = Counter(), Counter(), {}

@@ -8,7 +8,7 @@ import pytest
 
 from openai_server import FakeOpenAIServer, completion_for
 from sciexplain.batch_api import custom_id, export_batch, import_batch, parse_custom_id
-from sciexplain.generation import GenRequest, SamplingParams
+from sciexplain.generation import GenRequest, SamplingParams, request_seed
 from sciexplain.io import DataError
 from sciexplain.openai_backend import OpenAIBackend
 
@@ -47,7 +47,7 @@ def test_export_format(tmp_path):
         "max_tokens": 64,
         "temperature": 0.8,
         "top_p": 0.95,
-        "seed": 3,
+        "seed": request_seed(3, "rec0", 1),  # as the live backend sends it: per (seed, id, sample)
     }
     assert [p.name for p in tmp_path.iterdir()] == ["batch_in.jsonl"]  # no temp file left behind
 
@@ -81,7 +81,7 @@ def test_round_trip_matches_live_backend(tmp_path, monkeypatch):
         live = OpenAIBackend("gpt-test", base_url=srv.base_url, api_key_env="SCIEXPLAIN_TEST_BATCH_KEY").generate(rs, SP)
     for b, l in zip(got, live):
         assert (b.text, b.prompt_tokens, b.completion_tokens) == (l.text, l.prompt_tokens, l.completion_tokens)
-        assert b.text == "Explanation of q%s (seed 3)" % b.id[-1]
+        assert b.text == "Explanation of q%s (seed %d)" % (b.id[-1], request_seed(3, b.id, b.sample))
     assert sum(not r.finished for r in got) == 2  # the simulated "length" answers
 
 

@@ -13,7 +13,7 @@ import pytest
 from openai_server import FakeOpenAIServer
 from sciexplain import cache as cache_mod
 from sciexplain.cache import ResponseCache, cache_key, generate_cached
-from sciexplain.generation import GenRequest, GenResult, SamplingParams
+from sciexplain.generation import GenRequest, GenResult, SamplingParams, request_seed
 from sciexplain.io import DataError
 from sciexplain.openai_backend import BackendError, OpenAIBackend
 
@@ -200,7 +200,7 @@ def test_openai_failure_keeps_every_answered_call(server, tmp_path, monkeypatch)
     server.fail_contents = set()
     out = generate_cached(backend, rs, SamplingParams(), path, progress=False)
     assert out.stats.hits + out.stats.misses == 12
-    assert [r.text for r in out] == [f"Explanation of q{i} (seed 0)" for i in range(12)]
+    assert [r.text for r in out] == [f"Explanation of q{i} (seed {request_seed(0, f'id{i}', 0)})" for i in range(12)]
     assert all(server.served[f"q{i}"] == 1 for i in range(12))
     raw = path.read_bytes()
     assert KEY.encode() not in raw and b"Bearer" not in raw  # no secret in the cache
@@ -249,6 +249,6 @@ def test_killed_run_resumes_without_duplicate_calls(server, tmp_path, monkeypatc
     backend = OpenAIBackend("m", base_url=server.base_url, api_key_env=KEY_ENV, max_concurrency=2)
     out = generate_cached(backend, reqs(n), SamplingParams(), path, progress=False)
     assert (out.stats.hits, out.stats.misses) == (k, n - k)
-    assert [r.text for r in out] == [f"Explanation of q{i} (seed 0)" for i in range(n)]
+    assert [r.text for r in out] == [f"Explanation of q{i} (seed {request_seed(0, f'id{i}', 0)})" for i in range(n)]
     assert dict(server.served) == {f"q{i}": 1 for i in range(n)}  # each call answered exactly once, overall
     assert len(lines(path)) == n

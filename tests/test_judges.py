@@ -185,7 +185,8 @@ def test_llm_judge_cache_no_second_call(tmp_path):
     ([{"name": "x", "type": "rubric", "params": {"t_unsure": 5}}], "params"),
     ([{"name": "x", "type": "llm", "backend": "openai"}], "model"),
     ([{"name": "x", "type": "llm", "backend": "local", "model": "gpt"}], "model"),
-    ([{"name": "x", "type": "llm", "backend": "vllm"}], "backend"),
+    ([{"name": "x", "type": "llm", "backend": "tgi"}], "backend"),
+    ([{"name": "x", "type": "llm", "backend": "vllm", "model": "gpt"}], "model"),
     ([{"name": "x", "type": "llm", "max_new_tokens": 0}], "max_new_tokens"),
     ({"name": "x"}, "judge.panel"),
 ])

@@ -8,7 +8,7 @@ import traceback
 import pytest
 
 from openai_server import FakeOpenAIServer, answer_text
-from sciexplain.generation import GenRequest, SamplingParams
+from sciexplain.generation import GenRequest, SamplingParams, request_seed
 from sciexplain.openai_backend import BackendError, OpenAIBackend
 
 KEY_ENV = "SCIEXPLAIN_TEST_OPENAI_KEY"
@@ -47,13 +47,14 @@ def test_success_forwards_params_and_keeps_order(server):
     out = make_backend(server, max_concurrency=3).generate(requests, sampling, on_result=lambda i, r: seen.append(i))
     assert [r.id for r in out] == [f"id{i}" for i in range(6)]
     for i, r in enumerate(out):
-        assert r.text == f"Explanation of q{i} (seed 5)"
+        assert r.text == f"Explanation of q{i} (seed {request_seed(5, f'id{i}', 0)})"  # a seed per request
         assert r.finished is True
         assert r.prompt_tokens == 3 and r.completion_tokens == 5
     assert sorted(seen) == list(range(6))
     body = server.bodies[0]
     assert body["model"] == "teacher-test"
-    assert (body["max_tokens"], body["temperature"], body["top_p"], body["seed"]) == (77, 0.7, 0.9, 5)
+    assert (body["max_tokens"], body["temperature"], body["top_p"]) == (77, 0.7, 0.9)
+    assert sorted(b["seed"] for b in server.bodies) == sorted(request_seed(5, f"id{i}", 0) for i in range(6))
     assert body["messages"][0] == {"role": "system", "content": "Be clear."}
     assert set(server.auth) == {f"Bearer {KEY}"}
     assert all(server.served[f"q{i}"] == 1 for i in range(6))
@@ -76,7 +77,8 @@ def test_concurrency_is_bounded(server):
 def test_429_then_success(server):
     server.fail_first = 2  # each content: two 429s, then an answer
     out = make_backend(server, max_retries=3).generate(reqs(3), SamplingParams())
-    assert [r.text for r in out] == [answer_text({"messages": [{"role": "user", "content": f"q{i}"}], "seed": 0}) for i in range(3)]
+    assert [r.text for r in out] == [answer_text({"messages": [{"role": "user", "content": f"q{i}"}],
+                                                  "seed": request_seed(0, f"id{i}", 0)}) for i in range(3)]
     assert all(server.attempts[f"q{i}"] == 3 for i in range(3))
     assert all(server.served[f"q{i}"] == 1 for i in range(3))
 
