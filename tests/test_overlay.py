@@ -1,0 +1,48 @@
+"""configs/study.yaml becomes `dvc exp run -S ...` flags that DVC itself applies to exactly the overlay's values."""
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from sciexplain.io import DataError, load_params
+from sciexplain.overlay import flatten, main, set_flags
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _contains(params, overlay, where=""):
+    for k, v in overlay.items():
+        if isinstance(v, dict) and isinstance(params.get(k), dict):
+            _contains(params[k], v, f"{where}{k}.")
+        else:
+            assert params[k] == v, f"{where}{k}: {params[k]!r} != {v!r}"
+
+
+def test_study_overlay_round_trips_through_dvc(tmp_path):
+    from dvc.utils.hydra import apply_overrides
+
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    overlay = load_params(ROOT / "configs/study.yaml")
+    flags = set_flags(flatten(load_params(tmp_path / "params.yaml"), overlay))
+    assert flags[::2] == ["-S"] * (len(flags) // 2)
+    apply_overrides(str(tmp_path / "params.yaml"), flags[1::2])  # what `dvc exp run -S` does
+    after = load_params(tmp_path / "params.yaml")
+    _contains(after, overlay)
+    assert after["engine"]["backend"] == "vllm" and after["prepare"]["splits"]["eval"] == 100
+    assert after["sft"]["lora"] == load_params(ROOT / "params.yaml")["sft"]["lora"]  # untouched keys stay
+
+
+def test_a_typo_in_an_overlay_is_refused(tmp_path):
+    with pytest.raises(DataError, match="'teacher.max_new_token'"):
+        flatten(load_params(ROOT / "params.yaml"), {"teacher": {"max_new_token": 5}})
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("engine: {backend: vllm, bakend: x}\n")
+    r = CliRunner().invoke(main, [str(bad), "--params", str(ROOT / "params.yaml")])
+    assert r.exit_code != 0 and "engine.bakend" in r.output
+
+
+def test_the_printed_command(tmp_path):
+    r = CliRunner().invoke(main, [str(ROOT / "configs/study.yaml"), "--params", str(ROOT / "params.yaml")])
+    assert r.exit_code == 0
+    assert r.output.startswith("dvc exp run -S base_model.source=meta-llama/Llama-2-7b-chat-hf")
