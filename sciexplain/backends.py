@@ -47,7 +47,7 @@ def make_backend(kind: str, *, base_dir=None, adapter=None, quantize_4bit="auto"
     if kind == "vllm":
         from .vllm_backend import VLLMBackend
 
-        return VLLMBackend(base_dir, adapter=adapter, quantize_4bit=quantize_4bit, engine=dict(vllm or {}))
+        return VLLMBackend(base_dir, adapter=adapter, engine=dict(vllm or {}))  # bf16 on the GPU, see its doc
     if kind == "openai":
         from .openai_backend import OpenAIBackend
 

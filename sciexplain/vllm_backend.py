@@ -2,7 +2,9 @@
 
 * One engine per stage process (``vllm.LLM``), built from the same ``models/base`` folder the other
   backends use; a LoRA adapter folder is applied per request through ``LoRARequest`` (no merge).
-  ``model.quantize_4bit`` switches on vLLM's bitsandbytes NF4 loading where CUDA exists.
+  The engine loads the full-precision base (bf16 on the GPU) even where training ran in 4-bit: a QLoRA
+  adapter applies to the de-quantised base, and generation is faster and better there. On a card too
+  small for that, set ``vllm: {quantization: bitsandbytes}``.
 * Prompts are the chat template rendered by our tokenizer and passed as token ids, so the engine
   sees exactly what the ``local`` backend sees (no second BOS).
 * The samples of one question go in one request with ``n`` samples and seed
@@ -70,10 +72,10 @@ def sample_runs(samples: list[int]) -> list[tuple[int, int]]:
 class VLLMBackend:
     name = "vllm"
 
-    def __init__(self, base_dir, adapter=None, quantize_4bit="auto", engine: dict | None = None,
+    def __init__(self, base_dir, adapter=None, engine: dict | None = None,
                  label: str | None = None, batch_size: int = 1024):
         from .local_backend import stop_token_ids
-        from .models import load_tokenizer, use_4bit
+        from .models import load_tokenizer
 
         vllm, LoRARequest = import_vllm()
         self.tokenizer = load_tokenizer(base_dir, padding_side="left")
@@ -81,8 +83,6 @@ class VLLMBackend:
         kw = {"model": str(base_dir), "tokenizer": str(base_dir), "seed": 0, "dtype": "auto"}
         if adapter:
             kw.update(enable_lora=True, max_loras=1, max_lora_rank=lora_rank(adapter))
-        if use_4bit(quantize_4bit):
-            kw["quantization"] = "bitsandbytes"
         kw.update(engine or {})
         self._vllm = vllm
         self.llm = vllm.LLM(**kw)
