@@ -182,31 +182,37 @@ def _int_attr(path, row, name, required=True):
         raise DataError(path, f"row Id={row.get('Id', '?')}", name, f"not an integer: {value!r}") from None
 
 
-def load_stackexchange(path: str | Path, drops: Drops, min_score: int = 1, domain: str | None = None,
-                       require_answer: bool = True) -> list[dict]:
-    """Questions (+ accepted or top-voted answer with Score >= min_score) from a data-dump Posts.xml."""
+def iter_post_rows(path: str | Path):
+    """Yield ``(row, post_id, post_type)`` for every ``<row>`` of a data-dump Posts.xml (attributes XML-unescaped,
+    Body still HTML); a missing/empty file or malformed XML raises :class:`DataError` naming the line."""
     path = Path(path)
     if not path.exists():
         raise DataError(path, None, None, "file not found")
     if path.stat().st_size == 0:
         raise DataError(path, None, None, "file is empty")
-    questions: dict[int, dict] = {}
-    answers: dict[int, list[dict]] = {}
     try:
         for _event, el in ET.iterparse(str(path), events=("end",)):
             if el.tag != "row":
                 continue
             row = dict(el.attrib)
             el.clear()
-            post_id = _int_attr(path, row, "Id")
-            kind = _int_attr(path, row, "PostTypeId")
-            if kind == 1:
-                questions[post_id] = row
-            elif kind == 2:
-                answers.setdefault(_int_attr(path, row, "ParentId"), []).append(row)
+            yield row, _int_attr(path, row, "Id"), _int_attr(path, row, "PostTypeId")
     except ET.ParseError as e:
         line, col = e.position
         raise DataError(path, line, None, f"malformed XML at column {col}: {e.msg if hasattr(e, 'msg') else e}") from None
+
+
+def load_stackexchange(path: str | Path, drops: Drops, min_score: int = 1, domain: str | None = None,
+                       require_answer: bool = True) -> list[dict]:
+    """Questions (+ accepted or top-voted answer with Score >= min_score) from a data-dump Posts.xml."""
+    path = Path(path)
+    questions: dict[int, dict] = {}
+    answers: dict[int, list[dict]] = {}
+    for row, post_id, kind in iter_post_rows(path):
+        if kind == 1:
+            questions[post_id] = row
+        elif kind == 2:
+            answers.setdefault(_int_attr(path, row, "ParentId"), []).append(row)
     if not questions:
         raise DataError(path, None, "PostTypeId", "no question rows (PostTypeId=1) found")
     site = domain or path.parent.name
