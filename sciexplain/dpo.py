@@ -8,8 +8,10 @@ trainable ``PeftModel`` with ``ref_model=None`` and no ``peft_config``. TRL then
 ``"ref"`` holding a copy of the SFT weights and computes the reference log-probs under ``use_adapter(model, "ref")``.
 So the reference is the SFT policy (the usual DPO reference), *not* the adapter-disabled base model; before the
 first step policy == reference and every implicit reward is exactly 0. Only with no ``init_adapter`` (a fresh LoRA
-from ``lora``) is the reference the adapter-disabled base model. The saved folder holds the ``default`` (policy)
-adapter only.
+from ``lora``; DPOTrainer then loads the base from its path through ``model_init_kwargs``) is the reference the
+adapter-disabled base model. The policy is saved through ``trainer.save_model()`` on every rank
+(:func:`sciexplain.dist.save_adapter`); the saved folder holds the ``default`` (policy) adapter only (PEFT writes
+the frozen ``ref`` copy to a sub-folder, which is dropped).
 
 Length: DPOTrainer drops a pair whose prompt alone reaches ``max_length`` and truncates the rest (keep_start);
 both are counted in the metrics. DPOConfig 1.16 has no ``max_prompt_length``.
@@ -19,9 +21,10 @@ from __future__ import annotations
 import logging
 import math
 import time
-from pathlib import Path
 
-from .models import count_parameters, has_cuda, load_tokenizer, load_trainable_policy
+from .dist import is_main_process, save_adapter
+from .models import (count_parameters, has_cuda, load_tokenizer, load_trainable_policy, training_init_kwargs,
+                     training_quantization_config)
 from .prompts import student_messages
 
 log = logging.getLogger(__name__)
@@ -47,13 +50,14 @@ def _loss_types(loss_type) -> list[str]:
     return types
 
 
-def _config(scratch_dir, *, beta, loss_type, learning_rate, epochs, batch_size, grad_accum, max_length, seed, evaluate):
+def _config(scratch_dir, *, beta, loss_type, learning_rate, epochs, batch_size, grad_accum, max_length, seed, evaluate,
+            model_init_kwargs=None):
     import torch
     from trl import DPOConfig
 
     cuda = has_cuda()
     return DPOConfig(
-        output_dir=str(scratch_dir), seed=seed, data_seed=seed,
+        output_dir=str(scratch_dir), seed=seed, data_seed=seed, model_init_kwargs=model_init_kwargs,
         use_cpu=not cuda, bf16=cuda and torch.cuda.is_bf16_supported(), fp16=False,
         activation_checkpointing=False,
         per_device_train_batch_size=batch_size, per_device_eval_batch_size=batch_size,
@@ -76,13 +80,15 @@ def build_dpo_trainer(base_dir, train_pairs: list[dict], val_pairs: list[dict], 
     set_seed(seed)
     tok = load_tokenizer(base_dir, padding_side="right")
     model, peft_config = load_trainable_policy(base_dir, init_adapter, lora, quantize_4bit)
+    from_path = isinstance(model, str)
     train_ds = Dataset.from_list(to_preference_rows(train_pairs))
     val_ds = Dataset.from_list(to_preference_rows(val_pairs)) if val_pairs else None
     args = _config(scratch_dir, beta=beta, loss_type=loss_type, learning_rate=learning_rate, epochs=epochs,
                    batch_size=batch_size, grad_accum=grad_accum, max_length=max_length, seed=seed,
-                   evaluate=val_ds is not None)
+                   evaluate=val_ds is not None, model_init_kwargs=training_init_kwargs(quantize_4bit) if from_path else None)
     return DPOTrainer(model=model, ref_model=None, args=args, train_dataset=train_ds, eval_dataset=val_ds,
-                      processing_class=tok, peft_config=peft_config, callbacks=list(callbacks))
+                      processing_class=tok, peft_config=peft_config, callbacks=list(callbacks),
+                      quantization_config=training_quantization_config(quantize_4bit) if from_path else None)
 
 
 def _lengths(ds, max_length: int) -> tuple[int, int]:
@@ -107,7 +113,8 @@ def train_dpo(base_dir, pairs: list[dict], val_pairs: list[dict], out_dir, *, in
               epochs: float = 1, batch_size: int = 2, grad_accum: int = 1, max_length: int = 512, seed: int = 0,
               scratch_dir="scratch/dpo", live_dir=None, quantize_4bit="auto") -> dict:
     """DPO from ``init_adapter`` on ``pairs`` ({id, question, chosen, rejected}); save the policy adapter to
-    ``out_dir`` (None: do not save). Returns metrics: pair counts, eval loss/rewards before and after (on
+    ``out_dir`` (None: do not save). Under ``accelerate launch`` call it on every rank; only the main process writes
+    (``out_dir``, ``live_dir``). Returns metrics: pair counts, eval loss/rewards before and after (on
     ``val_pairs``), the last training log's rewards, train loss first/last/mean, tokens/s."""
     import torch
 
@@ -115,7 +122,7 @@ def train_dpo(base_dir, pairs: list[dict], val_pairs: list[dict], out_dir, *, in
 
     callbacks = []
     live = None
-    if live_dir is not None:
+    if live_dir is not None and is_main_process():
         from dvclive import Live
         from transformers.integrations import DVCLiveCallback
 
@@ -154,11 +161,8 @@ def train_dpo(base_dir, pairs: list[dict], val_pairs: list[dict], out_dir, *, in
     n_tokens = tokens * math.ceil(epochs)
     metrics.update({"train_seconds": seconds, "train_tokens": n_tokens,
                     "train_tokens_per_s": n_tokens / max(seconds, 1e-9), "steps": int(trainer.state.global_step)})
-    if out_dir is not None and trainer.is_world_process_zero():
-        out_dir = Path(out_dir)
-        # the policy only: TRL's frozen "ref" adapter would otherwise land in out_dir/ref
-        trainer.model.save_pretrained(str(out_dir), safe_serialization=True, selected_adapters=["default"])
-        (out_dir / "README.md").unlink(missing_ok=True)  # timestamps and paths: keep the folder byte-stable
+    if out_dir is not None:
+        save_adapter(trainer, out_dir)  # every rank (a collective); the policy adapter only, no "ref" sub-folder
     if live is not None:
         live.end()
     del trainer

@@ -30,14 +30,44 @@ def has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
+def is_distributed() -> bool:
+    """Launched as one of several processes (``accelerate launch`` / ``torchrun`` set ``WORLD_SIZE``)."""
+    return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
+
+
+def cpu_4bit_support() -> str | None:
+    """None when bitsandbytes can hold NF4 4-bit weights on this CPU, else what is missing (one sentence).
+
+    bitsandbytes >= 0.48 ships a CPU backend (``libbitsandbytes_cpu`` + torch ops) that quantises, de-quantises and
+    runs ``Linear4bit`` on the CPU, so QLoRA works there (slowly: it is for tests and small models).
+    """
+    try:
+        import bitsandbytes as bnb
+    except Exception as e:  # noqa: BLE001 - any import failure is the same answer
+        return f"bitsandbytes cannot be imported ({type(e).__name__}: {e}); pip install bitsandbytes>=0.48"
+    try:
+        w = torch.randn(64, 64)
+        q, state = bnb.functional.quantize_4bit(w, blocksize=64, quant_type="nf4")
+        back = bnb.functional.dequantize_4bit(q, state, quant_type="nf4")
+    except Exception as e:  # noqa: BLE001
+        return f"bitsandbytes {getattr(bnb, '__version__', '?')} has no working CPU 4-bit backend ({type(e).__name__}: {e})"
+    if back.shape != w.shape or not torch.isfinite(back).all():
+        return f"bitsandbytes {bnb.__version__}: CPU NF4 round trip gives wrong values"
+    return None
+
+
 def use_4bit(quantize_4bit: str | bool) -> bool:
-    """``auto``: NF4 via bitsandbytes only when CUDA is available; ``true`` requires CUDA; ``false`` never."""
+    """``auto``: NF4 via bitsandbytes only when CUDA is available; ``true``: NF4 on CUDA, or on the CPU where
+    bitsandbytes' CPU backend supports it (slow; for tests and small models); ``false``: never."""
     q = str(quantize_4bit).lower()
     if q == "auto":
         return has_cuda()
     if q in ("true", "1", "yes"):
         if not has_cuda():
-            raise ModelSourceError("model.quantize_4bit is true but no CUDA GPU is available (4-bit NF4 needs CUDA); use 'auto'")
+            missing = cpu_4bit_support()
+            if missing is not None:
+                raise ModelSourceError(f"model.quantize_4bit is true but there is no CUDA GPU and 4-bit NF4 on the CPU "
+                                       f"is not available: {missing}; use 'auto' (fp32 on the CPU)")
         return True
     if q in ("false", "0", "no"):
         return False
@@ -51,21 +81,53 @@ def compute_dtype() -> torch.dtype:
     return torch.float32
 
 
-def _quant_kwargs(quantize_4bit) -> dict:
-    if not use_4bit(quantize_4bit):
-        return {"dtype": compute_dtype()}
+def bnb_config():
+    """NF4 4-bit with double quantisation; compute and *storage* dtype = :func:`compute_dtype` (FSDP shards the
+    packed 4-bit weights only when they are stored in the same float dtype as the rest of the model)."""
     from transformers import BitsAndBytesConfig
 
-    return {
-        "quantization_config": BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=compute_dtype(),
-        ),
-        "dtype": compute_dtype(),
-        "device_map": {"": torch.cuda.current_device()},
-    }
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=compute_dtype(), bnb_4bit_quant_storage=compute_dtype())
+
+
+def _local_device() -> str:
+    """This process's device: ``cuda:<LOCAL_RANK>`` under a launcher, ``cuda:<current>`` otherwise, else cpu."""
+    if not has_cuda():
+        return "cpu"
+    if is_distributed():
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0')) % max(1, torch.cuda.device_count())}"
+    return f"cuda:{torch.cuda.current_device()}"
+
+
+def _quant_kwargs(quantize_4bit) -> dict:
+    """``from_pretrained`` kwargs of a model used for generation or scoring (not trained by a trainer).
+
+    CPU: fp32 on the CPU (NF4 4-bit only with ``quantize_4bit: true`` and bitsandbytes' CPU backend). CUDA: the
+    whole model on this process's GPU (``cuda:<LOCAL_RANK>`` under ``accelerate launch``, e.g. the reward scorer
+    of GRPO on each rank), in bf16, or NF4 4-bit with bf16 compute. Never ``device_map="auto"``.
+    """
+    kw = {"dtype": compute_dtype()}
+    if has_cuda():
+        kw["device_map"] = {"": _local_device()}
+    if use_4bit(quantize_4bit):
+        kw["quantization_config"] = bnb_config()
+    return kw
+
+
+def training_init_kwargs(quantize_4bit) -> dict:
+    """``model_init_kwargs`` of a TRL trainer config (SFT/DPO/Reward/GRPOConfig): the dtype as a string (the
+    config stays JSON-serialisable). Placement is TRL's and accelerate's: no ``device_map`` here, so TRL loads on
+    the CPU under ``use_cpu``, with ``device_map=None`` under ``accelerate launch`` (accelerate then moves, wraps
+    or shards the model per rank; bitsandbytes puts 4-bit weights on the rank's own GPU, which accelerate has
+    made current), and ``"auto"`` on a single GPU. The 4-bit config goes to the trainer's
+    ``quantization_config`` argument (:func:`training_quantization_config`), as TRL asks.
+    """
+    return {"dtype": str(compute_dtype()).replace("torch.", ""), "use_cache": False}
+
+
+def training_quantization_config(quantize_4bit):
+    """The trainer's ``quantization_config`` (NF4 with quant storage = compute dtype), or None."""
+    return bnb_config() if use_4bit(quantize_4bit) else None
 
 
 # --------------------------------------------------------------------------- the base model stage
@@ -179,13 +241,23 @@ def _check_dir(path, what: str) -> None:
         raise ModelSourceError(f"{what} {path} not found: run the stage that builds it first (dvc repro)")
 
 
+def _inference_kwargs(quantize_4bit, device: str | None) -> dict:
+    if device is None:
+        return _quant_kwargs(quantize_4bit)
+    if device == "cpu":  # e.g. merging an adapter for export: always the fp32 base, never 4-bit
+        return {"dtype": torch.float32}
+    raise ValueError(f"device must be None (automatic) or 'cpu', not {device!r}")
+
+
 def load_causal_lm(base_dir, adapter: str | os.PathLike | None = None, quantize_4bit="auto",
-                   trainable: bool = False):
-    """The base causal LM (+ a LoRA adapter). Eval mode unless ``trainable``."""
+                   trainable: bool = False, device: str | None = None):
+    """The base causal LM (+ a LoRA adapter) for generation or scoring, placed by :func:`_quant_kwargs` (GPU in
+    bf16 / NF4 where CUDA exists, fp32 on the CPU); ``device="cpu"``: the fp32 model on the CPU whatever the
+    machine (adapter merging). Eval mode unless ``trainable``."""
     from transformers import AutoModelForCausalLM
 
     _check_dir(base_dir, "base model")
-    model = AutoModelForCausalLM.from_pretrained(str(base_dir), **_quant_kwargs(quantize_4bit))
+    model = AutoModelForCausalLM.from_pretrained(str(base_dir), **_inference_kwargs(quantize_4bit, device))
     if adapter:
         from peft import PeftModel
 
@@ -196,14 +268,16 @@ def load_causal_lm(base_dir, adapter: str | os.PathLike | None = None, quantize_
     return model
 
 
-def load_seq_classifier(base_dir, adapter=None, quantize_4bit="auto", trainable: bool = False, tokenizer=None):
-    """The base model with a 1-logit sequence-classification head (the reward model), + its LoRA adapter."""
+def load_seq_classifier(base_dir, adapter=None, quantize_4bit="auto", trainable: bool = False, tokenizer=None,
+                        device: str | None = None):
+    """The base model with a 1-logit sequence-classification head (the reward model), + its LoRA adapter; placed
+    like :func:`load_causal_lm`."""
     from transformers import AutoModelForSequenceClassification
 
     _check_dir(base_dir, "base model")
     tokenizer = tokenizer or load_tokenizer(base_dir)
     model = AutoModelForSequenceClassification.from_pretrained(
-        str(base_dir), num_labels=1, **_quant_kwargs(quantize_4bit))
+        str(base_dir), num_labels=1, **_inference_kwargs(quantize_4bit, device))
     model.config.pad_token_id = tokenizer.pad_token_id
     if adapter:
         from peft import PeftModel
@@ -227,18 +301,46 @@ def lora_config(r: int = 16, alpha: int = 64, dropout: float = 0.1, target_modul
 
 
 def load_trainable_policy(base_dir, init_adapter=None, lora: dict | None = None, quantize_4bit="auto"):
-    """(model, peft_config) for a trainer: continue ``init_adapter`` (trainable, no new config), or the base
-    model (prepared for k-bit training when 4-bit) with a new LoRA config for the trainer to apply."""
-    model = load_causal_lm(base_dir, adapter=init_adapter, quantize_4bit=quantize_4bit, trainable=True)
-    peft_config = None
-    if init_adapter is None:
-        peft_config = lora_config(**(lora or {}))
-        if use_4bit(quantize_4bit):
-            from peft import prepare_model_for_kbit_training
+    """What a TRL trainer gets as ``(model, peft_config)``, with placement left to TRL and accelerate:
 
-            model = prepare_model_for_kbit_training(model)
+    - no ``init_adapter``: ``(str(base_dir), LoraConfig)``: the trainer loads the base itself through its
+      config's ``model_init_kwargs`` (:func:`training_init_kwargs`) and ``quantization_config``
+      (:func:`training_quantization_config`) and applies the LoRA config;
+    - ``init_adapter``: ``(PeftModel, None)``: the base loaded exactly as the trainer would load it
+      (TRL's ``create_model_from_path`` with the same kwargs and device rule) + the adapter, trainable.
+    """
+    if init_adapter is None:
+        _check_dir(base_dir, "base model")
+        return str(base_dir), lora_config(**(lora or {}))
+    return load_trainable_adapter(base_dir, init_adapter, quantize_4bit), None
+
+
+def load_trainable_adapter(base_dir, adapter, quantize_4bit="auto", architecture=None):
+    """The base (as a TRL trainer would load it from a path: same kwargs, same device rule) + ``adapter``, trainable."""
+    from peft import PeftModel
+
+    _check_dir(base_dir, "base model")
+    _check_dir(adapter, "adapter")
+    model = trl_load(base_dir, quantize_4bit, architecture)
+    model = PeftModel.from_pretrained(model, str(adapter), is_trainable=True)
     model.config.use_cache = False
-    return model, peft_config
+    return model
+
+
+def trl_load(base_dir, quantize_4bit="auto", architecture=None, **extra):
+    """Load the base model the way TRL 1.16's trainers load a model id (``create_model_from_path``): dtype from
+    :func:`training_init_kwargs`, the 4-bit config, ``device_map=None`` when distributed (TRL's rule for
+    MULTI_GPU / DeepSpeed, which accelerate also reports for FSDP) and on the CPU, else ``"auto"``."""
+    from accelerate import PartialState
+    from trl.trainer.utils import create_model_from_path
+
+    kw = {**training_init_kwargs(quantize_4bit), **extra}
+    q = training_quantization_config(quantize_4bit)
+    if q is not None:
+        kw["quantization_config"] = q
+    if PartialState().distributed_type in ("MULTI_GPU", "DEEPSPEED", "MULTI_CPU"):
+        kw["device_map"] = None
+    return create_model_from_path(str(base_dir), architecture, **kw)
 
 
 def count_parameters(model) -> tuple[int, int]:

@@ -15,6 +15,15 @@ fences, so every step's sampled completions are measured (:func:`repetition_stat
 the run stops at the first step whose KL or repetition crosses a threshold. The numbers logged at step t describe the
 policy that *sampled* step t (the one before that step's update); on a stop the guard puts back the last policy that
 passed (``restore_last_good``), or the starting adapter when the first step already fails.
+
+Rollouts: by default GRPOTrainer samples with ``model.generate`` (transformers). With ``vllm={"use_vllm": True, ...}``
+(params ``ppo.use_vllm``, ``ppo.vllm_mode``, ...) TRL 1.16 samples on vLLM instead: ``colocate`` runs a vLLM engine
+inside each training process (sharing the GPU, ``vllm_gpu_memory_utilization``), ``server`` talks to
+``trl vllm-serve`` at ``vllm_server_base_url``; TRL merges the LoRA weights into the engine after each update.
+vLLM is an optional GPU dependency: asking for it without it installed (or without CUDA) stops with one line.
+
+Under ``accelerate launch`` every rank trains and saves through ``trainer.save_model()``
+(:func:`sciexplain.dist.save_adapter`); only the main process writes files.
 """
 from __future__ import annotations
 
@@ -25,7 +34,8 @@ from statistics import mean
 
 from transformers import TrainerCallback
 
-from .models import count_parameters, has_cuda, load_causal_lm, load_tokenizer
+from .dist import is_main_process, save_adapter
+from .models import count_parameters, has_cuda, load_tokenizer, load_trainable_adapter
 from .prompts import student_messages
 
 log = logging.getLogger(__name__)
@@ -152,13 +162,43 @@ class GuardCallback(TrainerCallback):
 
 # --------------------------------------------------------------------------- training
 
+VLLM_MODES = ("colocate", "server")
+
+
+def vllm_kwargs(use_vllm: bool = False, vllm_mode: str = "colocate", vllm_server_base_url: str | None = None,
+                vllm_gpu_memory_utilization: float = 0.3) -> dict:
+    """GRPOConfig's vLLM arguments from the params (empty when off); a clear error where vLLM cannot run."""
+    import importlib.util
+
+    from .io import UserError
+
+    if not use_vllm:
+        return {}
+    if vllm_mode not in VLLM_MODES:
+        raise UserError(f"ppo.vllm_mode {vllm_mode!r}: choose colocate or server")
+    if importlib.util.find_spec("vllm") is None:
+        raise UserError("ppo.use_vllm is true but vllm is not installed: pip install -r requirements-gpu.txt "
+                        "(vLLM needs a CUDA GPU), or set ppo.use_vllm: false to sample with transformers")
+    if not has_cuda():
+        raise UserError("ppo.use_vllm is true but no CUDA GPU is available (vLLM rollouts need one); "
+                        "set ppo.use_vllm: false")
+    kw = {"use_vllm": True, "vllm_mode": vllm_mode}
+    if vllm_mode == "server":
+        if vllm_server_base_url:
+            kw["vllm_server_base_url"] = str(vllm_server_base_url)
+    else:
+        kw["vllm_gpu_memory_utilization"] = float(vllm_gpu_memory_utilization)
+    return kw
+
+
 def _config(scratch_dir, *, beta, learning_rate, max_steps, num_generations, prompts_per_step, max_completion_length,
-            temperature, top_p, seed):
+            temperature, top_p, seed, vllm: dict | None = None):
     import torch
     from trl import GRPOConfig
 
     cuda = has_cuda()
     return GRPOConfig(
+        **vllm_kwargs(**(vllm or {})),
         output_dir=str(scratch_dir), seed=seed, data_seed=seed,
         use_cpu=not cuda, bf16=cuda and torch.cuda.is_bf16_supported(), fp16=False, activation_checkpointing=False,
         per_device_train_batch_size=int(num_generations) * int(prompts_per_step),  # counts completions
@@ -180,9 +220,10 @@ def train_ppo(base_dir, questions: list[str], out_dir, *, scorer, init_adapter, 
               learning_rate: float = 5e-5, max_steps: int = 8, num_generations: int = 4, prompts_per_step: int = 2,
               max_completion_length: int = 128, temperature: float = 1.0, top_p: float = 1.0, seed: int = 0,
               guard: dict | None = None, score_batch_size: int = 8, scratch_dir="scratch/ppo", live_dir=None,
-              quantize_4bit="auto") -> dict:
+              quantize_4bit="auto", vllm: dict | None = None) -> dict:
     """GRPO from ``init_adapter`` on ``questions`` with ``scorer.score(questions, answers, batch_size)`` as the
-    reward; save the policy adapter to ``out_dir`` (None: do not save). ``guard``: :class:`GuardCallback` kwargs.
+    reward; save the policy adapter to ``out_dir`` (None: do not save). ``guard``: :class:`GuardCallback` kwargs;
+    ``vllm``: :func:`vllm_kwargs` kwargs (rollouts on vLLM). Call it on every rank under ``accelerate launch``.
     Returns metrics (steps run, early stop and reason, KL, reward / repetition / length of the first and last step)."""
     import torch
     from datasets import Dataset
@@ -193,18 +234,19 @@ def train_ppo(base_dir, questions: list[str], out_dir, *, scorer, init_adapter, 
 
     if not questions:
         raise UserError("no questions to train on")
-    set_seed(seed)
-    tok = load_tokenizer(base_dir, padding_side="left")
-    model = load_causal_lm(base_dir, adapter=init_adapter, quantize_4bit=quantize_4bit, trainable=True)
-    model.config.use_cache = False
-    ds = Dataset.from_list([{"prompt": student_messages(q), "question": q} for q in questions])
     args = _config(scratch_dir, beta=beta, learning_rate=learning_rate, max_steps=max_steps,
                    num_generations=num_generations, prompts_per_step=prompts_per_step,
-                   max_completion_length=max_completion_length, temperature=temperature, top_p=top_p, seed=seed)
+                   max_completion_length=max_completion_length, temperature=temperature, top_p=top_p, seed=seed,
+                   vllm=vllm)
+    set_seed(seed)
+    tok = load_tokenizer(base_dir, padding_side="left")
+    # the base placed as GRPOTrainer would place a model id (TRL/accelerate own placement) + the adapter, trainable
+    model = load_trainable_adapter(base_dir, init_adapter, quantize_4bit)
+    ds = Dataset.from_list([{"prompt": student_messages(q), "question": q} for q in questions])
     guard_cb = GuardCallback(**(guard or {}))
     callbacks = [guard_cb]
     live = None
-    if live_dir is not None:
+    if live_dir is not None and is_main_process():
         from dvclive import Live
         from transformers.integrations import DVCLiveCallback
 
@@ -225,6 +267,7 @@ def train_ppo(base_dir, questions: list[str], out_dir, *, scorer, init_adapter, 
         "policy_updates": guard_cb.policy_updates if guard_cb.policy_updates is not None else steps,
         "beta": float(beta), "num_generations": int(num_generations), "prompts_per_step": int(prompts_per_step),
         "max_completion_length": int(max_completion_length), "guard": dict(guard or {}),
+        "rollouts": "vllm" if args.use_vllm else "transformers",
         "init_adapter": str(init_adapter), "trainable_parameters": trainable, "total_parameters": total,
         "kl_final": _first_last(logs, "kl")[1], "train_seconds": seconds,
         "completion_tokens_per_train_s": sum(h.get("completions/mean_length", 0) for h in logs)
@@ -235,11 +278,8 @@ def train_ppo(base_dir, questions: list[str], out_dir, *, scorer, init_adapter, 
                       ("repeated_line_share", "repetition/repeated_line_share"),
                       ("completion_mean_length", "completions/mean_length"), ("kl", "kl")):
         metrics[f"{name}_first"], metrics[f"{name}_last"] = _first_last(logs, key)
-    if out_dir is not None and trainer.is_world_process_zero():
-        out_dir = Path(out_dir)
-        # the policy only: the frozen "ref" adapter would otherwise land in out_dir/ref
-        trainer.model.save_pretrained(str(out_dir), safe_serialization=True, selected_adapters=["default"])
-        (out_dir / "README.md").unlink(missing_ok=True)
+    if out_dir is not None:
+        save_adapter(trainer, out_dir)  # every rank (a collective); the policy only, no "ref" sub-folder
     if live is not None:
         live.end()
     del trainer, model

@@ -1,5 +1,5 @@
 """The reward model: LoRA on a 1-logit sequence classifier, trained with TRL's RewardTrainer on
-preference pairs; a batched scorer every later stage uses; and its evaluation.
+preference pairs (:mod:`sciexplain.reward_train`); a batched scorer every later stage uses; and its evaluation.
 
 Input format (training and scoring alike, :class:`ChatEncoder`): the conversation user = question,
 assistant = answer, rendered by the tokenizer's chat template and *ending with the end-of-turn
@@ -24,13 +24,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
-import time
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
-from .io import DataError, UserError, replace_dir, stable_id, write_json
+from .io import DataError, UserError, stable_id
 from .stats import DECISIVE_STRENGTHS, TIE, majority_vote, reward_summary, wilson_interval
 
 log = logging.getLogger(__name__)
@@ -174,97 +171,11 @@ def check_pooling(model, tokenizer, seqs: Sequence[Sequence[int]], end_of_turn_i
             "pools_end_of_turn": bool(pooled_ok and eot_ok)}
 
 
-# --------------------------------------------------------------------------- training
-
-def train_reward_model(base_dir, train_pairs: Sequence[Mapping], out_dir, *, lora_r: int = 16, lora_alpha: int = 64,
-                       lora_dropout: float = 0.1, target_modules=None, lora_layers: int | None = None,
-                       learning_rate: float = 1e-4,
-                       epochs: float = 1, batch_size: int = 4, max_length: int = 384,
-                       center_rewards_coefficient: float | None = None, seed: int = 0, scratch_dir="scratch/reward",
-                       live_dir=None, logging_steps: int = 1, use_margin: bool = True,
-                       quantize_4bit="auto") -> dict:
-    """Train a LoRA reward model on ``train_pairs`` (see :mod:`sciexplain.preferences`) and save it to
-    ``out_dir``: a PEFT adapter folder (the ``score`` head included via ``modules_to_save``) + the
-    tokenizer + ``reward_config.json`` (max_length). ``lora_layers``: LoRA on the last N decoder layers
-    only (backward then stops there: ~3x faster on CPU for SmolLM2 with N=8 of 30); None = all. Trainer scratch goes to ``scratch_dir``; curves to
-    a DVCLive folder ``live_dir`` (optional). Returns training numbers for metrics::
-
-        {pairs, truncated_pairs, truncated_sequences, tokens, dropped, train_loss, runtime_s,
-         tokens_per_s, steps, trainable_params, total_params}
-    """
-    import torch
-    import transformers
-    from datasets import Dataset
-    from trl import RewardConfig, RewardTrainer
-
-    from .models import compute_dtype, count_parameters, has_cuda, load_seq_classifier, load_tokenizer, lora_config
-
-    tok = load_tokenizer(base_dir, padding_side="right")
-    enc = ChatEncoder(tok, max_length)
-    rows, counts = encode_pairs(train_pairs, enc)
-    if not rows:
-        raise UserError("no training pairs for the reward model (check reward_model.sources and the rm generations)")
-    if not use_margin:
-        rows = [{k: v for k, v in r.items() if k != "margin"} for r in rows]
-    dataset = Dataset.from_list(rows)
-
-    transformers.set_seed(int(seed))  # the score head is initialised at load time
-    model = load_seq_classifier(base_dir, quantize_4bit=quantize_4bit, trainable=True, tokenizer=tok)
-    peft_cfg = lora_config(lora_r, lora_alpha, lora_dropout, target_modules, task_type="SEQ_CLS",
-                           modules_to_save=["score"])
-    if lora_layers:
-        n_layers = int(model.config.num_hidden_layers)
-        peft_cfg.layers_to_transform = list(range(max(0, n_layers - int(lora_layers)), n_layers))
-        peft_cfg.layers_pattern = "layers"
-    args = RewardConfig(
-        output_dir=str(scratch_dir), save_strategy="no", report_to="none",
-        use_cpu=not has_cuda(), bf16=compute_dtype() == torch.bfloat16, activation_checkpointing=False,
-        per_device_train_batch_size=int(batch_size), num_train_epochs=float(epochs),
-        learning_rate=float(learning_rate), lr_scheduler_type="linear", warmup_steps=0,
-        seed=int(seed), data_seed=int(seed), logging_steps=int(logging_steps), max_length=int(max_length),
-        center_rewards_coefficient=None if center_rewards_coefficient in (None, 0) else float(center_rewards_coefficient),
-        disable_dropout=False,  # the base has no dropout; keep the LoRA dropout the params ask for
-        dataloader_num_workers=0, disable_tqdm=False,
-    )
-    callbacks = []
-    if live_dir is not None:
-        from dvclive import Live
-        from transformers.integrations import DVCLiveCallback
-
-        callbacks.append(DVCLiveCallback(live=Live(str(live_dir), dvcyaml=False, save_dvc_exp=False)))
-    trainer = RewardTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok,
-                            peft_config=peft_cfg, callbacks=callbacks)
-    dropped = len(dataset) - len(trainer.train_dataset)
-    if dropped:
-        raise RuntimeError(f"RewardTrainer dropped {dropped} pre-truncated pairs (max_length {max_length})")
-    trainable, total = count_parameters(trainer.model)
-    t0 = time.time()
-    result = trainer.train()
-    runtime = time.time() - t0
-
-    out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    trainer.model.save_pretrained(str(tmp))
-    tok.save_pretrained(str(tmp))
-    write_json(tmp / REWARD_CONFIG, {"max_length": int(max_length), "end_of_turn": enc.eot_text,
-                                     "pad_token": tok.pad_token})
-    replace_dir(tmp, out)
-    return {
-        **counts, "dropped": dropped,
-        "train_loss": _r4(result.training_loss),
-        "runtime_s": round(runtime, 1),
-        "tokens_per_s": round(counts["tokens"] * float(epochs) / runtime, 1) if runtime > 0 else None,
-        "steps": int(result.global_step),
-        "trainable_params": int(trainable), "total_params": int(total),
-    }
-
-
 # --------------------------------------------------------------------------- scoring
 
 class RewardScorer:
-    """Scores answers with a trained reward model (base model + adapter folder from :func:`train_reward_model`).
+    """Scores answers with a trained reward model (base model + adapter folder from
+    :func:`sciexplain.reward_train.train_reward_model`).
 
     ``score(questions, answers, batch_size)`` returns one float per answer; batches are right-padded
     and sorted by length, and equal one-at-a-time scores (up to float rounding). Results are cached

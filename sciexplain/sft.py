@@ -3,8 +3,10 @@
 Data are conversational prompt/completion pairs (the question as the user turn, the target explanation as
 the assistant turn), so the loss covers the completion only (SmolLM2's chat template has no
 ``{% generation %}`` markers, so ``assistant_only_loss`` does not apply). fp32 and ``use_cpu`` on CPU;
-4-bit NF4 (QLoRA) only where CUDA exists. Works unchanged under ``accelerate launch`` (multi-GPU, FSDP,
-DeepSpeed): only the main process writes outputs.
+4-bit NF4 (QLoRA) where CUDA exists (or on the CPU with ``model.quantize_4bit: true``). A new adapter starts from the
+base model *path*: SFTTrainer loads it through ``model_init_kwargs`` / ``quantization_config`` and places it (TRL and
+accelerate own placement). Works unchanged under ``accelerate launch`` (multi-GPU, FSDP, DeepSpeed): every rank
+saves through ``trainer.save_model()`` (:func:`sciexplain.dist.save_adapter`), only the main process writes files.
 """
 from __future__ import annotations
 
@@ -12,9 +14,10 @@ import hashlib
 import logging
 import math
 import time
-from pathlib import Path
 
-from .models import count_parameters, has_cuda, load_tokenizer, load_trainable_policy
+from .dist import is_main_process, save_adapter
+from .models import (count_parameters, has_cuda, load_tokenizer, load_trainable_policy, training_init_kwargs,
+                     training_quantization_config)
 from .prompts import student_messages
 
 log = logging.getLogger(__name__)
@@ -32,12 +35,13 @@ def split_train_val(records: list[dict], val_fraction: float, seed: int) -> tupl
     return ranked[n_val:], ranked[:n_val]
 
 
-def _config(scratch_dir, *, learning_rate, epochs, batch_size, grad_accum, max_length, seed, has_val=True):
+def _config(scratch_dir, *, learning_rate, epochs, batch_size, grad_accum, max_length, seed, has_val=True,
+            model_init_kwargs=None):
     from trl import SFTConfig
 
     cuda = has_cuda()
     return SFTConfig(
-        output_dir=str(scratch_dir), seed=seed, data_seed=seed,
+        output_dir=str(scratch_dir), seed=seed, data_seed=seed, model_init_kwargs=model_init_kwargs,
         use_cpu=not cuda, bf16=cuda and __import__("torch").cuda.is_bf16_supported(), fp16=False,
         activation_checkpointing=False,  # TRL's default (True) only costs time at this scale
         per_device_train_batch_size=batch_size, per_device_eval_batch_size=batch_size,
@@ -53,7 +57,9 @@ def train_sft(base_dir, train_records: list[dict], val_records: list[dict], out_
               lora: dict | None = None, learning_rate: float = 2e-4, epochs: float = 1, batch_size: int = 4,
               grad_accum: int = 1, max_length: int = 384, seed: int = 0, quantize_4bit="auto",
               scratch_dir="scratch/sft", live_dir=None, answer_field: str = "answer") -> dict:
-    """Train a LoRA adapter (new, or continuing ``init_adapter``) and save it to ``out_dir``. Returns metrics."""
+    """Train a LoRA adapter (new, or continuing ``init_adapter``) and save it to ``out_dir`` (None: do not save).
+    Call it on every rank under ``accelerate launch``: only the main process writes (``out_dir``, ``live_dir``).
+    Returns metrics (the same on every rank)."""
     import torch
     from datasets import Dataset
     from transformers import set_seed
@@ -62,20 +68,23 @@ def train_sft(base_dir, train_records: list[dict], val_records: list[dict], out_
     set_seed(seed)
     tok = load_tokenizer(base_dir, padding_side="right")
     model, peft_config = load_trainable_policy(base_dir, init_adapter, lora, quantize_4bit)
+    from_path = isinstance(model, str)
     train_ds = Dataset.from_list(to_conversations(train_records, answer_field))
     val_ds = Dataset.from_list(to_conversations(val_records, answer_field)) if val_records else None
     args = _config(scratch_dir, learning_rate=learning_rate, epochs=epochs, batch_size=batch_size,
-                   grad_accum=grad_accum, max_length=max_length, seed=seed, has_val=val_ds is not None)
+                   grad_accum=grad_accum, max_length=max_length, seed=seed, has_val=val_ds is not None,
+                   model_init_kwargs=training_init_kwargs(quantize_4bit) if from_path else None)
     callbacks = []
     live = None
-    if live_dir is not None:
+    if live_dir is not None and is_main_process():
         from dvclive import Live
         from transformers.integrations import DVCLiveCallback
 
         live = Live(str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None)
         callbacks.append(DVCLiveCallback(live=live))
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
-                         processing_class=tok, peft_config=peft_config, callbacks=callbacks)
+                         processing_class=tok, peft_config=peft_config, callbacks=callbacks,
+                         quantization_config=training_quantization_config(quantize_4bit) if from_path else None)
     trainable, total = count_parameters(trainer.model)
     metrics: dict = {"train_examples": len(train_ds), "val_examples": len(val_ds) if val_ds else 0,
                      "trainable_parameters": trainable, "total_parameters": total,
@@ -98,11 +107,8 @@ def train_sft(base_dir, train_records: list[dict], val_records: list[dict], out_
     metrics["train_seconds"] = seconds
     metrics["train_tokens"] = n_tokens
     metrics["train_tokens_per_s"] = n_tokens / max(seconds, 1e-9)
-    if trainer.is_world_process_zero():
-        out_dir = Path(out_dir)
-        trainer.model.save_pretrained(str(out_dir), safe_serialization=True)
-        # the adapter README carries timestamps and paths: drop it, keep the folder byte-stable
-        (out_dir / "README.md").unlink(missing_ok=True)
+    if out_dir is not None:
+        save_adapter(trainer, out_dir)  # every rank: trainer.save_model() is a collective
     if live is not None:
         live.end()
     del trainer, model

@@ -5,13 +5,12 @@ plus, optionally, ``--extra-pairs`` / ``dpo.extra_pairs`` (any {question, chosen
 or judge preferences; list that file in the stage's deps when you set it). Train/val split by question id.
 Outputs: the policy adapter (models/dpo), metrics (metrics/dpo.json), DVCLive curves (metrics/dpo).
 """
-import os
-import shutil
 from pathlib import Path
 
 import click
 
 from sciexplain.cli import get, params_option, read_params, stage
+from sciexplain.dist import is_main_process
 from sciexplain.io import DataError, read_jsonl, stable_id, write_json
 
 FIELDS = ("question", "chosen", "rejected")
@@ -56,8 +55,6 @@ def split_pairs(pairs: list[dict], val_fraction: float, seed: int) -> tuple[list
 @params_option
 @stage
 def main(base_dir, pairs_path, extra_opt, init_adapter, out_dir, metrics_path, live_dir, scratch, params_path):
-    import tempfile
-
     from sciexplain.dpo import train_dpo
 
     p = read_params(params_path)
@@ -69,21 +66,12 @@ def main(base_dir, pairs_path, extra_opt, init_adapter, out_dir, metrics_path, l
              "batch_size": get(p, "dpo.batch_size"), "grad_accum": get(p, "dpo.grad_accum"),
              "max_length": get(p, "dpo.max_length"), "seed": get(p, "dpo.seed"),
              "quantize_4bit": get(p, "model.quantize_4bit")}
-    if int(os.environ.get("RANK", "0")) != 0:  # under accelerate launch: only rank 0 writes the outputs
-        train_dpo(base_dir, train, val, None, init_adapter=init_adapter, scratch_dir=scratch, live_dir=None, **hyper)
-        return
     out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))  # train into a temp folder, then swap it in
-    try:
-        metrics = train_dpo(base_dir, train, val, tmp, init_adapter=init_adapter, scratch_dir=scratch,
-                            live_dir=live_dir, **hyper)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    # every rank trains and takes part in the save (sciexplain.dist.save_adapter); only the main process writes
+    metrics = train_dpo(base_dir, train, val, out, init_adapter=init_adapter, scratch_dir=scratch, live_dir=live_dir,
+                        **hyper)
+    if not is_main_process():
+        return
     metrics.update(counts)
     metrics["extra_pairs"] = str(extra) if extra else None
     write_json(metrics_path, metrics)

@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from sciexplain.cli import get, params_option, read_params, stage
+from sciexplain.dist import is_main_process
 from sciexplain.io import read_jsonl, write_json
 
 def _swap(tmp: Path, out: Path) -> None:
@@ -40,10 +41,12 @@ def main(base_dir, init_adapter, reward_dir, prompts_path, out_dir, metrics_path
 
     p = read_params(params_path)
     out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
     if not get(p, "ppo.enabled"):
+        if not is_main_process():
+            return
         from dvclive import Live
 
+        out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
         ppo.write_disabled(tmp)
         _swap(tmp, out)
@@ -56,6 +59,10 @@ def main(base_dir, init_adapter, reward_dir, prompts_path, out_dir, metrics_path
 
     from sciexplain.reward import RewardScorer
 
+    vllm = {"use_vllm": get(p, "ppo.use_vllm"), "vllm_mode": get(p, "ppo.vllm_mode"),
+            "vllm_server_base_url": get(p, "ppo.vllm_server_base_url"),
+            "vllm_gpu_memory_utilization": get(p, "ppo.vllm_gpu_memory_utilization")}
+    ppo.vllm_kwargs(**vllm)  # a missing vLLM / GPU stops here, before any model is loaded
     questions = [r["question"] for r in read_jsonl(prompts_path, required=("id", "question"))]
     quantize = get(p, "model.quantize_4bit")
     scorer = RewardScorer(base_dir, reward_dir, quantize_4bit=quantize)
@@ -69,18 +76,11 @@ def main(base_dir, init_adapter, reward_dir, prompts_path, out_dir, metrics_path
              "max_completion_length": get(p, "ppo.max_completion_length"),
              "temperature": get(p, "ppo.temperature"), "top_p": get(p, "ppo.top_p"), "seed": get(p, "ppo.seed"),
              "score_batch_size": get(p, "ppo.score_batch_size"), "quantize_4bit": quantize}
-    if int(os.environ.get("RANK", "0")) != 0:  # under accelerate launch: only rank 0 writes the outputs
-        ppo.train_ppo(base_dir, questions, None, scorer=scorer, init_adapter=init_adapter, guard=guard,
-                      scratch_dir=scratch, live_dir=None, **hyper)
+    # every rank trains and takes part in the save (sciexplain.dist.save_adapter); only the main process writes
+    metrics = ppo.train_ppo(base_dir, questions, out, scorer=scorer, init_adapter=init_adapter, guard=guard,
+                            scratch_dir=scratch, live_dir=live_dir, vllm=vllm, **hyper)
+    if not is_main_process():
         return
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        metrics = ppo.train_ppo(base_dir, questions, tmp, scorer=scorer, init_adapter=init_adapter, guard=guard,
-                                scratch_dir=scratch, live_dir=live_dir, **hyper)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    _swap(tmp, out)
     metrics["reward_model"] = str(reward_dir)
     metrics["reward_truncated_answers"] = getattr(scorer, "truncated", None)
     write_json(metrics_path, metrics)

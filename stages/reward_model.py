@@ -5,6 +5,7 @@ from pathlib import Path
 import click
 
 from sciexplain.cli import get, params_option, read_params, stage
+from sciexplain.dist import is_main_process
 from sciexplain.io import DataError, write_json, write_jsonl
 
 
@@ -27,7 +28,8 @@ def main(base_dir, compare_root, annotations_root, judgments_root, generations_r
     from sciexplain import preferences as prefs
     from sciexplain.io import read_jsonl
     from sciexplain.models import load_tokenizer
-    from sciexplain.reward import RewardScorer, chat_prompt, majority_agreement, pairwise_eval, train_reward_model
+    from sciexplain.reward import RewardScorer, chat_prompt, majority_agreement, pairwise_eval
+    from sciexplain.reward_train import train_reward_model
     from sciexplain.rubric import RubricJudge
 
     p = read_params(params_path)
@@ -59,10 +61,12 @@ def main(base_dir, compare_root, annotations_root, judgments_root, generations_r
     pairs, n_dupes = prefs.dedupe_pairs(ann_pairs + rm_pairs)
     train, val = prefs.split_pairs(pairs, get(p, "reward_model.val_fraction"), seed)
     train, n_capped = prefs.cap_pairs(train, get(p, "reward_model.max_train_pairs"), seed)
-    write_jsonl(Path(pairs_dir) / "train.jsonl", train)
-    write_jsonl(Path(pairs_dir) / "val.jsonl", val)
-    click.echo(f"pairs: {len(ann_pairs)} from annotations, {len(rm_pairs)} from the rm split; "
-               f"{n_dupes} duplicates; train {len(train)} (capped {n_capped}), val {len(val)}")
+    main_process = is_main_process()  # every rank builds the same pairs and trains; only the main one writes
+    if main_process:
+        write_jsonl(Path(pairs_dir) / "train.jsonl", train)
+        write_jsonl(Path(pairs_dir) / "val.jsonl", val)
+        click.echo(f"pairs: {len(ann_pairs)} from annotations, {len(rm_pairs)} from the rm split; "
+                   f"{n_dupes} duplicates; train {len(train)} (capped {n_capped}), val {len(val)}")
 
     max_length = int(get(p, "reward_model.max_length"))
     res = train_reward_model(
@@ -73,8 +77,10 @@ def main(base_dir, compare_root, annotations_root, judgments_root, generations_r
         batch_size=get(p, "reward_model.batch_size"), max_length=max_length,
         center_rewards_coefficient=get(p, "reward_model.center_rewards_coefficient"), seed=seed,
         scratch_dir=scratch_dir, live_dir=live_dir, quantize_4bit=get(p, "model.quantize_4bit"))
+    if not main_process:
+        return
 
-    # evaluate what was saved
+    # evaluate what was saved (the main process only)
     scorer = RewardScorer(base_dir, out_dir, quantize_4bit=get(p, "model.quantize_4bit"))
     bs = int(get(p, "reward_model.score_batch_size"))
     probe = (val or train)[:8]

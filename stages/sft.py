@@ -5,12 +5,12 @@
 ``--data <file.jsonl>``: any {id, question, answer} file, e.g. the rejection-sampling winners (stage rs),
 with ``--init-adapter`` to continue from the SFT adapter.
 """
-import os
 from pathlib import Path
 
 import click
 
 from sciexplain.cli import get, params_option, read_params, stage
+from sciexplain.dist import is_main_process
 from sciexplain.io import DataError, read_jsonl, write_json
 
 
@@ -50,7 +50,6 @@ def _hyper(p: dict, section: str) -> dict:
 @params_option
 @stage
 def main(section, base_dir, data_opt, prepared, teacher, init_adapter, out_dir, metrics_path, live_dir, scratch, params_path):
-    from sciexplain.io import atomic_path
     from sciexplain.sft import split_train_val, train_sft
 
     p = read_params(params_path)
@@ -61,18 +60,12 @@ def main(section, base_dir, data_opt, prepared, teacher, init_adapter, out_dir, 
     lora = None if init_adapter else {  # continuing an adapter keeps its LoRA shape
         "r": get(p, f"{section}.lora.r"), "alpha": get(p, f"{section}.lora.alpha"),
         "dropout": get(p, f"{section}.lora.dropout"), "target_modules": get(p, f"{section}.lora.target_modules")}
-    if int(os.environ.get("RANK", "0")) != 0:  # under accelerate launch: only rank 0 writes the outputs
-        train_sft(base_dir, train, val, Path(scratch) / f"rank{os.environ['RANK']}", init_adapter=init_adapter, lora=lora,
-                  **_hyper(p, section), quantize_4bit=get(p, "model.quantize_4bit"), scratch_dir=scratch, live_dir=None)
+    # every rank trains and takes part in the save; the adapter is written to a scratch folder and swapped into
+    # place by the main process once all ranks have saved (sciexplain.dist.save_adapter)
+    metrics = train_sft(base_dir, train, val, out, init_adapter=init_adapter, lora=lora, **_hyper(p, section),
+                        quantize_4bit=get(p, "model.quantize_4bit"), scratch_dir=scratch, live_dir=live_dir)
+    if not is_main_process():
         return
-    with atomic_path(out) as tmp:  # train into a temp folder, then swap it in
-        tmp.unlink()
-        metrics = train_sft(base_dir, train, val, tmp, init_adapter=init_adapter, lora=lora, **_hyper(p, section),
-                            quantize_4bit=get(p, "model.quantize_4bit"), scratch_dir=scratch, live_dir=live_dir)
-        if out.exists():
-            import shutil
-
-            shutil.rmtree(out)
     metrics["data"] = data
     write_json(metrics_path, metrics)
     click.echo(f"{section}: eval loss {metrics.get('eval_loss')} (base {metrics.get('eval_loss_base')}) -> {out}")

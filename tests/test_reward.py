@@ -12,7 +12,8 @@ from sciexplain import preferences as prefs
 from sciexplain.io import DataError, UserError, stable_id
 from sciexplain.models import load_tokenizer
 from sciexplain.reward import (ChatEncoder, chat_prompt, RewardScorer, check_pooling, encode_pairs, majority_agreement,
-                               pairwise_eval, train_reward_model)
+                               pairwise_eval)
+from sciexplain.reward_train import train_reward_model
 from sciexplain.rubric import RubricJudge
 
 

@@ -1,0 +1,102 @@
+"""Training the reward model: TRL's RewardTrainer, LoRA on a 1-logit sequence classifier (see :mod:`sciexplain.reward`
+for the input format, the truncation rule and the loss).
+
+Kept apart from :mod:`sciexplain.reward` (scoring and evaluation), so the stages that only score (``score``,
+``evaluate``) do not depend on the training and multi-process code.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Mapping, Sequence
+
+from .io import UserError
+from .reward import REWARD_CONFIG, ChatEncoder, _r4, encode_pairs
+
+log = logging.getLogger(__name__)
+
+
+def train_reward_model(base_dir, train_pairs: Sequence[Mapping], out_dir, *, lora_r: int = 16, lora_alpha: int = 64,
+                       lora_dropout: float = 0.1, target_modules=None, lora_layers: int | None = None,
+                       learning_rate: float = 1e-4,
+                       epochs: float = 1, batch_size: int = 4, max_length: int = 384,
+                       center_rewards_coefficient: float | None = None, seed: int = 0, scratch_dir="scratch/reward",
+                       live_dir=None, logging_steps: int = 1, use_margin: bool = True,
+                       quantize_4bit="auto") -> dict:
+    """Train a LoRA reward model on ``train_pairs`` (see :mod:`sciexplain.preferences`) and save it to
+    ``out_dir``: a PEFT adapter folder (the ``score`` head included via ``modules_to_save``) + the
+    tokenizer + ``reward_config.json`` (max_length). ``lora_layers``: LoRA on the last N decoder layers
+    only (backward then stops there: ~3x faster on CPU for SmolLM2 with N=8 of 30); None = all. Trainer scratch goes to ``scratch_dir``; curves to
+    a DVCLive folder ``live_dir`` (optional). Under ``accelerate launch`` call it on every rank: the trainer loads
+    and places the base itself (``model_init_kwargs``), every rank takes part in ``trainer.save_model()``, and only
+    the main process writes files (:func:`sciexplain.dist.save_adapter`). Returns training numbers for metrics::
+
+        {pairs, truncated_pairs, truncated_sequences, tokens, dropped, train_loss, runtime_s,
+         tokens_per_s, steps, trainable_params, total_params}
+    """
+    import torch
+    from datasets import Dataset
+    from transformers import AutoConfig
+    from trl import RewardConfig, RewardTrainer
+
+    from .dist import is_main_process, save_adapter
+    from .models import (_check_dir, compute_dtype, count_parameters, has_cuda, load_tokenizer, lora_config,
+                         training_init_kwargs, training_quantization_config)
+
+    _check_dir(base_dir, "base model")
+    tok = load_tokenizer(base_dir, padding_side="right")
+    enc = ChatEncoder(tok, max_length)
+    rows, counts = encode_pairs(train_pairs, enc)
+    if not rows:
+        raise UserError("no training pairs for the reward model (check reward_model.sources and the rm generations)")
+    if not use_margin:
+        rows = [{k: v for k, v in r.items() if k != "margin"} for r in rows]
+    dataset = Dataset.from_list(rows)
+
+    peft_cfg = lora_config(lora_r, lora_alpha, lora_dropout, target_modules, task_type="SEQ_CLS",
+                           modules_to_save=["score"])
+    if lora_layers:
+        n_layers = int(AutoConfig.from_pretrained(str(base_dir)).num_hidden_layers)
+        peft_cfg.layers_to_transform = list(range(max(0, n_layers - int(lora_layers)), n_layers))
+        peft_cfg.layers_pattern = "layers"
+    args = RewardConfig(
+        output_dir=str(scratch_dir), save_strategy="no", report_to="none",
+        # the trainer loads the base (placement is TRL's / accelerate's) after set_seed(seed): the score head,
+        # initialised at load time, is the same on every rank and every rerun
+        model_init_kwargs=training_init_kwargs(quantize_4bit),
+        use_cpu=not has_cuda(), bf16=compute_dtype() == torch.bfloat16, activation_checkpointing=False,
+        per_device_train_batch_size=int(batch_size), num_train_epochs=float(epochs),
+        learning_rate=float(learning_rate), lr_scheduler_type="linear", warmup_steps=0,
+        seed=int(seed), data_seed=int(seed), logging_steps=int(logging_steps), max_length=int(max_length),
+        center_rewards_coefficient=None if center_rewards_coefficient in (None, 0) else float(center_rewards_coefficient),
+        disable_dropout=False,  # the base has no dropout; keep the LoRA dropout the params ask for
+        dataloader_num_workers=0, disable_tqdm=False,
+    )
+    callbacks = []
+    if live_dir is not None and is_main_process():
+        from dvclive import Live
+        from transformers.integrations import DVCLiveCallback
+
+        callbacks.append(DVCLiveCallback(live=Live(str(live_dir), dvcyaml=False, save_dvc_exp=False)))
+    trainer = RewardTrainer(model=str(base_dir), args=args, train_dataset=dataset, processing_class=tok,
+                            peft_config=peft_cfg, callbacks=callbacks,
+                            quantization_config=training_quantization_config(quantize_4bit))
+    dropped = len(dataset) - len(trainer.train_dataset)
+    if dropped:
+        raise RuntimeError(f"RewardTrainer dropped {dropped} pre-truncated pairs (max_length {max_length})")
+    trainable, total = count_parameters(trainer.model)
+    t0 = time.time()
+    result = trainer.train()
+    runtime = time.time() - t0
+
+    # every rank: save_model() is a collective; the main process keeps adapter + score head + tokenizer
+    save_adapter(trainer, out_dir, keep_tokenizer=True, extra_json={REWARD_CONFIG: {
+        "max_length": int(max_length), "end_of_turn": enc.eot_text, "pad_token": tok.pad_token}})
+    return {
+        **counts, "dropped": dropped,
+        "train_loss": _r4(result.training_loss),
+        "runtime_s": round(runtime, 1),
+        "tokens_per_s": round(counts["tokens"] * float(epochs) / runtime, 1) if runtime > 0 else None,
+        "steps": int(result.global_step),
+        "trainable_params": int(trainable), "total_params": int(total),
+    }
