@@ -37,6 +37,7 @@ __all__ = ["OpenAIBackend", "BackendError", "NO_KEY_VALUES"]
 NO_KEY_VALUES = (None, "", "none", "null")
 _DUMMY_KEY = "sk-no-key-required"
 _RETRY_STATUS = {408, 409, 429}
+_ENV_NAME = __import__("re").compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 
 
 class BackendError(UserError, RuntimeError):
@@ -75,7 +76,13 @@ class OpenAIBackend:
             raise BackendError("api_key_env is none but base_url is not set: the OpenAI API needs a key; set teacher.base_url for a local server")
         self.model = model
         self.base_url = base_url
-        self.api_key_env = None if no_key else str(api_key_env)
+        if not no_key and not _ENV_NAME.match(str(api_key_env).strip()):
+            # a key pasted where the variable's *name* belongs: say so without echoing it (params and dvc.lock
+            # now hold a secret: the user must rotate it)
+            raise BackendError("api_key_env must be the NAME of an environment variable (e.g. OPENAI_API_KEY), but its "
+                               "value looks like an API key itself (not shown); put the key in an environment variable, "
+                               "set api_key_env to that variable's name, and rotate the key if params.yaml was shared")
+        self.api_key_env = None if no_key else str(api_key_env).strip()
         self.max_concurrency = int(max_concurrency)
         self.max_retries = int(max_retries)
         self.timeout = float(timeout)

@@ -171,3 +171,10 @@ def test_failure_reports_finished_calls_and_starts_no_new_ones(server):
         )
     assert len(got) == server.total_served  # every answered call was handed over
     assert server.total_served < 19  # the queue was not drained after the failure
+
+
+@pytest.mark.parametrize("value", ["sk-proj-abcdefghijklmnopqrstuvwxyz0123456789", "sk-abc.def", "key with spaces"])
+def test_a_key_given_as_the_variable_name_is_never_echoed(value):
+    with pytest.raises(BackendError) as e:
+        OpenAIBackend("gpt-x", base_url=None, api_key_env=value)
+    assert value not in str(e.value) and "looks like an API key" in str(e.value)
