@@ -1,17 +1,18 @@
 """The ``local`` generation backend: any transformers causal LM (+ LoRA adapter).
 
-Batched with left padding and the KV cache; the samples of one prompt come from one
-``num_return_sequences`` call; prompts are grouped by length so a batch carries little padding;
-sampling is seeded per batch; generation stops at EOS / end of turn or ``max_new_tokens``.
+Batched with left padding and the KV cache; the samples of one prompt are rows of one batch;
+prompts are grouped by length so a batch carries little padding; generation stops at EOS / end of
+turn or ``max_new_tokens``.
 
-Reproducibility: the same requests with the same seed give the same answers on CPU. Sampled answers
-depend on which prompts share a batch (transformers draws one random stream per batch), so a run that
-was resumed from the response cache, or whose request set grew, can sample the not-yet-cached answers
-differently than a fresh run would. Greedy decoding (temperature 0) does not have this caveat.
+Seeds: every sampled row draws its tokens from its own random stream, seeded with
+:func:`sciexplain.generation.request_seed` (seed, request id, sample index) -- the same rule as the
+vLLM and OpenAI backends -- through :class:`SeededSampler` (temperature and nucleus top-p, then one
+draw per row). So a sample does not depend on which other prompts share its batch: a run resumed from
+the response cache, or one whose request set grew, samples exactly what a fresh run samples (up to
+float rounding between different padding widths). Greedy decoding (temperature 0) is plain argmax.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections import OrderedDict
@@ -20,7 +21,7 @@ from typing import Callable
 
 import torch
 
-from .generation import GenRequest, GenResult, SamplingParams, fingerprint
+from .generation import GenRequest, GenResult, SamplingParams, fingerprint, request_seed
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,32 @@ def stop_token_ids(tokenizer) -> list[int]:
         if isinstance(tid, int) and tid != tokenizer.unk_token_id and tid not in ids:
             ids.append(tid)
     return ids
+
+
+class SeededSampler:
+    """A logits processor that samples each row from its own ``torch.Generator`` (temperature, then top-p)
+    and returns logits whose argmax is the drawn token; ``generate`` then runs in greedy mode.
+
+    transformers draws every row of a batch from one global stream, so a row's sample would depend on its
+    batch-mates; here row ``r`` depends only on ``seeds[r]`` and its own logits.
+    """
+
+    def __init__(self, seeds: list[int], temperature: float, top_p: float):
+        self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        self.temperature, self.top_p = float(temperature), float(top_p)
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        probs = torch.softmax(scores.float() / self.temperature, dim=-1)
+        if self.top_p < 1.0:
+            sorted_p, order = probs.sort(dim=-1, descending=True)
+            drop = sorted_p.cumsum(-1) - sorted_p > self.top_p  # keep the smallest set reaching top_p (>= 1 token)
+            sorted_p = sorted_p.masked_fill(drop, 0.0)
+            probs = torch.zeros_like(probs).scatter_(-1, order, sorted_p)
+        out = torch.full_like(scores, float("-inf"))
+        for r, gen in enumerate(self.generators):
+            token = torch.multinomial(probs[r], 1, generator=gen)
+            out[r, token] = 0.0
+        return out
 
 
 class LocalBackend:
@@ -51,6 +78,9 @@ class LocalBackend:
         self.model = label or f"{Path(base_dir).name}:{fingerprint(base_dir, adapter)}"
         self.stops = stop_token_ids(self.tokenizer)
         self.stats = {"generated_tokens": 0, "seconds": 0.0, "sequences": 0}
+
+    def request_seed(self, req: GenRequest, sampling: SamplingParams) -> int:
+        return request_seed(sampling.seed, req.id, req.sample)
 
     def prompt_text(self, messages: list[dict]) -> str:
         return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
@@ -80,41 +110,37 @@ class LocalBackend:
 
     @torch.inference_mode()
     def _generate_batch(self, batch, requests, sampling: SamplingParams, n: int, batch_index: int):
+        from transformers import LogitsProcessorList
+
         tok = self.tokenizer
-        enc = tok([p[1] for p in batch], return_tensors="pt", padding=True, add_special_tokens=False)
+        # one row per request: the samples of a prompt are adjacent rows of the same prompt
+        rows = [(n_prompt, text, i) for n_prompt, text, idx in batch for i in sorted(idx, key=lambda k: requests[k].sample)]
+        enc = tok([r[1] for r in rows], return_tensors="pt", padding=True, add_special_tokens=False)
         enc = {k: v.to(self.lm.device) for k, v in enc.items()}
-        greedy = sampling.temperature <= 0
         kwargs = dict(max_new_tokens=sampling.max_new_tokens, eos_token_id=self.stops, pad_token_id=tok.pad_token_id,
-                      num_return_sequences=n, do_sample=not greedy)
-        if greedy:
-            kwargs.update(temperature=None, top_p=None, top_k=None)
-        else:
-            kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
-            # seeded per batch from (seed, the batch's first request id): same requests -> same samples
-            first = requests[batch[0][2][0]].id
-            torch.manual_seed(int(hashlib.sha256(f"{sampling.seed}:{first}:{batch_index}".encode()).hexdigest()[:8], 16))
+                      do_sample=False, temperature=None, top_p=None, top_k=None)
+        if sampling.temperature > 0:
+            seeds = [self.request_seed(requests[r[2]], sampling) for r in rows]
+            kwargs["logits_processor"] = LogitsProcessorList([SeededSampler(seeds, sampling.temperature, sampling.top_p)])
         t0 = time.perf_counter()
         out = self.lm.generate(**enc, **kwargs)
         dt = time.perf_counter() - t0
-        prompt_len = enc["input_ids"].shape[1]
-        new = out[:, prompt_len:]
+        new = out[:, enc["input_ids"].shape[1]:]
         generated = 0
-        for p_i, (n_prompt, _text, idx) in enumerate(batch):
-            for s_i, i in enumerate(sorted(idx, key=lambda k: requests[k].sample)):
-                row = new[p_i * n + s_i].tolist()
-                stop_at = next((j for j, t in enumerate(row) if t in self.stops), None)
-                finished = stop_at is not None
-                used = row[: stop_at] if finished else row
-                n_completion = len(used) + (1 if finished else 0)
-                generated += n_completion
-                text = tok.decode(used, skip_special_tokens=True).strip()
-                yield i, GenResult(id=requests[i].id, sample=requests[i].sample, text=text, prompt_tokens=n_prompt,
-                                   completion_tokens=n_completion, finished=finished)
+        for (n_prompt, _text, i), row in zip(rows, new.tolist()):
+            stop_at = next((j for j, t in enumerate(row) if t in self.stops), None)
+            finished = stop_at is not None
+            used = row[: stop_at] if finished else row
+            n_completion = len(used) + (1 if finished else 0)
+            generated += n_completion
+            text = tok.decode(used, skip_special_tokens=True).strip()
+            yield i, GenResult(id=requests[i].id, sample=requests[i].sample, text=text, prompt_tokens=n_prompt,
+                               completion_tokens=n_completion, finished=finished)
         self.stats["generated_tokens"] += generated
         self.stats["seconds"] += dt
-        self.stats["sequences"] += len(batch) * n
+        self.stats["sequences"] += len(rows)
         log.info("batch %d: %d sequences, %d new tokens in %.1f s (%.1f tokens/s)",
-                 batch_index, len(batch) * n, generated, dt, generated / max(dt, 1e-9))
+                 batch_index, len(rows), generated, dt, generated / max(dt, 1e-9))
 
     def tokens_per_second(self) -> float:
         return self.stats["generated_tokens"] / max(self.stats["seconds"], 1e-9)

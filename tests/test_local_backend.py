@@ -66,3 +66,15 @@ def test_cache_makes_no_second_generation(backend, tmp_path):
     second = generate_cached(backend, _reqs(), sp, tmp_path / "cache.jsonl", progress=False)
     assert second.stats.hits == len(QUESTIONS) and backend.stats["sequences"] == before
     assert [r.text for r in second] == [r.text for r in first]
+
+
+def test_a_sample_does_not_depend_on_its_batch_mates(backend):
+    """Each sampled row has its own seeded stream (request_seed of seed, id, sample): a resumed run that asks
+    for one missing sample, alone or beside other prompts, gets what the full run got."""
+    sp = SamplingParams(max_new_tokens=10, temperature=1.0, top_p=0.9, seed=3)
+    full = backend.generate(_reqs(3), sp)
+    by_key = {(r.id, r.sample): r.text for r in full}
+    alone = backend.generate([_reqs(3)[1]], sp)[0]  # q0, sample 1, by itself
+    assert alone.text == by_key[("q0", 1)]
+    mixed = backend.generate([_reqs(3)[i] for i in (14, 4, 0)], sp)  # other batch, other order
+    assert [r.text for r in mixed] == [by_key[("q4", 2)], by_key[("q1", 1)], by_key[("q0", 0)]]
