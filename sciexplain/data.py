@@ -22,7 +22,9 @@ from pathlib import Path
 
 from .io import DataError, normalize_text, read_jsonl, stable_id
 
-SPLITS = ("eval", "rs", "rm", "sft")  # assignment order: eval is filled first so other sizes never move it
+SPLITS = ("eval", "rs", "rm", "sft")
+MAX_BODY_CHARS = 100_000  # a post body longer than this is dropped and counted (a dump's longest are ~60k)
+MAX_TITLE_CHARS = 1_000  # assignment order: eval is filled first so other sizes never move it
 
 
 @dataclass
@@ -54,10 +56,18 @@ class _HTMLToText(HTMLParser):
         self.code_inline = 0
 
     def _nl(self, n: int = 2) -> None:
-        text = "".join(self.out)
-        stripped = text.rstrip(" ")
-        have = len(stripped) - len(stripped.rstrip("\n"))
-        if stripped and have < n:
+        """End the text so far with at least ``n`` newlines (none at the very start). Looks only at the
+        trailing whitespace chunks, so a body with many block tags converts in linear time."""
+        have = 0
+        for chunk in reversed(self.out):
+            body = chunk.rstrip(" ")
+            if body.strip("\n"):  # this chunk has text: count its trailing newlines and stop
+                have += len(body) - len(body.rstrip("\n"))
+                break
+            have += body.count("\n")
+        else:
+            return  # nothing but whitespace so far
+        if have < n:
             self.out.append("\n" * (n - have))
 
     def handle_starttag(self, tag, attrs):
@@ -206,14 +216,33 @@ def load_stackexchange(path: str | Path, drops: Drops, min_score: int = 1, domai
                        require_answer: bool = True) -> list[dict]:
     """Questions (+ accepted or top-voted answer with Score >= min_score) from a data-dump Posts.xml."""
     path = Path(path)
+    rows: list[tuple[dict, int, int]] = []
+    id_count: Counter = Counter()
+    for row, post_id, kind in iter_post_rows(path):
+        id_count[post_id] += 1
+        if kind in (1, 2):
+            rows.append((row, post_id, kind))
+    dup = {i for i, c in id_count.items() if c > 1}
     questions: dict[int, dict] = {}
     answers: dict[int, list[dict]] = {}
-    for row, post_id, kind in iter_post_rows(path):
+    any_question = False
+    for row, post_id, kind in rows:
+        any_question |= kind == 1
+        if post_id in dup:  # every copy of a repeated Id goes: which copy is right is unknowable
+            drops.add(f"duplicate_post_id_{'question' if kind == 1 else 'answer'}")
+            continue
+        if len(row.get("Body") or "") > MAX_BODY_CHARS or len(row.get("Title") or "") > MAX_TITLE_CHARS:
+            drops.add(f"{'question' if kind == 1 else 'answer'}_too_large")
+            continue
         if kind == 1:
             questions[post_id] = row
-        elif kind == 2:
-            answers.setdefault(_int_attr(path, row, "ParentId"), []).append(row)
-    if not questions:
+        else:
+            parent = _int_attr(path, row, "ParentId")
+            if parent in dup:
+                drops.add("answer_of_duplicate_question")
+                continue
+            answers.setdefault(parent, []).append(row)
+    if not any_question:
         raise DataError(path, None, "PostTypeId", "no question rows (PostTypeId=1) found")
     site = domain or path.parent.name
     out = []
@@ -263,7 +292,15 @@ def load_qa(path: str | Path, drops: Drops, question_field: str = "question", an
         for needed in (question_field, answer_field, domain_field):
             if needed and needed not in reader.fieldnames:
                 raise DataError(path, 1, needed, f"missing column (columns: {', '.join(reader.fieldnames)})")
-        rows = [(reader.line_num, r) for r in reader]
+        rows = []
+        for r in reader:
+            if None in r:  # more fields than the header
+                raise DataError(path, reader.line_num, None, f"{len(reader.fieldnames) + len(r[None])} fields but the "
+                                f"header has {len(reader.fieldnames)} (an unquoted comma?)")
+            short = [k for k, v in r.items() if v is None]
+            if short:
+                raise DataError(path, reader.line_num, short[0], f"missing: the row has fewer fields than the header")
+            rows.append((reader.line_num, r))
         if not rows:
             raise DataError(path, None, None, "file has a header but no rows")
     else:
@@ -281,20 +318,30 @@ def load_qa(path: str | Path, drops: Drops, question_field: str = "question", an
     return out
 
 
+SOURCE_KEYS = {"bank": set(), "stackexchange": {"min_score", "domain", "require_answer"},
+               "qa": {"question_field", "answer_field", "domain_field", "domain"}}
+
+
 def load_source(spec: dict, drops: Drops, root: Path = Path(".")) -> list[dict]:
     spec = dict(spec)
     kind = spec.pop("type", None)
     path = spec.pop("path", None)
     if not path:
         raise DataError("params.yaml", "prepare.sources", "path", f"every source needs a path ({spec})")
+    if kind not in SOURCE_KEYS:
+        raise DataError("params.yaml", "prepare.sources", "type", f"unknown source type {kind!r} (bank, stackexchange, qa)")
+    unknown = sorted(set(spec) - SOURCE_KEYS[kind])
+    if unknown:
+        allowed = ", ".join(["type", "path", *sorted(SOURCE_KEYS[kind])])
+        raise DataError("params.yaml", f"prepare.sources ({kind} {path})", unknown[0], f"unknown key; allowed: {allowed}")
     path = root / path
+    if path.is_dir():
+        raise DataError(path, None, "path", "is a folder; give the file (e.g. .../Posts.xml, a .jsonl or .csv)")
     if kind == "bank":
         return load_bank(path, drops)
     if kind == "stackexchange":
         return load_stackexchange(path, drops, **spec)
-    if kind == "qa":
-        return load_qa(path, drops, **spec)
-    raise DataError("params.yaml", "prepare.sources", "type", f"unknown source type {kind!r} (bank, stackexchange, qa)")
+    return load_qa(path, drops, **spec)
 
 
 # --------------------------------------------------------------------------- filter, dedupe, split

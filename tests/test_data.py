@@ -172,3 +172,57 @@ def test_real_qa_files(rel, domain_field):
     assert len(recs) > 100 and all(r["answer"] for r in recs)
     deduped = data.dedupe(recs, drops)
     assert len({r["id"] for r in deduped}) == len(deduped)
+
+
+def _posts(tmp_path, rows):
+    body = "".join(f"<row {' '.join(f'{k}={json.dumps(str(v))}' for k, v in r.items())} />\n" for r in rows)
+    path = tmp_path / "Posts.xml"
+    path.write_text(f'<?xml version="1.0" encoding="utf-8"?>\n<posts>\n{body}</posts>\n')
+    return path
+
+
+def test_duplicate_post_ids_are_counted_and_never_paired(tmp_path):
+    q = lambda i, title: {"Id": i, "PostTypeId": 1, "Title": title, "Body": "&lt;p&gt;b&lt;/p&gt;", "Score": 1}  # noqa: E731
+    a = lambda i, parent, text: {"Id": i, "PostTypeId": 2, "ParentId": parent, "Body": text, "Score": 5}  # noqa: E731
+    path = _posts(tmp_path, [q(1, "Why is the sky blue at noon?"), a(2, 1, "Rayleigh scattering."),
+                             q(3, "Why do magnets attract iron?"), q(3, "What is a duplicate question id?"),
+                             a(4, 3, "An answer of the repeated id."), a(5, 1, "dup a"), a(5, 3, "dup b")])
+    drops = data.Drops()
+    recs = data.load_stackexchange(path, drops)
+    assert [(r["post_id"], r["answer"]) for r in recs] == [(1, "Rayleigh scattering.")]
+    assert drops.counts["duplicate_post_id_question"] == 2 and drops.counts["duplicate_post_id_answer"] == 2
+    assert drops.counts["answer_of_duplicate_question"] == 1
+
+
+def test_oversized_posts_are_dropped_and_counted(tmp_path):
+    big = "&lt;p&gt;" + "x " * (data.MAX_BODY_CHARS // 2 + 10) + "&lt;/p&gt;"
+    path = _posts(tmp_path, [{"Id": 1, "PostTypeId": 1, "Title": "A huge question body?", "Body": big, "Score": 1},
+                             {"Id": 2, "PostTypeId": 1, "Title": "A small question here?", "Body": "ok", "Score": 1},
+                             {"Id": 3, "PostTypeId": 2, "ParentId": 2, "Body": "A fine answer.", "Score": 3}])
+    drops = data.Drops()
+    assert [r["post_id"] for r in data.load_stackexchange(path, drops)] == [2]
+    assert drops.counts["question_too_large"] == 1
+
+
+def test_many_block_tags_convert_like_few():
+    body = "<p>a</p>" * 3000 + "<ul><li>x</li></ul><pre>code</pre>"
+    text = data.html_to_text(body)
+    assert text == "\n\n".join(["a"] * 3000) + "\n\n- x\n\n```\ncode\n```"
+
+
+def test_malformed_csv_rows_name_the_line(tmp_path):
+    path = tmp_path / "qa.csv"
+    path.write_text("question,answer\nWhy is water wet?,Because.\nWhy, oh why?,two,extra\n")
+    with pytest.raises(DataError, match=r"qa.csv, line 3: .*fields but the header has 2"):
+        data.load_qa(path, data.Drops())
+    path.write_text("question,answer\nWhy is water wet?\n")
+    with pytest.raises(DataError, match=r"line 2, field 'answer': missing"):
+        data.load_qa(path, data.Drops())
+
+
+def test_source_spec_errors(tmp_path):
+    with pytest.raises(DataError, match="field 'min_scor'.*unknown key; allowed: type, path, domain, min_score"):
+        data.load_source({"type": "stackexchange", "path": "x.xml", "min_scor": 2}, data.Drops())
+    (tmp_path / "dump").mkdir()
+    with pytest.raises(DataError, match="is a folder"):
+        data.load_source({"type": "stackexchange", "path": str(tmp_path / "dump")}, data.Drops())
