@@ -1,9 +1,13 @@
 """A model answers questions (N samples each) through a backend and the response cache."""
 from __future__ import annotations
 
+import logging
+
 from .cache import generate_cached
 from .generation import GenRequest, SamplingParams
 from .prompts import student_messages
+
+log = logging.getLogger(__name__)
 
 
 def answer_questions(backend, questions: list[dict], sampling: SamplingParams, cache_path, model_name: str,
@@ -20,7 +24,9 @@ def answer_questions(backend, questions: list[dict], sampling: SamplingParams, c
         "model": model_name, "answers": n, "samples_per_question": n_samples,
         "mean_completion_tokens": round(sum(r.completion_tokens for r in results) / max(n, 1), 1),
         "finished_fraction": round(sum(r.finished for r in results) / max(n, 1), 4),
-        "tokens_per_s": round(backend.tokens_per_second(), 2) if getattr(backend, "stats", {}).get("seconds") else None,
-        "cache_hits": results.stats.hits,
     }
+    # run-time counters go to the log, not the metrics: a fully cached rerun must write identical metrics
+    speed = f", {backend.tokens_per_second():.1f} tokens/s" if getattr(backend, "stats", {}).get("seconds") else ""
+    log.info("%s: %d answers, %d from the cache, %d generated%s", model_name, n, results.stats.hits,
+             results.stats.misses, speed)
     return records, summary
