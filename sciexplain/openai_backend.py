@@ -163,7 +163,11 @@ class OpenAIBackend:
                 return None
             retry_after = None
             try:
-                resp = client.chat.completions.create(**params)
+                try:
+                    resp = client.chat.completions.create(**params)
+                except ValueError as e:  # a 200 whose body is not JSON
+                    raise _Fatal(f"{self._where()} sent a reply that is not JSON for request {req.id!r} "
+                                 f"({self._scrub(e)}): is base_url an OpenAI-compatible /v1 endpoint?") from None
                 return self._to_result(req, resp)
             except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
                 what = "rejected the API key" if self.api_key_env else "requires an API key"
@@ -192,20 +196,37 @@ class OpenAIBackend:
         )
 
     def _to_result(self, req: GenRequest, resp) -> GenResult:
+        """The result of one reply; a reply that is not a chat completion is one clear error, never a traceback."""
+        def bad(what: str) -> _Fatal:
+            return _Fatal(f"{self._where()} sent a malformed reply for request {req.id!r}: {what}")
+
         choices = getattr(resp, "choices", None)
         if not choices:
             raise _Fatal(f"{self._where()} returned no choices for request {req.id!r}")
+        if not isinstance(choices, list):
+            raise bad(f"'choices' is {type(choices).__name__}, not a list")
         choice = choices[0]
-        content = choice.message.content if choice.message is not None else None
+        message = getattr(choice, "message", None)
+        if message is None:
+            raise bad("choices[0] has no 'message'")
+        content = getattr(message, "content", None)
+        if content is not None and not isinstance(content, str):
+            raise bad(f"choices[0].message.content is {type(content).__name__}, not a string")
         usage = getattr(resp, "usage", None)
+        try:
+            prompt_tokens = int(getattr(usage, "prompt_tokens", 0) or 0)
+            completion_tokens = int(getattr(usage, "completion_tokens", 0) or 0)
+        except (TypeError, ValueError):
+            raise bad("'usage' token counts are not integers") from None
+        finish = getattr(choice, "finish_reason", None)
         return GenResult(
             id=req.id,
             sample=req.sample,
             text=content or "",
-            prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
-            completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
-            finished=choice.finish_reason == "stop",
-            extra={"finish_reason": choice.finish_reason},
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            finished=finish == "stop",
+            extra={"finish_reason": finish},
         )
 
     # -- many calls --------------------------------------------------------------------------------

@@ -178,3 +178,48 @@ def test_a_key_given_as_the_variable_name_is_never_echoed(value):
     with pytest.raises(BackendError) as e:
         OpenAIBackend("gpt-x", base_url=None, api_key_env=value)
     assert value not in str(e.value) and "looks like an API key" in str(e.value)
+
+
+MALFORMED = [b"not json", b'{"choices": "x"}', b'{"choices": [{}]}', b'[1, 2]',
+             b'{"choices": [{"message": {"content": 5}, "finish_reason": "stop"}]}',
+             b'{"choices": [{"message": null, "finish_reason": "stop"}]}',
+             b'{"choices": [{"message": {"content": "ok"}, "finish_reason": "stop"}], "usage": {"prompt_tokens": "x"}}']
+
+
+@pytest.fixture(scope="module")
+def raw_server():
+    """A real HTTP server on 127.0.0.1 that answers every POST with 200 and the body in ``state['body']``."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    state = {"body": b"{}"}
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            body = state["body"]
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    state["url"] = f"http://127.0.0.1:{srv.server_address[1]}/v1"
+    yield state
+    srv.shutdown()
+    srv.server_close()
+
+
+@pytest.mark.parametrize("body", MALFORMED)
+def test_a_malformed_200_reply_is_one_clear_line(raw_server, body):
+    raw_server["body"] = body
+    backend = OpenAIBackend("m", base_url=raw_server["url"], api_key_env=None, max_retries=0)
+    with pytest.raises(BackendError) as e:
+        backend.generate(reqs(1), SamplingParams())
+    msg = str(e.value)
+    assert "\n" not in msg and raw_server["url"] in msg and "'id0'" in msg
