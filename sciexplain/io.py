@@ -54,6 +54,17 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+_UMASK = os.umask(0)  # read once at import (reading it means setting it; threads come later)
+os.umask(_UMASK)
+
+
+def default_mode(path: str | os.PathLike) -> None:
+    """Give a file or folder made by ``tempfile`` (0600 / 0700) the mode a plain ``open``/``mkdir`` would have
+    given it under the user's umask, so outputs are as readable as the user's other files."""
+    path = Path(path)
+    os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~_UMASK)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temp path in the same folder as ``path``; rename it into place on success, delete it on error."""
@@ -64,6 +75,8 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     tmp = Path(tmp)
     try:
         yield tmp
+        if tmp.exists():
+            default_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         if tmp.is_dir():
@@ -82,6 +95,7 @@ def replace_dir(new: str | os.PathLike, out: str | os.PathLike) -> None:
     new, out = Path(new), Path(out)
     old = out.parent / f".{out.name}.old-{os.getpid()}"
     shutil.rmtree(old, ignore_errors=True)
+    default_mode(new)
     if out.exists():
         os.replace(out, old)
     os.replace(new, out)

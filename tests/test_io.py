@@ -53,3 +53,20 @@ def test_read_jsonl_accepts_bom_and_blank_lines(tmp_path):
     path = tmp_path / "in.jsonl"
     path.write_bytes(b"\xef\xbb\xbf" + json.dumps({"question": "q"}).encode() + b"\n\n")
     assert read_jsonl(path, required=("question",)) == [{"question": "q"}]
+
+
+def test_outputs_follow_the_umask_not_tempfiles_0600(tmp_path):
+    import os
+    import stat
+
+    from pathlib import Path
+
+    from sciexplain.io import _UMASK, replace_dir, write_json
+
+    write_json(tmp_path / "m.json", {"a": 1})
+    assert stat.S_IMODE(os.stat(tmp_path / "m.json").st_mode) == 0o666 & ~_UMASK
+    import tempfile
+
+    new = Path(tempfile.mkdtemp(dir=tmp_path))
+    replace_dir(new, tmp_path / "out")
+    assert stat.S_IMODE(os.stat(tmp_path / "out").st_mode) == 0o777 & ~_UMASK
