@@ -1,14 +1,40 @@
-"""Un-blind and summarise one pairwise comparison: the key, judge and human annotation files -> metrics.
+"""Un-blind and summarise one pairwise comparison: the key, judge and human annotation files -> metrics, with a
+verdict on the headline number.
 
 Shared by the ``winrate`` stage (the compare sheets) and the ``evaluate`` stage (every model vs base).
+
+Humans and judges are never pooled into one vote:
+
+* ``humans``: :func:`sciexplain.stats.summarize_pair` over the human files only (item winner = the humans'
+  majority); agreement among them as raw pairwise agreement, Fleiss' kappa (items everyone rated) and
+  Krippendorff's alpha (every item rated by two or more, for annotators who rated different subsets).
+* ``judges``: one summary per judge, each on its own, with the judge's human agreement from
+  ``metrics/validate.json`` (its question-level cluster bootstrap CI) and its own verdict beside it.
+* the **headline** (``win_rate``, ``verdict``) comes from the humans whenever a human file rated anything;
+  otherwise from one judge -- the one whose human-agreement interval has the highest lower end in
+  ``validate.json`` (ties: the first name), so a judge never changes a human headline.
+
+The verdict (:func:`sciexplain.verdicts.comparison_verdict`) is on the *subject* against the *opponent*:
+for ``<x>_vs_<y>`` the subject is ``x``, except that ``base`` is always the opponent (``base_vs_sft`` is a
+verdict on sft). It carries ``n``, the decisive votes, the smallest win rate the sign test would detect
+at this n (80% power, alpha 0.05) and one of "better" / "worse" / "cannot tell at this n" / "judge not
+validated"; human verdicts need no validation. :func:`adjust_family` Holm-adjusts the headline p-values of
+the comparisons one stage run makes and turns a "better"/"worse" whose adjusted p is above alpha into
+"cannot tell at this n".
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
+from typing import Mapping
 
 from .annotations import KEY_FIELDS, read_annotation_dir
 from .io import DataError, read_jsonl
-from .stats import TIE, majority_vote, summarize_pair, verdict_side
+from .stats import TIE, _pval, _rate, majority_vote, summarize_pair, verdict_side, wilson_interval
+from .verdicts import BETTER, CANNOT_TELL, NOT_VALIDATED, WORSE, comparison_verdict, detectable_win_rate, holm
+
+BASELINE = "base"
+HUMANS = "humans"
 
 
 def read_key(path: Path, sheet_ids: list[str]) -> dict[str, dict]:
@@ -41,7 +67,8 @@ def annotator_summary(ratings: dict, key: dict, models: tuple[str, str], kind: s
 
 
 def agreement_with_humans(judge: dict, humans: dict[str, dict], key: dict) -> dict:
-    """Share of items where a judge's label equals the humans' majority (items with a decisive majority)."""
+    """Share of items where a judge's label equals the humans' majority (items with a decisive majority),
+    with its Wilson 95% interval; a judge's Unsure counts as a disagreement."""
     hits = n = 0
     for item, ann in judge.items():
         votes = [(h[item].choice or None, h[item].strength) for h in humans.values() if item in h]
@@ -52,34 +79,172 @@ def agreement_with_humans(judge: dict, humans: dict[str, dict], key: dict) -> di
             continue
         n += 1
         hits += verdict_side((ann.choice or None, ann.strength)) == major  # A/B order is the same for both
-    return {"agreement": round(hits / n, 4) if n else None, "n": n}
+    lo, hi = wilson_interval(hits, n)
+    return {"agreement": round(hits / n, 4) if n else None, "n": n, "ci95_low": _rate(lo), "ci95_high": _rate(hi)}
 
 
-def summarize(pair: str, sheet: list[dict], key: dict, judges: dict, humans: dict) -> dict:
-    """The metrics of one pair (see the module docstring)."""
+# --------------------------------------------------------------------------- verdicts
+
+def subject_of(pair: str, models: tuple[str, str]) -> tuple[str, str]:
+    """(subject, opponent): the first model of ``<x>_vs_<y>``, except that ``base`` is always the opponent."""
+    a, b = models
+    return (b, a) if a == BASELINE and b != BASELINE else (a, b)
+
+
+def judge_validation(name: str, validation: Mapping | None) -> dict | None:
+    """The human agreement of judge ``judge-<name>`` (or ``<name>``) in ``metrics/validate.json``, or None.
+
+    ``{agreement, ci_low, ci_high, n, validated}``; the interval is the question-level cluster bootstrap one."""
+    judges = (validation or {}).get("judges") or {}
+    short = name[len("judge-"):] if name.startswith("judge-") else name
+    entry = judges.get(short) or judges.get(name)
+    if not isinstance(entry, Mapping):
+        return None
+    return {"agreement": entry.get("agreement"), "ci_low": entry.get("agreement_cluster_ci_low"),
+            "ci_high": entry.get("agreement_cluster_ci_high"), "n": entry.get("n"),
+            "validated": bool(entry.get("validated"))}
+
+
+def _pct(x) -> str:
+    return "—" if x is None else f"{100 * x:.0f}%"
+
+
+def verdict_sentence(v: Mapping) -> str:
+    """The verdict in plain words: who decided, the votes, n, p, and the smallest win rate this n detects."""
+    s, o, src = v["subject"], v["opponent"], v["source_label"]
+    votes = f"{s} won {v['wins']} of {v['decisive']} decisive votes ({_pct(v['win_rate'])}; {v['ties']} ties, n = {v['n']})"
+    det = v.get("detectable_win_rate")
+    power = (f"at this n a true win rate of {_pct(det)} or more (or {_pct(1 - det)} or less) is detected with 80% "
+             f"power" if det is not None else "at this n no win rate can be detected with 80% power")
+    p = v.get("p_holm", v.get("p"))
+    p_txt = "no test" if p is None else f"p = {p:.3g}" + (" after Holm" if "p_holm" in v else "")
+    if v["verdict"] == BETTER:
+        text = f"{s} is better than {o}, by {src}: {votes}, {p_txt}; {power}."
+    elif v["verdict"] == WORSE:
+        text = f"{s} is worse than {o}, by {src}: {votes}, {p_txt}; {power}."
+    elif v["verdict"] == CANNOT_TELL:
+        text = f"cannot tell whether {s} or {o} is better, by {src}: {votes}, {p_txt}; {power}."
+    else:
+        ha = v.get("human_agreement") or {}
+        if ha.get("agreement") is None:
+            why = "it has no human-agreement figure in metrics/validate.json"
+        else:
+            why = (f"its agreement with human preferences is {_pct(ha['agreement'])} (95% CI {_pct(ha.get('ci_low'))}–"
+                   f"{_pct(ha.get('ci_high'))}), an interval that does not clear 50%")
+        text = (f"{src} is not validated, so its comparison of {s} with {o} is no evidence: {why}. "
+                f"It reports {votes}, {p_txt}; {power}.")
+    return text[0].upper() + text[1:]
+
+
+def verdict_for(summary: Mapping, subject: str, opponent: str, source: str, human_agreement: Mapping | None,
+                human: bool) -> dict:
+    """:func:`comparison_verdict` of one summary (subject's wins vs opponent's wins) + who decided + a sentence."""
+    models, ties = summary["models"], summary["ties"]["count"]
+    ci = None if not human_agreement else (human_agreement.get("ci_low"), human_agreement.get("ci_high"))
+    v = comparison_verdict(models[subject]["wins"], models[opponent]["wins"], ties, ci, human=human)
+    v.update(subject=subject, opponent=opponent, source=source, human=human,
+             source_label=("the human annotators" if human else
+                           f"the judge {source[len('judge-'):] if source.startswith('judge-') else source}"),
+             human_agreement=None if human else human_agreement)
+    v["sentence"] = verdict_sentence(v)
+    return v
+
+
+def _headline_judge(judges: Mapping[str, Mapping]) -> str:
+    """The judge whose human-agreement interval has the highest lower end (ties and no data: first name)."""
+    def low(name):
+        ha = judges[name].get("human_agreement") or {}
+        x = ha.get("ci_low")
+        return x if isinstance(x, (int, float)) and math.isfinite(x) else -1.0
+    return sorted(judges, key=lambda n: (-low(n), n))[0]
+
+
+def summarize(pair: str, sheet: list[dict], key: dict, judges: dict, humans: dict,
+              validation: Mapping | None = None) -> dict:
+    """The metrics of one pair (see the module docstring). ``validation`` = ``metrics/validate.json``."""
     key_models = sorted({key[i][f] for i in key for f in ("a_model", "b_model")})
     models = tuple(pair.split("_vs_", 1)) if "_vs_" in pair else tuple(key_models)
     if sorted(models) != key_models:
         raise DataError(f"{pair}/key.jsonl", None, "a_model", f"the key names {key_models}, the pair {list(models)}")
+    subject, opponent = subject_of(pair, models)
     lengths = {r["item_id"]: {"A": len(r["answer_a"]), "B": len(r["answer_b"])} for r in sheet}
-    verdicts = lambda group: {name: {i: (a.choice or None, a.strength) for i, a in anns.items()}  # noqa: E731
-                              for name, anns in group.items() if anns}
-    sections = {}
-    for who, group in (("all", {**judges, **humans}), ("humans", humans), ("judges", judges)):
-        v = verdicts(group)
-        sections[who] = summarize_pair(v, key, lengths) if v else None
-    headline = sections["all"] or {}
+    as_verdicts = lambda group: {name: {i: (a.choice or None, a.strength) for i, a in anns.items()}  # noqa: E731
+                                 for name, anns in group.items() if anns}
+
+    human_votes = as_verdicts(humans)
+    human_summary = summarize_pair(human_votes, key, lengths) if human_votes else None
+    if human_summary is not None:
+        human_summary["verdict"] = verdict_for(human_summary, subject, opponent, HUMANS, None, human=True)
+
+    judge_summaries = {}
+    for name, votes in as_verdicts(judges).items():
+        js = summarize_pair({name: votes}, key, lengths)
+        js["human_agreement"] = judge_validation(name, validation)
+        js["verdict"] = verdict_for(js, subject, opponent, name, js["human_agreement"], human=False)
+        judge_summaries[name] = js
+
+    if human_summary is not None:
+        source, head = HUMANS, human_summary
+    elif judge_summaries:
+        source = _headline_judge(judge_summaries)
+        head = judge_summaries[source]
+    else:
+        source, head = None, None
     return {
         "pair": pair,
         "n_sheet_items": len(sheet),
+        "subject": subject,
+        "opponent": opponent,
         "human_annotators": sorted(humans),
         "judge_annotators": sorted(judges),
-        "win_rate": {m: headline["models"][m]["win_rate"] for m in models} if headline else None,
+        "headline_source": source,
+        "win_rate": {m: head["models"][m]["win_rate"] for m in models} if head else None,
+        "verdict": dict(head["verdict"]) if head else None,
         "annotators": {**{n: annotator_summary(a, key, models, "judge") for n, a in judges.items()},
                        **{n: annotator_summary(a, key, models, "human") for n, a in humans.items()}},
-        "judge_vs_humans": {n: agreement_with_humans(a, humans, key) for n, a in judges.items()} if humans else None,
-        **sections,
+        "judge_vs_humans": {n: agreement_with_humans(a, humans, key) for n, a in judges.items()} if human_votes else None,
+        "humans": human_summary,
+        "judges": judge_summaries,
     }
+
+
+def headline_summary(metrics: Mapping) -> dict | None:
+    """The summarize_pair block the headline comes from (the humans', or the headline judge's)."""
+    src = metrics.get("headline_source")
+    if src is None:
+        return None
+    return metrics["humans"] if src == HUMANS else metrics["judges"][src]
+
+
+def adjust_family(metrics: Mapping[str, dict], family: str, alpha: float = 0.05) -> dict:
+    """Holm-adjust the headline verdicts of several comparisons (``{pair: summarize(...)}``) in place.
+
+    Each headline verdict gets ``p_holm``; a "better"/"worse" whose adjusted p is above ``alpha`` becomes
+    "cannot tell at this n" (``unadjusted_verdict`` keeps what it was). Verdicts of a judge beside a human
+    headline are not part of the family and stay unadjusted. Returns the family's description."""
+    raw = {pair: (m.get("verdict") or {}).get("p") for pair, m in metrics.items()}
+    adjusted = holm(raw)
+    for pair, m in metrics.items():
+        v = m.get("verdict")
+        if not v:
+            continue
+        v["p_holm"] = _pval(adjusted[pair])
+        v["unadjusted_verdict"] = v["verdict"]
+        if v["verdict"] in (BETTER, WORSE) and (v["p_holm"] is None or v["p_holm"] > alpha):
+            v["verdict"] = CANNOT_TELL
+        v["sentence"] = verdict_sentence(v)
+    tested = [p for p, x in raw.items() if x is not None]
+    return {"family": family, "method": "holm", "alpha": alpha, "m": len(tested), "members": sorted(tested),
+            "adjusted": len(tested) > 1,
+            "note": ("headline sign tests Holm-adjusted across the family" if len(tested) > 1
+                     else "a single headline test: nothing to adjust")}
+
+
+def power_at(n: int, alpha: float = 0.05, power: float = 0.8) -> dict:
+    """What ``n`` items buy: the smallest true win rate (among decisive votes) detected with ``power``."""
+    det = detectable_win_rate(n, alpha, power) if n > 0 else None
+    return {"n": int(n), "alpha": alpha, "power": power, "detectable_win_rate": _rate(det),
+            "detectable_difference": _rate(det - 0.5) if det is not None else None}
 
 
 def read_groups(pair: str, ids: list[str], judgments_dir, annotations_dir) -> tuple[dict, dict]:
@@ -93,3 +258,7 @@ def read_groups(pair: str, ids: list[str], judgments_dir, annotations_dir) -> tu
         raise DataError(Path(annotations_dir) / pair, None, None,
                         f"annotator {sorted(both)[0]!r} also names a judge file: rename the human file")
     return groups["judge"], groups["human"]
+
+
+__all__ = ["BETTER", "WORSE", "CANNOT_TELL", "NOT_VALIDATED", "adjust_family", "headline_summary", "power_at",
+           "read_groups", "read_key", "summarize", "subject_of", "judge_validation", "verdict_sentence"]

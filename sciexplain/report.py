@@ -12,6 +12,14 @@ so an answer holding ``<script>``, Markdown links or a closing fence stays liter
 Context schema (every top-level key is optional; a missing or empty section is omitted)::
 
     {
+      "opening": evaluation.opening(...) = {  # the first section, before any table
+          "warnings": [str],                #   each a line at the very top of the report (before the title)
+          "verdicts": [{"comparison", "verdict", "sentence", "source", "n", "detectable_win_rate", "beside": [str]}],
+          "multiple_testing": {"family", "m", "adjusted", "note", ...},
+          "power": {"n", "detectable_win_rate", "alpha", "power"},
+          "dropped": {model: {"n", "reasons"}}},
+      "compare_verdicts": metrics/winrate.json ({"pairs": {pair: {"verdict": {...}, ...}}, "multiple_testing"}),
+      "judges_beside": {"sft vs base": comparisons.summarize(...) output, ...},   # each judge beside the headline
       "title": str,                         # default "Scientific explanations: study report"
       "baseline": str,                      # the reference model, default "base"
       "best_model": str,                    # the model shown next to the baseline in "Example answers";
@@ -22,7 +30,7 @@ Context schema (every top-level key is optional; a missing or empty section is o
           "n", "mean", "median", "std", "min", "max", "ci95_low", "ci95_high",
           "wilcoxon": stats.paired_wilcoxon(model, baseline) | None   # {statistic, p_value, n, n_nonzero}
       }},
-      "winrates": {"sft vs base": stats.summarize_pair(...) output, ...},
+      "winrates": {"sft vs base": stats.summarize_pair(...) output (+ "verdict"), ...},   # the headline summaries
       "reward_model": {                     # held-out preference accuracy of the reward model
           "accuracy": float, "n": int,      # optional "ci95_low"/"ci95_high"
           "baselines": {name: float | {"accuracy": float, "n": int}},   # e.g. "longer answer", "random"
@@ -110,6 +118,14 @@ def _image(alt: str, src: str):
     return ("img", alt, src)
 
 
+def _list(items: list[str]):
+    return ("ul", list(items))
+
+
+def _strong(text: str):
+    return ("strong", text)
+
+
 def _answers(question: str, qid: str | None, answers: list[tuple[str, str]]):
     return ("answers", question, qid, answers)
 
@@ -133,14 +149,18 @@ def _reward_section(ctx: Mapping, baseline: str) -> list:
     rows = []
     for m in _model_order(stats, baseline):
         s = stats[m] or {}
+        w = s.get("wilcoxon") if isinstance(s.get("wilcoxon"), Mapping) else {}
         rows.append([m, _num(s.get("n")), _num(s.get("mean")), _num(s.get("median")), _num(s.get("std")),
                      _num(s.get("min")), _num(s.get("max")), _interval(s.get("ci95_low"), s.get("ci95_high")),
-                     DASH if m == baseline else _wilcoxon_p(s)])
+                     DASH if m == baseline else _wilcoxon_p(s), DASH if m == baseline else _p(w.get("p_holm")),
+                     _num(s.get("dropped_by_filter", 0))])
     return [_h(2, "Reward statistics"),
-            _para(f"Reward-model scores per model on the evaluation questions. 95% CI: BCa bootstrap of the mean; "
-                  f"p: two-sided Wilcoxon signed-rank test against {baseline} on the same questions."),
-            _table(["model", "n", "mean", "median", "std", "min", "max", "95% CI (mean)", f"Wilcoxon p vs {baseline}"],
-                   rows)]
+            _para(f"Reward-model scores per model on the evaluation questions; answers the model's own filter "
+                  f"dropped are not scored (counted under 'dropped'). 95% CI: BCa bootstrap of the mean; p: two-sided "
+                  f"Wilcoxon signed-rank test against {baseline} on the questions both answered, Holm-adjusted "
+                  f"across the models compared with {baseline} (one family)."),
+            _table(["model", "n", "mean", "median", "std", "min", "max", "95% CI (mean)",
+                    f"Wilcoxon p vs {baseline}", "Holm p", "dropped"], rows)]
 
 
 def _pair_order(name: str, summary: Mapping) -> list[str]:
@@ -159,18 +179,22 @@ def _winrate_section(ctx: Mapping) -> list:
     for name, s in pairs.items():
         models = s.get("models") or {}
         ties = s.get("ties") or {}
+        v = s.get("verdict") or {}
+        who = v.get("source_label") or ", ".join(map(str, s.get("annotators") or []))
         for m in _pair_order(name, s):
             ms = models.get(m) or {}
-            rows.append([name, m, _num(s.get("n_items")), _num(ms.get("wins")), _pct(ms.get("win_rate")),
+            rows.append([name, str(who), m, _num(s.get("n_items")), _num(ms.get("wins")), _pct(ms.get("win_rate")),
                          _num(ties.get("count")), _pct(ms.get("win_rate_decisive")),
                          _interval(ms.get("ci95_low"), ms.get("ci95_high"), _pct), _p(ms.get("p_value"))])
             st = (s.get("strength") or {}).get(m) or {}
             strength_rows.append([name, m] + [_num(st.get(c, 0)) for c in STRENGTH_COLUMNS])
     return [_h(2, "Win rates"),
-            _para("Blind A/B comparison, item winner by majority vote of the annotators (Unsure = tie). "
-                  "Decisive win rate = wins / (items - ties), with its Wilson 95% interval and the two-sided "
-                  "exact binomial p-value against 0.5."),
-            _table(["comparison", "model", "items", "wins", "win rate", "ties", "decisive win rate",
+            _para("Blind A/B comparison. The headline comes from the human annotators wherever human files exist "
+                  "(item winner = their majority vote; Unsure = tie), otherwise from one judge, named; humans and "
+                  "judges are never pooled into one vote (each judge is listed on its own below). Decisive win "
+                  "rate = wins / (items - ties), with its Wilson 95% interval and the two-sided exact binomial "
+                  "p-value against 0.5 (unadjusted; the verdicts above use the Holm-adjusted one)."),
+            _table(["comparison", "decided by", "model", "items", "wins", "win rate", "ties", "decisive win rate",
                     "Wilson 95% CI", "binomial p"], rows),
             _h(3, "Preference strength"),
             _para("Votes that agree with the item's winner, by strength."),
@@ -178,33 +202,131 @@ def _winrate_section(ctx: Mapping) -> list:
 
 
 def _agreement_section(ctx: Mapping) -> list:
-    pairs = {k: v for k, v in (ctx.get("winrates") or {}).items() if v.get("agreement")}
+    every = {k: v for k, v in (ctx.get("winrates") or {}).items() if v.get("agreement")}
+    pairs = {k: v for k, v in every.items() if (v.get("n_annotators") or 0) >= 2}
+    lp_rows = [[name, str(ann), _num(v.get("prefers_longer")), _num(v.get("n"))]
+               for name, s in every.items() for ann, v in (s.get("length_preference") or {}).items()]
+    lp = [_para("Share of an annotator's decisive votes that chose the longer answer."),
+          _table(["comparison", "annotator", "prefers longer", "votes"], lp_rows)] if lp_rows else []
     if not pairs:
-        return []
+        return [_h(2, "Length preference")] + lp if lp else []
     rows, loo_rows = [], []
     for name, s in pairs.items():
         a = s["agreement"]
         rows.append([name, _num(s.get("n_annotators")), _num(a.get("pairwise")), _num(a.get("n_pairs")),
-                     _num(a.get("fleiss_kappa")), _num(a.get("kappa_items")), _num(a.get("leave_one_out_mean"))])
+                     _num(a.get("fleiss_kappa")), _num(a.get("kappa_items")), _num(a.get("krippendorff_alpha")),
+                     _num(a.get("alpha_items")), _num(a.get("leave_one_out_mean"))])
         for ann, v in (a.get("leave_one_out") or {}).items():
             v = v or {}
             loo_rows.append([name, str(ann), _num(v.get("agreement")), _num(v.get("n"))])
     out = [_h(2, "Annotator agreement"),
-           _para("Raw pairwise agreement over all annotator pairs per item; Fleiss' kappa over (model 1, model 2, "
-                 "tie) on the items every annotator rated; leave-one-out: each annotator against the majority "
-                 "of the others (items where the others tie are skipped)."),
+           _para("Among the annotators behind each headline. Raw pairwise agreement over all annotator pairs per "
+                 "item; Fleiss' kappa over (model 1, model 2, tie) on the items every annotator rated; "
+                 "Krippendorff's alpha (nominal, same categories) on every item two or more annotators rated -- "
+                 "the figure for annotators who rated different subsets; leave-one-out: each annotator against "
+                 "the majority of the others (items where the others tie are skipped)."),
            _table(["comparison", "annotators", "pairwise", "pairs", "Fleiss' kappa", "kappa items",
-                   "leave-one-out mean"], rows)]
+                   "Krippendorff's alpha", "alpha items", "leave-one-out mean"], rows)]
     if loo_rows:
         out += [_h(3, "Leave-one-out agreement per annotator"),
                 _table(["comparison", "annotator", "agreement", "items"], loo_rows)]
-    lp_rows = [[name, str(ann), _num(v.get("prefers_longer")), _num(v.get("n"))]
-               for name, s in pairs.items() for ann, v in (s.get("length_preference") or {}).items()]
-    if lp_rows:
-        out += [_h(3, "Length preference"),
-                _para("Share of an annotator's decisive votes that chose the longer answer."),
-                _table(["comparison", "annotator", "prefers longer", "votes"], lp_rows)]
+    if lp:
+        out += [_h(3, "Length preference")] + lp
     return out
+
+
+def _opening_warnings(ctx: Mapping) -> list:
+    return [_strong(str(w)) for w in ((ctx.get("opening") or {}).get("warnings") or []) if w]
+
+
+def _fmt_share(x: Any) -> str:
+    try:
+        return f"{100 * float(x):.0f}%"
+    except (TypeError, ValueError):
+        return DASH
+
+
+def _opening_section(ctx: Mapping) -> list:
+    """What the evidence supports, in plain words, before any table."""
+    op = ctx.get("opening") or {}
+    compare = ((ctx.get("compare_verdicts") or {}).get("pairs")) or {}
+    verdicts = op.get("verdicts") or []
+    if not (verdicts or compare or op.get("power")):
+        return []
+    out = [_h(2, "Verdicts")]
+    if verdicts:
+        items = []
+        for v in verdicts:
+            line = f"{v.get('comparison')}: {v.get('verdict')}. {v.get('sentence')}"
+            if v.get("beside"):
+                line += " Each judge on its own: " + "; ".join(map(str, v["beside"])) + "."
+            items.append(line)
+        out += [_para("Final evaluation (eval questions):"), _list(items)]
+    if compare:
+        items = [f"{pair.replace('_vs_', ' vs ')}: {(c.get('verdict') or {}).get('verdict', DASH)}. "
+                 f"{(c.get('verdict') or {}).get('sentence', '')}" for pair, c in compare.items()]
+        out += [_para("Blind comparison sheets (compare stage):"), _list(items)]
+    notes = []
+    power = op.get("power") or {}
+    if power.get("n") is not None:
+        det = power.get("detectable_win_rate")
+        notes.append(f"Power: the eval split has {power['n']} questions; with every vote decisive, a comparison "
+                     f"detects (80% power, two-sided exact sign test, alpha {power.get('alpha', 0.05)}) only a true "
+                     f"win rate of {_fmt_share(det)} or more (or {_fmt_share(1 - det)} or less); smaller "
+                     "differences read 'cannot tell at this n'." if det is not None else
+                     f"Power: the eval split has {power['n']} questions, too few for any win rate to be detected "
+                     "with 80% power.")
+    fam = op.get("multiple_testing") or {}
+    if fam:
+        members = ", ".join(str(m).replace("_vs_", " vs ") for m in fam.get("members") or [])
+        if fam.get("adjusted"):
+            notes.append(f"Multiple tests: the {fam.get('m')} headline sign tests ({members}) are one family, "
+                         "Holm-adjusted; a 'better' or 'worse' needs its adjusted p <= 0.05. Not adjusted: each "
+                         "judge's own verdict beside a headline, and the Wilson intervals and binomial p-values "
+                         "in the tables. The Wilcoxon reward tests vs the baseline are a second family, "
+                         "Holm-adjusted among themselves.")
+        else:
+            notes.append("Multiple tests: a single headline test, nothing to adjust; the Wilcoxon reward tests vs "
+                         "the baseline are Holm-adjusted among themselves.")
+    dropped = op.get("dropped") or {}
+    if dropped:
+        parts = [f"{m}: {d.get('n')} ({', '.join(f'{k} {v}' for k, v in (d.get('reasons') or {}).items())})"
+                 for m, d in dropped.items()]
+        notes.append("Answers dropped by their own stage's filter are not scored and not compared: "
+                     + "; ".join(parts) + ".")
+    if op.get("not_validated"):
+        notes.append("'judge not validated' means the deciding judge's agreement with human preferences "
+                     "(metrics/validate.json, question-level bootstrap 95% CI) does not clear 50%: its win rates "
+                     "are shown below but carry no evidence.")
+    return out + [_para(n) for n in notes]
+
+
+def _judges_beside_section(ctx: Mapping) -> list:
+    pairs = ctx.get("judges_beside") or {}
+    rows = []
+    for name, m in pairs.items():
+        subject = m.get("subject")
+        groups = ([("humans", m.get("humans"))] if m.get("humans") else []) + list((m.get("judges") or {}).items())
+        for who, s in groups:
+            if not s:
+                continue
+            v = s.get("verdict") or {}
+            ha = s.get("human_agreement") or {}
+            agreement = ("human" if who == "humans" else
+                         f"{_fmt_share(ha.get('agreement'))} {_interval(ha.get('ci_low'), ha.get('ci_high'), _pct)}"
+                         if ha else "no validation data")
+            rows.append([name, str(who) + (" (headline)" if who == m.get("headline_source") else ""),
+                         _num(v.get("n")), _num(v.get("decisive")), f"{subject}: {_pct(v.get('win_rate'))}",
+                         _pct(v.get("detectable_win_rate")), agreement, str(v.get("verdict", DASH))])
+    if not rows:
+        return []
+    return [_h(2, "Humans and each judge, side by side"),
+            _para("Every source of votes on its own (never pooled): n items, decisive votes, the subject's decisive "
+                  "win rate, the smallest win rate detectable at that n (80% power, alpha 0.05), the judge's "
+                  "agreement with human preferences (metrics/validate.json, question-level bootstrap 95% CI) and "
+                  "its verdict (unadjusted)."),
+            _table(["comparison", "votes from", "n", "decisive", "win rate", "detectable", "human agreement",
+                    "verdict"], rows)]
 
 
 def _reward_model_section(ctx: Mapping) -> list:
@@ -297,8 +419,9 @@ def _sources_section(ctx: Mapping) -> list:
 def build_blocks(context: Mapping) -> list:
     """The report as a list of blocks, in order; a missing or empty section is left out."""
     baseline = str(context.get("baseline") or "base")
-    blocks = [_h(1, str(context.get("title") or DEFAULT_TITLE))]
-    for section in (_reward_section(context, baseline), _winrate_section(context), _agreement_section(context),
+    blocks = _opening_warnings(context) + [_h(1, str(context.get("title") or DEFAULT_TITLE))]
+    for section in (_opening_section(context), _reward_section(context, baseline), _winrate_section(context),
+                    _judges_beside_section(context), _agreement_section(context),
                     _reward_model_section(context), _plots_section(context), _examples_section(context, baseline),
                     _sources_section(context)):
         blocks += section
@@ -351,6 +474,10 @@ def to_markdown(blocks: Iterable) -> str:
             parts.append("#" * b[1] + " " + md_escape(b[2]))
         elif kind == "p":
             parts.append(_md_line(b[1]))
+        elif kind == "strong":
+            parts.append(f"**{md_escape(b[1])}**")
+        elif kind == "ul":
+            parts.append("\n".join("- " + md_escape(item) for item in b[1]))
         elif kind == "table":
             headers, rows = b[1], b[2]
             lines = ["| " + " | ".join(md_escape(h) for h in headers) + " |",
@@ -382,6 +509,7 @@ th { background: #f3f3f3; }
 pre { background: #f7f7f7; padding: 0.6em; white-space: pre-wrap; overflow-wrap: anywhere; }
 img { max-width: 100%; }
 .pair { display: grid; grid-template-columns: repeat(auto-fit, minmax(300px, 1fr)); gap: 1em; }
+.warning { background: #fff3cd; border: 1px solid #e0b800; padding: 0.5em 0.8em; }
 blockquote { border-left: 4px solid #ccc; margin: 0.5em 0; padding: 0.2em 0.8em; white-space: pre-wrap; }
 """
 
@@ -398,6 +526,10 @@ def to_html(blocks: Iterable, title: str = DEFAULT_TITLE) -> str:
             parts.append(f"<h{b[1]}>{_e(b[2])}</h{b[1]}>")
         elif kind == "p":
             parts.append(f"<p>{_e(b[1])}</p>")
+        elif kind == "strong":
+            parts.append(f'<p class="warning"><strong>{_e(b[1])}</strong></p>')
+        elif kind == "ul":
+            parts.append("<ul>\n" + "\n".join(f"<li>{_e(item)}</li>" for item in b[1]) + "\n</ul>")
         elif kind == "table":
             head = "".join(f"<th>{_e(h)}</th>" for h in b[1])
             body = "\n".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in row) + "</tr>" for row in b[2])

@@ -22,6 +22,7 @@ from collections import Counter
 from itertools import combinations
 from typing import Iterable, Mapping, Sequence
 
+import krippendorff
 import numpy as np
 import scipy.stats
 
@@ -139,6 +140,33 @@ def fleiss_kappa(table, details: bool = False):
     return float(kappa)
 
 
+def krippendorff_alpha(labels: Mapping[str, Mapping[str, str]], details: bool = False):
+    """Krippendorff's alpha (nominal) of annotators who may have rated different subsets of the items.
+
+    ``labels = {annotator: {item_id: category}}`` (any hashable categories, e.g. the preferred model or
+    ``"tie"``). Computed by the ``krippendorff`` package (``level_of_measurement="nominal"``) on the
+    annotators x items reliability matrix, a missing rating left as NaN: only items with at least two
+    ratings are *pairable* and count. ``nan`` when alpha is undefined: fewer than two annotators, no
+    pairable item, or a single category among the pairable ratings (no variation to agree on). With
+    ``details=True``: ``{"alpha", "n_items" (pairable), "n_ratings" (in pairable items), "n_annotators"}``.
+    """
+    annotators = sorted(labels)
+    items = sorted({i for a in annotators for i in labels[a]})
+    pairable = [i for i in items if sum(i in labels[a] for a in annotators) >= 2]
+    values = sorted({labels[a][i] for a in annotators for i in pairable if i in labels[a]}, key=str)
+    n_ratings = sum(i in labels[a] for a in annotators for i in pairable)
+    alpha = math.nan
+    if len(annotators) >= 2 and pairable and len(values) >= 2:
+        code = {v: k for k, v in enumerate(values)}
+        data = np.array([[code[labels[a][i]] if i in labels[a] else np.nan for i in pairable] for a in annotators],
+                        dtype=float)
+        alpha = float(krippendorff.alpha(reliability_data=data, value_domain=list(range(len(values))),
+                                         level_of_measurement="nominal"))
+    if details:
+        return {"alpha": alpha, "n_items": len(pairable), "n_ratings": n_ratings, "n_annotators": len(annotators)}
+    return alpha
+
+
 # --------------------------------------------------------------------------- the A/B study
 
 def majority_vote(verdicts: Iterable[Sequence]) -> str:
@@ -197,7 +225,8 @@ def summarize_pair(annotations: Mapping[str, Mapping[str, Sequence]], key: Mappi
                         p_value               (two-sided binomial test, wins of n_decisive vs 0.5)}}
         ties: {count, rate = count / n_items}
         strength: {name: {"Significantly better": c, "Better": c, "Slightly better": c}}
-        agreement: {pairwise, n_pairs, fleiss_kappa, kappa_items, leave_one_out, leave_one_out_mean}
+        agreement: {pairwise, n_pairs, fleiss_kappa, kappa_items, krippendorff_alpha, alpha_items,
+                    alpha_ratings, leave_one_out, leave_one_out_mean}
         length_preference: {annotator: {prefers_longer, n}}   or None without ``lengths``
 
     Definitions:
@@ -209,7 +238,10 @@ def summarize_pair(annotations: Mapping[str, Mapping[str, Sequence]], key: Mappi
     * ``pairwise``: over every item and every pair of annotators who both rated it, the share
       of pairs with the same label (``n_pairs`` pairs in all).
     * ``fleiss_kappa``: :func:`fleiss_kappa` over categories (model 1, model 2, tie) on the
-      ``kappa_items`` items every annotator rated.
+      ``kappa_items`` items every annotator rated (None when no item was rated by all).
+    * ``krippendorff_alpha``: :func:`krippendorff_alpha` (nominal, same categories) over every item
+      rated by at least two annotators (``alpha_items`` items, ``alpha_ratings`` ratings in them):
+      the agreement figure for annotators who rated different subsets (an assignment with overlap).
     * ``leave_one_out[a] = {agreement, n}``: for each item ``a`` rated, the majority vote of the
       *other* annotators who rated it; items nobody else rated, and items where the others'
       majority is a tie, are skipped. ``agreement`` is the share of the remaining ``n`` items
@@ -277,6 +309,9 @@ def summarize_pair(annotations: Mapping[str, Mapping[str, Sequence]], key: Mappi
         table = [[sum(label[a][item] == c for a in annotators) for c in cats] for item in full_items]
         kappa = _rate(fleiss_kappa(table))
 
+    # Krippendorff's alpha on every item with >= 2 ratings (annotators may have rated different subsets)
+    alpha = krippendorff_alpha(label, details=True)
+
     # leave-one-out: each annotator against the majority of the others
     loo = {}
     for a in annotators:
@@ -324,6 +359,9 @@ def summarize_pair(annotations: Mapping[str, Mapping[str, Sequence]], key: Mappi
             "n_pairs": pairs,
             "fleiss_kappa": kappa,
             "kappa_items": len(full_items) if kappa is not None else 0,
+            "krippendorff_alpha": _rate(alpha["alpha"]),
+            "alpha_items": alpha["n_items"],
+            "alpha_ratings": alpha["n_ratings"],
             "leave_one_out": loo,
             "leave_one_out_mean": _rate(float(np.mean(loo_values))) if loo_values else None,
         },

@@ -1,11 +1,13 @@
-"""Stage winrate: win rates, strengths and agreement of every blind comparison, from judges and humans.
+"""Stage winrate: win rates, strengths, agreement and a verdict for every blind comparison.
 
 For each ``<compare>/<pair>/`` sheet: the judges' files in ``<judgments>/<pair>/`` and the human files
 in ``<annotations>/<pair>/`` (*.csv or *.jsonl, one per annotator, optional) are checked against the
-sheet, un-blinded with the key and summarised by :func:`sciexplain.stats.summarize_pair` three ways:
-all annotators, humans only, judges only. Writes one metrics JSON per pair and one long-format CSV
-(bar, pair, who, model, strength, votes) for the stacked strength bars: one bar per
-(pair, model, who), stacked by strength; ``who`` is all / humans / judges.
+sheet, un-blinded with the key and summarised by :func:`sciexplain.comparisons.summarize`: the humans
+together (never pooled with a judge), each judge on its own with its human agreement from
+``metrics/validate.json``, and a headline verdict (humans where any human file exists). The headline
+tests of all pairs form one Holm family. Writes one metrics JSON per pair, ``--summary`` (every pair's
+verdict and the family) and one long-format CSV (bar, pair, who, model, strength, votes) for the stacked
+strength bars: one bar per (pair, model, who); ``who`` is ``humans`` or a judge's name.
 """
 import csv
 import io
@@ -15,8 +17,8 @@ import click
 
 from sciexplain.annotations import read_sheet
 from sciexplain.cli import stage
-from sciexplain.comparisons import read_groups, read_key, summarize
-from sciexplain.io import DataError, write_json, write_text
+from sciexplain.comparisons import adjust_family, headline_summary, read_groups, read_key, summarize
+from sciexplain.io import DataError, read_json, write_json, write_text
 from sciexplain.stats import DECISIVE_STRENGTHS
 
 PLOT_COLUMNS = ("bar", "pair", "who", "model", "strength", "votes")
@@ -24,10 +26,9 @@ PLOT_COLUMNS = ("bar", "pair", "who", "model", "strength", "votes")
 
 def strength_rows(pair: str, metrics: dict) -> list[tuple]:
     rows = []
-    for who in ("all", "humans", "judges"):
-        if metrics[who] is None:
-            continue
-        for model, counts in metrics[who]["strength"].items():
+    groups = ([("humans", metrics["humans"])] if metrics["humans"] else []) + list(metrics["judges"].items())
+    for who, summary in groups:
+        for model, counts in summary["strength"].items():
             rows.extend((f"{pair} {model} ({who})", pair, who, model, s, counts[s]) for s in DECISIVE_STRENGTHS)
     return rows
 
@@ -39,14 +40,19 @@ def strength_rows(pair: str, metrics: dict) -> list[tuple]:
               help="<pair>/<annotator>.csv|jsonl written by humans")
 @click.option("--metrics", "metrics_pattern", default="metrics/compare_{pair}.json", show_default=True)
 @click.option("--plot", "plot_path", default="plots/compare_strengths.csv", show_default=True)
+@click.option("--validation", "validation_path", default="metrics/validate.json", show_default=True,
+              help="every judge's human agreement (the validate stage); a judge missing there is not validated")
+@click.option("--summary", "summary_path", default="metrics/winrate.json", show_default=True,
+              help="every pair's headline verdict and the Holm family")
 @stage
-def main(compare_dir, judgments_dir, annotations_dir, metrics_pattern, plot_path):
+def main(compare_dir, judgments_dir, annotations_dir, metrics_pattern, plot_path, validation_path, summary_path):
     if "{pair}" not in metrics_pattern:
         raise click.BadParameter("must contain {pair}", param_hint="--metrics")
     sheets = sorted(Path(compare_dir).glob("*/sheet.jsonl"))
     if not sheets:
         raise DataError(compare_dir, None, None, "no <pair>/sheet.jsonl found: run the compare stage first")
-    rows = []
+    validation = read_json(validation_path) if Path(validation_path).exists() else None
+    rows, all_metrics = [], {}
     for sheet_path in sheets:
         pair = sheet_path.parent.name
         sheet = read_sheet(sheet_path)
@@ -56,12 +62,21 @@ def main(compare_dir, judgments_dir, annotations_dir, metrics_pattern, plot_path
         if not any(a for g in (judges, humans) for a in g.values()):
             raise DataError(Path(annotations_dir) / pair, None, None,
                             f"no annotations for {pair}: add human files here or a judge to judge.panel")
-        metrics = summarize(pair, sheet, key, judges, humans)
+        all_metrics[pair] = summarize(pair, sheet, key, judges, humans, validation)
+    family = adjust_family(all_metrics, "winrate: the headline sign test of every compare pair")
+    for pair, metrics in all_metrics.items():
+        metrics["multiple_testing"] = family
         write_json(metrics_pattern.format(pair=pair), metrics)
         rows.extend(strength_rows(pair, metrics))
-        rates = ", ".join(f"{m} {r:.0%}" for m, r in metrics["win_rate"].items())
-        click.echo(f"{pair}: {metrics['all']['n_items']} items, {len(humans)} humans + "
-                   f"{len(judges)} judges; win rate {rates}, ties {metrics['all']['ties']['count']}")
+        head = headline_summary(metrics)
+        click.echo(f"{pair}: {head['n_items']} items, {len(metrics['human_annotators'])} humans, "
+                   f"{len(metrics['judge_annotators'])} judges; headline from {metrics['headline_source']}: "
+                   f"{metrics['verdict']['sentence']}")
+    write_json(summary_path, {"multiple_testing": family, "validation_found": validation is not None,
+                              "pairs": {pair: {"headline_source": m["headline_source"], "verdict": m["verdict"],
+                                               "judges": {n: j["verdict"] for n, j in m["judges"].items()},
+                                               "agreement": (m["humans"] or {}).get("agreement")}
+                                        for pair, m in all_metrics.items()}})
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(PLOT_COLUMNS)

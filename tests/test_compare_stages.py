@@ -63,7 +63,8 @@ def test_compare_builds_blind_sheets(project):
     d = project / "data/compare/base_vs_sft"
     sheet, key = read_jsonl(d / "sheet.jsonl"), read_jsonl(d / "key.jsonl")
     assert [s["item_id"] for s in sheet] == ids() and [s["question"] for s in sheet] == QUESTIONS
-    assert "base" not in (d / "sheet.jsonl").read_text() and set(sheet[0]) == {"item_id", "question", "answer_a", "answer_b"}
+    assert "base" not in (d / "sheet.jsonl").read_text() and set(sheet[0]) == {"item_id", "question", "answer_a", "answer_b",
+                                                                                  "finished_a", "finished_b"}
     for s, k in zip(sheet, key):
         assert {k["a_model"], k["b_model"]} == {"base", "sft"}
         good = "answer_a" if k["a_model"] == "sft" else "answer_b"
@@ -113,15 +114,22 @@ def test_judge_and_winrate_then_a_human_file(project, tiny_base):
     metrics_path = project / "metrics/compare_base_vs_sft.json"
     m = json.loads(metrics_path.read_text())
     assert m["judge_annotators"] == ["judge-rubric", "judge-tiny"] and m["human_annotators"] == []
-    assert m["humans"] is None and m["judge_vs_humans"] is None
+    assert m["humans"] is None and m["judge_vs_humans"] is None and "all" not in m  # never pooled
     assert m["annotators"]["judge-rubric"] == {"kind": "judge", "n": 4, "ties": 0, "wins": {"base": 0, "sft": 4},
                                                "win_rate": {"base": 0.0, "sft": 1.0}}
-    assert m["judge_annotators"] == m["all"]["annotators"] == m["judges"]["annotators"]
-    assert m["win_rate"]["sft"] == m["all"]["models"]["sft"]["win_rate"] and m["n_sheet_items"] == 4
+    assert sorted(m["judges"]) == ["judge-rubric", "judge-tiny"]
+    assert all(j["annotators"] == [name] for name, j in m["judges"].items())  # each judge on its own
+    # no metrics/validate.json here: no judge is validated, the headline judge is the first by name
+    assert m["headline_source"] == "judge-rubric" and (m["subject"], m["opponent"]) == ("sft", "base")
+    assert m["win_rate"]["sft"] == m["judges"]["judge-rubric"]["models"]["sft"]["win_rate"] and m["n_sheet_items"] == 4
+    assert m["verdict"]["verdict"] == "judge not validated" and m["verdict"]["n"] == 4
+    assert m["multiple_testing"]["m"] == 1 and m["multiple_testing"]["adjusted"] is False
+    summary = json.loads((project / "metrics/winrate.json").read_text())
+    assert summary["pairs"]["base_vs_sft"]["verdict"] == m["verdict"] and summary["validation_found"] is False
     with open(project / "plots/compare_strengths.csv") as f:
         plot = list(csv.DictReader(f))
-    assert {(r["pair"], r["who"], r["model"]) for r in plot} >= {("base_vs_sft", "all", "sft")}
-    assert sum(int(r["votes"]) for r in plot if r["who"] == "all" and r["model"] == "sft") >= 4
+    assert {(r["pair"], r["who"], r["model"]) for r in plot} >= {("base_vs_sft", "judge-rubric", "sft")}
+    assert sum(int(r["votes"]) for r in plot if r["who"] == "judge-rubric" and r["model"] == "sft") == 4
 
     # a human annotator who prefers base on every item, as a filled-in copy of sheet.csv
     sheet_csv = project / "data/compare/base_vs_sft/sheet.csv"
@@ -138,12 +146,15 @@ def test_judge_and_winrate_then_a_human_file(project, tiny_base):
     judged = {p.name: p.read_bytes() for p in jdir.iterdir()}
     run(winrate)
     m2 = json.loads(metrics_path.read_text())
-    assert m2 != m and m2["human_annotators"] == ["alice"] and m2["humans"]["models"]["base"]["wins"] == 4
+    assert m2["human_annotators"] == ["alice"] and m2["humans"]["models"]["base"]["wins"] == 4
+    assert m2["headline_source"] == "humans" and m2["win_rate"] == {"base": 1.0, "sft": 0.0}  # the judges said 0.0
+    assert m2["verdict"]["human"] and m2["verdict"]["verdict"] == "cannot tell at this n"  # 4 of 4: p = 0.125
+    assert m2["verdict"]["detectable_win_rate"] is None  # 4 decisive votes can never reach p <= 0.05
     assert m2["annotators"]["alice"] == {"kind": "human", "n": 4, "ties": 0, "wins": {"base": 4, "sft": 0},
                                          "win_rate": {"base": 1.0, "sft": 0.0}}
-    assert m2["all"]["n_annotators"] == 3 and "alice" in m2["all"]["annotators"]
-    assert m2["judge_vs_humans"]["judge-rubric"] == {"agreement": 0.0, "n": 4}
-    assert m2["all"]["agreement"]["n_pairs"] > 0 and m2["all"]["agreement"]["fleiss_kappa"] is not None
+    assert m2["humans"]["n_annotators"] == 1 and m2["humans"]["annotators"] == ["alice"]
+    assert m2["judges"] == m["judges"]  # the judges beside the humans are unchanged
+    assert m2["judge_vs_humans"]["judge-rubric"]["agreement"] == 0.0 and m2["judge_vs_humans"]["judge-rubric"]["n"] == 4
     assert {p.name: p.read_bytes() for p in jdir.iterdir()} == judged  # judgments untouched
 
     # a human row about an item that is not on the sheet: one clean line naming the file

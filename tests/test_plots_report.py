@@ -286,11 +286,13 @@ def test_report_tables_have_the_numbers(tmp_path):
     assert row[:7] == ["sft", "4", "0.6500", "0.6500", "0.2082", "0.4000", "0.9000"]
     assert row[7] == rf"\[{sft['ci95_low']:.4f}, {sft['ci95_high']:.4f}\]"
     assert row[8] == "0.125"
-    assert _md_row(md, ["base"])[-1] == "—"  # no test of the baseline against itself
+    assert _md_row(md, ["base"])[8:10] == ["—", "—"]  # no test of the baseline against itself
+    assert row[9] == "—" and row[10] == "0"  # no Holm p in this context; nothing dropped
 
     s = _real_summary()
     ms = s["models"]["sft"]
-    row = _md_row(md, ["sft vs base", "sft", str(s["n_items"])])
+    who = ", ".join(s["annotators"])  # no verdict in this summary: the annotators are named
+    row = _md_row(md, ["sft vs base", who, "sft", str(s["n_items"])])[1:]
     assert row[3] == str(ms["wins"]) and row[4] == f"{100 * ms['win_rate']:.1f}%"
     assert row[5] == str(s["ties"]["count"]) and row[6] == f"{100 * ms['win_rate_decisive']:.1f}%"
     assert row[7] == rf"\[{100 * ms['ci95_low']:.1f}%, {100 * ms['ci95_high']:.1f}%\]"
@@ -301,7 +303,7 @@ def test_report_tables_have_the_numbers(tmp_path):
     a = s["agreement"]
     row = _md_row(md, ["sft vs base", "3"])
     assert row[2:] == [f"{a['pairwise']:.4f}", str(a["n_pairs"]), f"{a['fleiss_kappa']:.4f}", str(a["kappa_items"]),
-                       f"{a['leave_one_out_mean']:.4f}"]
+                       f"{a['krippendorff_alpha']:.4f}", str(a["alpha_items"]), f"{a['leave_one_out_mean']:.4f}"]
     for ann, v in a["leave_one_out"].items():
         assert _md_row(md, ["sft vs base", ann]) == ["sft vs base", ann, f"{v['agreement']:.4f}", str(v["n"])]
 
@@ -362,7 +364,7 @@ def test_report_markdown_escapes_names_in_tables(tmp_path):
     md = report.render_report(ctx, tmp_path / "r.md")
     row = next(line for line in md.splitlines() if "0.6500" in line)
     assert row.startswith(r"| a\|b\*&lt;i&gt; | 4 | 0.6500 |")
-    assert len(re.split(r"(?<!\\)\|", row)) == 11  # 9 cells, the escaped pipe does not split
+    assert len(re.split(r"(?<!\\)\|", row)) == 13  # 11 cells, the escaped pipe does not split
 
 
 def test_report_omits_missing_sections(tmp_path):
