@@ -1,7 +1,21 @@
-"""Local web page for blind A/B annotation, one item at a time.
+"""Local web page for blind A/B annotation, one item at a time, for one annotator of several.
 
     python -m sciexplain.annotate_web --sheet data/compare/base_vs_sft/sheet.jsonl \\
         --out data/annotations/base_vs_sft/alice.jsonl [--host 127.0.0.1] [--port 8765]
+
+    # several annotators: each gets their share of the sheet, a chosen share seen by everyone
+    python -m sciexplain.annotate_web --sheet data/compare/base_vs_sft/sheet.jsonl \\
+        --annotator alice --annotators alice,bob,carol,dave --overlap 0.25
+    # --out defaults to data/annotations/<the sheet's folder>/<annotator>.jsonl
+
+Assignment (:func:`assign_items`), deterministic from the item ids, the set of annotator names and
+``--assign-seed`` only: items are ranked by a hash of (seed, item id); the first ``ceil(overlap * N)`` of
+that ranking are the *overlap* items, assigned to **every** annotator (so agreement can be measured on
+them: Fleiss' kappa on the items everyone rated, Krippendorff's alpha on every item two or more rated);
+the rest are dealt round-robin in ranking order to the annotators sorted by name, so each item is seen by
+at least one annotator and shares differ by at most one item. Every annotator who runs the page with the
+same sheet, names, overlap and seed gets the same split, on any machine. The page shows the annotator's
+own items only, with progress as done / assigned; a vote on an item not assigned to them is refused.
 
 The server only ever reads the sheet (never the key) and serves the four sheet fields. Answers
 are untrusted text: the page sets them with ``textContent`` from the JSON API, never as HTML,
@@ -9,13 +23,16 @@ and every response carries a strict Content-Security-Policy (no inline script or
 Each saved answer is written to the annotator's file at once, atomically
 (:func:`sciexplain.annotations.append_annotation`).
 
-Routes: ``GET /`` page, ``GET /app.js``, ``GET /app.css``, ``GET /api/items`` (sheet),
+Routes: ``GET /`` page, ``GET /app.js``, ``GET /app.css``, ``GET /api/items`` (this annotator's items and
+``assignment``: annotator, annotators, overlap, overlap_items, sheet_items, assigned),
 ``GET /api/annotations`` (this annotator's answers), ``POST /api/annotate``
 ``{item_id, choice, strength, comment}`` -> 400 with ``{"error": message}`` on bad input.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -46,6 +63,7 @@ PAGE = """<!doctype html>
 </head>
 <body>
 <header>
+  <span id="assignment"></span>
   <span id="progress">loading…</span>
   <span id="position"></span>
   <span id="saved-flag"></span>
@@ -224,6 +242,11 @@ JS = r"""
     try {
       const [its, anns] = await Promise.all([getJSON("/api/items"), getJSON("/api/annotations")]);
       items = its.items; saved = anns.annotations;
+      const a = its.assignment;
+      if (a && a.annotator) {
+        $("assignment").textContent = a.annotator + ": " + a.assigned + " of " + a.sheet_items + " sheet items" +
+          (a.annotators.length > 1 ? " (" + a.overlap_items + " shared by all " + a.annotators.length + " annotators)" : "");
+      }
     } catch (e) { setStatus("Could not load: " + e.message, true); return; }
     const open = firstOpen(0);
     show(open === -1 ? 0 : open);
@@ -235,29 +258,67 @@ JS = r"""
 """
 
 
-class AnnotationApp:
-    """State behind the server: the sheet (no key) and the annotator's file."""
+def _rank(seed: int, item_id: str) -> str:
+    return hashlib.sha256(f"sciexplain-assign:{seed}:{item_id}".encode("utf-8")).hexdigest()
 
-    def __init__(self, sheet_path: str | Path, out_path: str | Path):
+
+def assign_items(item_ids: list[str], annotators: list[str], overlap: float, seed: int = 0) -> dict:
+    """Who rates what (see the module docstring): ``{"assigned": {annotator: [item ids in sheet order]},
+    "overlap": [ids every annotator rates], "annotators": sorted names}``."""
+    names = sorted(set(annotators))
+    if not names or any(not n.strip() for n in names) or len(names) != len(annotators):
+        raise ValueError(f"annotators must be distinct non-empty names, got {annotators!r}")
+    if not 0.0 <= float(overlap) <= 1.0:
+        raise ValueError(f"overlap must be between 0 and 1, got {overlap!r}")
+    ranked = sorted(item_ids, key=lambda i: (_rank(seed, i), i))
+    n_overlap = min(len(ranked), math.ceil(float(overlap) * len(ranked) - 1e-9)) if len(names) > 1 else len(ranked)
+    shared = set(ranked[:n_overlap])
+    owner = {i: names[k % len(names)] for k, i in enumerate(ranked[n_overlap:])}
+    assigned = {n: [i for i in item_ids if i in shared or owner.get(i) == n] for n in names}
+    return {"assigned": assigned, "overlap": [i for i in item_ids if i in shared], "annotators": names}
+
+
+class AnnotationApp:
+    """State behind the server: the sheet (no key), this annotator's share of it, and their file."""
+
+    def __init__(self, sheet_path: str | Path, out_path: str | Path, annotator: str | None = None,
+                 annotators: list[str] | None = None, overlap: float = 0.25, seed: int = 0):
         self.sheet_path, self.out_path = Path(sheet_path), Path(out_path)
         if self.out_path.suffix != ".jsonl":
             raise DataError(self.out_path, None, None, "the annotation file must end in .jsonl")
-        self.items = read_sheet(self.sheet_path)  # whitelisted sheet fields only
+        self.sheet = read_sheet(self.sheet_path)  # whitelisted sheet fields only
+        self.sheet_ids = [it["item_id"] for it in self.sheet]
+        self.annotator = annotator or self.out_path.stem
+        self.assignment = {"annotator": self.annotator, "annotators": [self.annotator], "overlap": None,
+                           "overlap_items": 0, "sheet_items": len(self.sheet), "assigned": len(self.sheet), "seed": seed}
+        if annotators:
+            if self.annotator not in annotators:
+                raise DataError(None, None, "annotators", f"{self.annotator!r} is not one of {annotators}")
+            plan = assign_items(self.sheet_ids, annotators, overlap, seed)
+            mine = set(plan["assigned"][self.annotator])
+            self.items = [it for it in self.sheet if it["item_id"] in mine]
+            self.assignment.update(annotators=plan["annotators"], overlap=float(overlap),
+                                   overlap_items=len(plan["overlap"]), assigned=len(self.items))
+        else:
+            self.items = list(self.sheet)
         self.ids = [it["item_id"] for it in self.items]
         self.lock = threading.Lock()
         if self.out_path.exists():  # fail early on a broken or foreign file
-            read_annotations(self.out_path, self.ids)
+            read_annotations(self.out_path, self.sheet_ids)
 
     def annotations(self) -> dict:
         with self.lock:
             if not self.out_path.exists():
                 return {}
-            found = read_annotations(self.out_path, self.ids)
+            found = read_annotations(self.out_path, self.sheet_ids)
         return {k: {"choice": a.choice, "strength": a.strength, "comment": a.comment} for k, a in found.items()}
 
     def annotate(self, record) -> dict:
         if isinstance(record, dict) and isinstance(record.get("comment"), str) and len(record["comment"]) > MAX_COMMENT:
             raise DataError(None, None, "comment", f"longer than {MAX_COMMENT} characters")
+        item = record.get("item_id") if isinstance(record, dict) else None
+        if isinstance(item, str) and item.strip() in self.sheet_ids and item.strip() not in self.ids:
+            raise DataError(None, None, "item_id", f"item {item.strip()!r} is not assigned to {self.annotator!r}")
         with self.lock:
             rec = append_annotation(self.out_path, record, self.ids)
         return rec
@@ -312,7 +373,7 @@ class Handler(BaseHTTPRequestHandler):
         elif route == "/app.css":
             self._send(200, CSS.encode("utf-8"), "text/css; charset=utf-8")
         elif route == "/api/items":
-            self._json(200, {"items": self.app.items, "strengths": list(STRENGTHS)})
+            self._json(200, {"items": self.app.items, "strengths": list(STRENGTHS), "assignment": self.app.assignment})
         elif route == "/api/annotations":
             try:
                 self._json(200, {"annotations": self.app.annotations()})
@@ -352,9 +413,11 @@ class Handler(BaseHTTPRequestHandler):
 
 
 def make_server(sheet: str | Path, out: str | Path, host: str = "127.0.0.1", port: int = 8765,
-                quiet: bool = False) -> ThreadingHTTPServer:
-    """A ready (not yet serving) server; port 0 picks a free port (see ``server.server_address``)."""
-    app = AnnotationApp(sheet, out)
+                quiet: bool = False, annotator: str | None = None, annotators: list[str] | None = None,
+                overlap: float = 0.25, seed: int = 0) -> ThreadingHTTPServer:
+    """A ready (not yet serving) server; port 0 picks a free port (see ``server.server_address``).
+    ``annotators`` (with ``annotator`` among them): serve only ``annotator``'s share (:func:`assign_items`)."""
+    app = AnnotationApp(sheet, out, annotator, annotators, overlap, seed)
     handler = type("BoundHandler", (Handler,), {"app": app, "quiet": quiet})
     server = ThreadingHTTPServer((host, port), handler)
     server.daemon_threads = True
@@ -364,21 +427,43 @@ def make_server(sheet: str | Path, out: str | Path, host: str = "127.0.0.1", por
 
 @click.command()
 @click.option("--sheet", required=True, type=click.Path(exists=True, dir_okay=False), help="sheet.jsonl (no key)")
-@click.option("--out", required=True, type=click.Path(dir_okay=False),
-              help="this annotator's file, data/annotations/<pair>/<annotator>.jsonl")
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="this annotator's file, data/annotations/<pair>/<annotator>.jsonl "
+                   "(default with --annotator: <annotations-root>/<the sheet's folder>/<annotator>.jsonl)")
+@click.option("--annotator", default=None, help="who is annotating (default: the --out file's stem)")
+@click.option("--annotators", default=None,
+              help="comma-separated names of everyone annotating this sheet: each gets their share (see --overlap)")
+@click.option("--overlap", default=0.25, show_default=True, type=click.FloatRange(0.0, 1.0),
+              help="with --annotators: the share of items every annotator rates (for agreement)")
+@click.option("--assign-seed", default=0, show_default=True, type=int, help="with --annotators: seeds the item hash")
+@click.option("--annotations-root", default="data/annotations", show_default=True, help="where --out goes by default")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8765, show_default=True, type=int)
-def main(sheet: str, out: str, host: str, port: int) -> None:
+def main(sheet: str, out: str | None, annotator: str | None, annotators: str | None, overlap: float, assign_seed: int,
+         annotations_root: str, host: str, port: int) -> None:
     """Serve the blind A/B annotation page for one annotator."""
+    names = [n.strip() for n in annotators.split(",")] if annotators else None
+    if names and annotator is None:
+        raise click.BadParameter("name yourself with --annotator (one of --annotators)", param_hint="--annotator")
+    if out is None:
+        if annotator is None:
+            raise click.BadParameter("give --out or --annotator", param_hint="--out")
+        out = str(Path(annotations_root) / Path(sheet).resolve().parent.name / f"{annotator}.jsonl")
+    if annotator is not None and Path(out).stem != annotator:
+        raise click.BadParameter(f"the file name is the annotator's name: expected {annotator}.jsonl", param_hint="--out")
     if Path(out).stem.startswith("judge-"):
         raise click.BadParameter("names starting with 'judge-' are reserved for LLM judges", param_hint="--out")
     try:
-        server = make_server(sheet, out, host, port)
-    except DataError as e:
+        server = make_server(sheet, out, host, port, annotator=annotator, annotators=names, overlap=overlap,
+                             seed=assign_seed)
+    except (DataError, ValueError) as e:
         raise click.ClickException(str(e)) from None
     h, p = server.server_address[:2]
     shown = f"[{h}]" if ":" in h else h
-    click.echo(f"Annotating {len(server.app.items)} items as '{Path(out).stem}' -> {out}")
+    a = server.app.assignment
+    share = (f" ({a['assigned']} of {a['sheet_items']} sheet items; {a['overlap_items']} shared by all "
+             f"{len(a['annotators'])} annotators)" if names else "")
+    click.echo(f"Annotating {len(server.app.items)} items as '{Path(out).stem}'{share} -> {out}")
     click.echo(f"Open http://{shown}:{p}/   (Ctrl+C to stop)")
     if host not in LOOPBACK:
         click.echo("warning: listening beyond this machine; anyone who can reach it can annotate", err=True)

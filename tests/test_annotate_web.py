@@ -244,3 +244,38 @@ def test_browser_annotation_flow(served, driver):
     assert driver.execute_script("return typeof window.__pwned") == "undefined"
     errors = [e for e in driver.get_log("browser") if e.get("level") == "SEVERE" and "favicon" not in e["message"]]
     assert errors == [], errors
+
+
+def test_browser_shows_the_annotators_share_and_progress(tmp_path, driver):
+    """Several annotators: the page lists only this annotator's items, progress is done / assigned."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    from sciexplain.annotate_web import assign_items
+
+    sheet = [{"item_id": f"i{k:02d}", "question": f"Question {k}?", "answer_a": "A text.", "answer_b": "B text."}
+             for k in range(12)]
+    path = tmp_path / "base_vs_sft" / "sheet.jsonl"
+    write_jsonl(path, sheet)
+    names = ["alice", "bob", "carol", "dave"]
+    mine = assign_items([s["item_id"] for s in sheet], names, 0.25)["assigned"]["carol"]
+    out = tmp_path / "annotations" / "base_vs_sft" / "carol.jsonl"
+    server = make_server(path, out, "127.0.0.1", 0, quiet=True, annotator="carol", annotators=names, overlap=0.25)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        driver.get(f"http://127.0.0.1:{server.server_address[1]}/")
+        wait_for(lambda: driver.execute_script("return document.body.dataset.ready === '1'"), what="page ready")
+        text = lambda el_id: driver.find_element(By.ID, el_id).text  # noqa: E731
+        assert text("assignment") == f"carol: {len(mine)} of 12 sheet items (3 shared by all 4 annotators)"
+        assert text("progress") == f"0 / {len(mine)} annotated"
+        assert driver.execute_script("return document.body.dataset.itemId") == mine[0]
+        ActionChains(driver).send_keys("a", "2", Keys.ENTER).perform()
+        wait_for(lambda: out.exists() and read_annotations(out, None), what="saved")
+        wait_for(lambda: text("progress") == f"1 / {len(mine)} annotated", what="progress")
+        assert list(read_annotations(out, None)) == [mine[0]]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
