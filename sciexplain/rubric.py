@@ -25,10 +25,14 @@ Sub-scores, each in [0, 1]:
 Total::
 
     quality = weighted mean of structure, coherence, clarity, register   (``weights``)
-    total   = quality * repetition ** rep_gamma * length ** len_gamma
+    total   = quality * repetition ** rep_gamma * length ** len_gamma * finished
 
 Repetition and length act as gates, so a looping or near-empty answer cannot reach a high
 total through the other dimensions, and within the target range more words earn nothing.
+``finished`` is 1 for an answer that ends on a sentence end (``. ! ? ) " ' * ]``). An answer cut
+off mid-sentence is scored, always, as its complete part (cut after its last full sentence; the
+dangling fragment earns nothing) with ``finished = unfinished_factor`` (0.5): a cut answer therefore
+never outscores the same answer trimmed to its last full sentence, whatever else it holds.
 An answer without any word scores 0 everywhere.
 
 :meth:`RubricJudge.judge_pair` maps ``d = total_a - total_b`` onto the study's 4-point scale
@@ -42,10 +46,10 @@ from typing import Mapping
 
 import numpy as np
 
-RUBRIC_VERSION = "1"  # bump when scoring changes, so cached judgements are invalidated
+RUBRIC_VERSION = "2"  # bump when scoring changes, so cached judgements are invalidated
 
 STRENGTHS = ("Significantly better", "Better", "Slightly better", "Unsure")
-SUBSCORES = ("structure", "coherence", "clarity", "register", "repetition", "length")
+SUBSCORES = ("structure", "coherence", "clarity", "register", "repetition", "length", "finished")
 
 # --------------------------------------------------------------------------- lexicons
 
@@ -158,6 +162,7 @@ ABBREVIATIONS = ("e.g.", "i.e.", "etc.", "vs.", "approx.", "dr.", "fig.", "al.",
 _WORD = re.compile(r"[^\W\d_]+(?:['’\-][^\W\d_]+)*|\d+(?:[.,]\d+)*")
 _LIST_ITEM = re.compile(r"^\s*(?:[-*•+]|\d{1,2}[.)]|[a-z][.)])\s+")
 _HEADING = re.compile(r"^\s*(?:#{1,6}\s+\S.*|\*\*[^*]{1,80}\*\*:?|__[^_]{1,80}__:?|[A-Z][^.!?]{0,60}:)\s*$")
+_SENTENCE_END = re.compile(r"[.!?][\"')\]]?(?=\s|$)")  # as sciexplain.prompts.trim_to_sentence
 _SENT_SPLIT = re.compile(r"(?<=[.!?])[\"')\]»”’]*\s+")
 _CONNECTIVE_RE = re.compile(
     r"(?<![\w.])(?:" + "|".join(re.escape(c) for c in sorted(CONNECTIVES, key=len, reverse=True)) + r")(?![\w])"
@@ -401,6 +406,8 @@ class RubricJudge:
     * ``weights`` -- weights of the quality mean; default structure 0.35, coherence 0.2,
       clarity 0.2, register 0.25.
     * ``rep_gamma`` (1.0), ``len_gamma`` (0.5) -- exponents of the repetition and length gates.
+    * ``unfinished_factor`` (0.5) -- the total of an answer cut off mid-sentence is multiplied by this
+      (1.0 switches the penalty off).
     * ``t_unsure`` (0.02), ``t_slight`` (0.05), ``t_better`` (0.12) -- pair thresholds on
       ``|total_a - total_b|``: below ``t_unsure`` -> Unsure, below ``t_slight`` -> Slightly
       better, below ``t_better`` -> Better, else Significantly better. The defaults are about
@@ -424,6 +431,7 @@ class RubricJudge:
         t_unsure: float = 0.02,
         t_slight: float = 0.05,
         t_better: float = 0.12,
+        unfinished_factor: float = 0.5,
     ):
         if not (0 < min_words <= target_lo <= target_hi < max_words):
             raise ValueError("need 0 < min_words <= target_lo <= target_hi < max_words")
@@ -431,6 +439,8 @@ class RubricJudge:
             raise ValueError("long_floor must be in [0, 1]")
         if not (0.0 <= t_unsure <= t_slight <= t_better <= 1.0):
             raise ValueError("need 0 <= t_unsure <= t_slight <= t_better <= 1")
+        if not (0.0 <= unfinished_factor <= 1.0):
+            raise ValueError("unfinished_factor must be in [0, 1]")
         if rep_gamma < 0 or len_gamma < 0:
             raise ValueError("rep_gamma and len_gamma must be >= 0")
         w = dict(self.DEFAULT_WEIGHTS if weights is None else weights)
@@ -444,6 +454,7 @@ class RubricJudge:
         self.weights = {k: float(w.get(k, 0.0)) for k in self.DEFAULT_WEIGHTS}
         self.rep_gamma, self.len_gamma = float(rep_gamma), float(len_gamma)
         self.t_unsure, self.t_slight, self.t_better = float(t_unsure), float(t_slight), float(t_better)
+        self.unfinished_factor = float(unfinished_factor)
 
     @classmethod
     def from_config(cls, cfg: Mapping | None) -> "RubricJudge":
@@ -457,6 +468,7 @@ class RubricJudge:
             "target_hi": self.target_hi, "max_words": self.max_words, "long_floor": self.long_floor,
             "weights": dict(self.weights), "rep_gamma": self.rep_gamma, "len_gamma": self.len_gamma,
             "t_unsure": self.t_unsure, "t_slight": self.t_slight, "t_better": self.t_better,
+            "unfinished_factor": self.unfinished_factor,
         }
 
     # ---- sub-scores
@@ -488,8 +500,6 @@ class RubricJudge:
         if units <= 1 and f["n_sentences"] <= 2 and f["n_words"] < 40:
             segmentation = 0.4  # a very short answer need not be split
         conclusion = 1.0 if f["summary_cue_end"] else 0.0
-        if not f["ends_cleanly"]:
-            conclusion *= 0.5  # cut off mid-sentence
         signpost = _clip01(f["n_distinct_connectives"] / 4.0)
         return 0.3 * opening + 0.25 * segmentation + 0.25 * conclusion + 0.2 * signpost
 
@@ -532,10 +542,21 @@ class RubricJudge:
     # ---- public API
 
     def score(self, question: str | None, answer: str | None) -> dict:
-        """Sub-scores (each in [0, 1]) and ``total``; an answer with no words scores 0 everywhere."""
+        """Sub-scores (each in [0, 1]) and ``total``; an answer with no words scores 0 everywhere.
+
+        An answer that does not end on a sentence end gets the sub-scores of its complete part (up to its
+        last full sentence; none: 0 everywhere), ``finished = unfinished_factor`` and ``total`` = that
+        part's total times ``unfinished_factor``.
+        """
         f = features(answer, question)
         if f["n_words"] == 0:
             return {k: 0.0 for k in SUBSCORES} | {"total": 0.0}
+        if not f["ends_cleanly"]:
+            text = _normalize(answer)
+            ends = list(_SENTENCE_END.finditer(text))
+            complete = text[: ends[-1].end()] if ends else ""
+            s = self.score(question, complete) if _words(complete) else {k: 0.0 for k in SUBSCORES} | {"total": 0.0}
+            return s | {"finished": self.unfinished_factor, "total": round(s["total"] * self.unfinished_factor, 6)}
         s = {
             "structure": self._structure(f),
             "coherence": self._coherence(f),
@@ -543,6 +564,7 @@ class RubricJudge:
             "register": self._register(f),
             "repetition": self._repetition(f),
             "length": self.length_score(f["n_words"]),
+            "finished": 1.0,
         }
         s = {k: round(_clip01(v), 6) for k, v in s.items()}
         wsum = sum(self.weights.values())

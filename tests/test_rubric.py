@@ -277,3 +277,41 @@ def test_pathological_inputs_are_fast(judge):
     for text in ["a" * 20000, "a-" * 5000, "(" + "word " * 2000, "x — the " * 1000, GOOD * 20]:
         judge.score(Q, text)
     assert time.perf_counter() - start < 2.0  # no regex backtracking blow-up
+
+
+def _cut_points(text: str, step: int = 3):
+    """Word-boundary prefixes of ``text`` (every ``step``-th word) that stop mid-sentence."""
+    import re
+
+    pieces = re.split(r"(\s+)", text)
+    for i in range(1, len(pieces), 2 * step):
+        cut = "".join(pieces[:i]).rstrip()
+        if cut and not features(cut)["ends_cleanly"]:
+            yield cut
+
+
+def test_cut_answer_never_beats_its_trimmed_version(judge):
+    """The penalty for a cut-off answer is unconditional: with or without a summary, at every cut point."""
+    from sciexplain.prompts import load_few_shot, trim_to_sentence
+
+    texts = [(Q, GOOD), (Q, RUNON)] + [(ex["question"], ex["answer"]) for ex in load_few_shot(ROOT / "prompts")]
+    n = 0
+    for question, answer in texts:
+        for cut in _cut_points(answer):
+            trimmed = trim_to_sentence(cut)
+            sc, st = judge.score(question, cut), judge.score(question, trimmed)
+            assert sc["finished"] == 0.5 and sc["total"] <= st["total"] * 0.5 + 1e-6, cut[-60:]
+            assert judge.strength(st["total"] - sc["total"])[0] in ("A", None)  # judge_pair(trimmed, cut)
+            n += 1
+    assert n > 100
+
+
+def test_unfinished_penalty_applies_without_a_summary(judge):
+    no_summary = GOOD.rsplit("\n\nIn summary", 1)[0]
+    cut = no_summary + "\n\nThe same effect also explains why distant mountains look bluish, because the"
+    assert not features(no_summary)["summary_cue_end"]
+    assert judge.score(Q, cut)["total"] < judge.score(Q, no_summary)["total"]
+    assert judge.judge_pair(Q, cut, no_summary) == ("B", "Significantly better")
+    assert RubricJudge(unfinished_factor=1.0).score(Q, cut)["total"] == judge.score(Q, no_summary)["total"]
+    with pytest.raises(ValueError, match="unfinished_factor"):
+        RubricJudge(unfinished_factor=1.5)
