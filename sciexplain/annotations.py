@@ -2,7 +2,9 @@
 
 Files (one JSON object per line unless said otherwise):
 
-* **sheet** (what annotators see): ``{"item_id", "question", "answer_a", "answer_b"}``.
+* **sheet** (what annotators see): ``{"item_id", "question", "answer_a", "answer_b"}``, optionally
+  ``"finished_a"``, ``"finished_b"`` (true when the answer stopped on its own, false when it was cut by the
+  token budget; the judge panel uses them, see :func:`sciexplain.judges.apply_finished_rule`).
 * **key** (kept apart, never shown): ``{"item_id", "a_model", "b_model"}``.
 * **annotation file**, one per annotator, ``data/annotations/<pair>/<annotator>.{csv,jsonl}``;
   the annotator's name is the file stem, judges write ``judge-<name>.jsonl``. Records:
@@ -31,6 +33,7 @@ UNSURE = "Unsure"
 CHOICES = ("A", "B")
 
 SHEET_FIELDS = ("item_id", "question", "answer_a", "answer_b")
+SHEET_OPTIONAL = ("finished_a", "finished_b")  # booleans; absent when unknown
 KEY_FIELDS = ("item_id", "a_model", "b_model")
 PAIR_FIELDS = ("item_id", "question", "answer_1", "answer_2", "model_1", "model_2")
 ANNOTATION_FIELDS = ("item_id", "choice", "strength", "comment")
@@ -64,6 +67,8 @@ def _ab_swap(seed: int, item_id: str) -> bool:
 def build_sheet(pairs: Iterable[dict], seed: int) -> tuple[list[dict], list[dict]]:
     """Blind sheet and key from ``{item_id, question, answer_1, answer_2, model_1, model_2}`` records.
 
+    Optional ``finished_1`` / ``finished_2`` (booleans: did the answer stop on its own?) become the sheet's
+    ``finished_a`` / ``finished_b`` in the shown order; they are left out when either is missing or None.
     The A/B order of an item is drawn from an RNG seeded by ``(seed, item_id)`` only, so adding or
     removing items never reshuffles the others. Output keeps the input order.
     """
@@ -81,8 +86,15 @@ def build_sheet(pairs: Iterable[dict], seed: int) -> tuple[list[dict], list[dict
             raise DataError(None, where, "item_id", f"duplicate item id {item_id!r} (first in pair {seen[item_id]})")
         seen[item_id] = n
         first, second = (2, 1) if _ab_swap(seed, item_id) else (1, 2)
-        sheet.append({"item_id": item_id, "question": pair["question"],
-                      "answer_a": pair[f"answer_{first}"], "answer_b": pair[f"answer_{second}"]})
+        item = {"item_id": item_id, "question": pair["question"],
+                "answer_a": pair[f"answer_{first}"], "answer_b": pair[f"answer_{second}"]}
+        flags = (pair.get(f"finished_{first}"), pair.get(f"finished_{second}"))
+        if all(f is not None for f in flags):
+            for field, value in zip(("finished_1", "finished_2"), (pair.get("finished_1"), pair.get("finished_2"))):
+                if not isinstance(value, bool):
+                    raise DataError(None, where, field, f"must be true or false, got {value!r}")
+            item["finished_a"], item["finished_b"] = flags
+        sheet.append(item)
         key.append({"item_id": item_id, "a_model": pair[f"model_{first}"], "b_model": pair[f"model_{second}"]})
     return sheet, key
 
@@ -104,7 +116,13 @@ def read_sheet(path: str | os.PathLike) -> list[dict]:
         if item_id in seen:
             raise DataError(path, lineno, "item_id", f"duplicate item id {item_id!r} (first on line {seen[item_id]})")
         seen[item_id] = lineno
-        out.append({f: rec[f] for f in SHEET_FIELDS})
+        item = {f: rec[f] for f in SHEET_FIELDS}
+        for field in SHEET_OPTIONAL:
+            if field in rec and rec[field] is not None:
+                if not isinstance(rec[field], bool):
+                    raise DataError(path, lineno, field, f"must be true or false, got {rec[field]!r}")
+                item[field] = rec[field]
+        out.append(item)
     return out
 
 

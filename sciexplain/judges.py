@@ -36,7 +36,8 @@ from .rubric import RubricJudge
 
 __all__ = [
     "PROMPT_PATH", "parse_verdict", "swap_verdict", "combine_verdicts", "load_template", "render_prompt",
-    "rubric_annotations", "LLMJudge", "make_backend", "validate_panel", "Panel", "PanelResult", "run_panel",
+    "rubric_annotations", "apply_finished_rule", "LLMJudge", "make_backend", "validate_panel", "Panel", "PanelResult",
+    "run_panel",
 ]
 
 PROMPT_PATH = "prompts/judge.md"
@@ -148,6 +149,36 @@ def rubric_annotations(sheet: Iterable[Mapping], params: Mapping | None = None) 
         out[item["item_id"]] = Annotation(res["choice"] or "", res["strength"],
                                           f"rubric total A={res['a']['total']:.3f} B={res['b']['total']:.3f}")
     return out
+
+
+def apply_finished_rule(annotations: Mapping[str, Annotation], sheet: Iterable[Mapping]) -> tuple[dict[str, Annotation], int]:
+    """Penalise an unfinished answer in every judge's verdict: one step towards the finished answer.
+
+    Applies only to sheet items whose ``finished_a`` / ``finished_b`` flags differ (one answer stopped on
+    its own, the other was cut by the token budget): a win for the unfinished answer becomes a tie
+    (``Unsure``), a tie becomes ``Slightly better`` for the finished answer, a win for the finished answer
+    stands. So an unfinished answer never wins against a finished one, and is never better off than the
+    judge's own reading. Items without both flags, or with equal flags, are left as they are; the flags say
+    nothing about which model wrote an answer. Returns the annotations and how many verdicts changed.
+    """
+    out, changed = dict(annotations), 0
+    for item in sheet:
+        fa, fb = item.get("finished_a"), item.get("finished_b")
+        iid = item["item_id"]
+        if fa is None or fb is None or fa == fb or iid not in out:
+            continue
+        done, cut = ("A", "B") if fa else ("B", "A")
+        ann = out[iid]
+        if ann.strength != UNSURE and ann.choice == cut:
+            new = Annotation("", UNSURE, "")
+        elif ann.strength == UNSURE or not ann.choice:
+            new = Annotation(done, "Slightly better", "")
+        else:
+            continue
+        note = f"finished rule ({cut} unfinished): {_short((ann.choice, ann.strength))} -> {_short((new.choice, new.strength))}"
+        out[iid] = new._replace(comment=f"{ann.comment}; {note}" if ann.comment else note)
+        changed += 1
+    return out, changed
 
 
 def _short(v: tuple[str, str] | None) -> str:
@@ -300,18 +331,26 @@ class Panel:
         return self._llm[name]
 
     def judge(self, sheet: Iterable[Mapping], label: str = "") -> PanelResult:
+        """Every judge on ``sheet``. Judges see the question and the two answers only; where the items carry
+        ``finished_a``/``finished_b``, :func:`apply_finished_rule` then penalises the unfinished answer in
+        every judge's verdicts (stats: ``finished_rule`` = how many verdicts it changed)."""
         sheet = list(sheet)
+        flagged = any(item.get("finished_a") is not None and item.get("finished_b") is not None for item in sheet)
         out = PanelResult()
         out.stats = {}
         for spec in self.specs:
             name = spec["name"]
             if spec["type"] == "rubric":
                 out[name] = rubric_annotations(sheet, spec.get("params"))
-                out.stats[name] = {"items": len(sheet), "ties": sum(a.strength == UNSURE for a in out[name].values())}
+                out.stats[name] = {"items": len(sheet)}
             else:
                 judge = self._llm_judge(spec)
                 out[name] = judge.judge(sheet, desc=f"judge {name} {label}".strip(), progress=self.progress)
                 out.stats[name] = dict(judge.last_stats)
+            if flagged:
+                out[name], out.stats[name]["finished_rule"] = apply_finished_rule(out[name], sheet)
+            if spec["type"] == "rubric":
+                out.stats[name]["ties"] = sum(a.strength == UNSURE for a in out[name].values())
         return out
 
 

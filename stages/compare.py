@@ -2,7 +2,9 @@
 
 Writes ``<out>/<pair>/sheet.jsonl`` (what annotators and judges see), ``key.jsonl`` (which model is A
 and B, kept apart) and ``sheet.csv`` (the sheet for spreadsheet annotators). Items are the questions
-of the prepared split, in its order (item_id = question id), with sample 0 of each model's answers.
+of the prepared split, in its order (item_id = question id), with sample 0 of each model's answers, and
+``finished_a`` / ``finished_b`` where the generation records say whether each answer stopped on its own
+(the judge panel never lets an unfinished answer beat a finished one, see sciexplain/judges.py).
 """
 import shutil
 import tempfile
@@ -79,7 +81,9 @@ def main(gen_dir, prepared_dir, split, out_dir, params_path):
             a1, a2 = answers[m1][1], answers[m2][1]
             sheet, key = build_sheet(
                 ({"item_id": q["id"], "question": q["question"], "answer_1": a1[q["id"]]["answer"],
-                  "answer_2": a2[q["id"]]["answer"], "model_1": m1, "model_2": m2} for q in questions), seed=seed)
+                  "answer_2": a2[q["id"]]["answer"], "model_1": m1, "model_2": m2,
+                  "finished_1": a1[q["id"]].get("finished"), "finished_2": a2[q["id"]].get("finished")}
+                 for q in questions), seed=seed)
             write_jsonl(tmp / pair / "sheet.jsonl", sheet)
             write_jsonl(tmp / pair / "key.jsonl", key)
             write_sheet_csv(sheet, tmp / pair / "sheet.csv")

@@ -223,3 +223,45 @@ def test_openai_backend_judge(tmp_path, monkeypatch):
         out = run_panel(sheet_items(2), spec, cache_dir=tmp_path / "cache", prompt_path=PROMPT, progress=False)
         assert srv.total_served == 4 and all(b["temperature"] == 0.0 and b["max_tokens"] == 50 for b in srv.bodies)
         assert {a.strength for a in out["gpt"].values()} == {"Unsure"} and out.stats["gpt"]["disagree"] == 2
+
+
+# --------------------------------------------------------------------------- unfinished answers
+
+
+def test_finished_rule_moves_every_verdict_towards_the_finished_answer():
+    from sciexplain.judges import apply_finished_rule
+
+    sheet = [{"item_id": i, "question": "q", "answer_a": "a", "answer_b": "b", "finished_a": fa, "finished_b": fb}
+             for i, fa, fb in (("cut_b_wins", True, False), ("cut_a_tie", False, True), ("fin_a_wins", True, False),
+                               ("both_cut", False, False), ("both_fin", True, True))]
+    sheet.append({"item_id": "no_flags", "question": "q", "answer_a": "a", "answer_b": "b"})
+    anns = {"cut_b_wins": Annotation("B", "Significantly better", "x"), "cut_a_tie": Annotation("", "Unsure", ""),
+            "fin_a_wins": Annotation("A", "Better", ""), "both_cut": Annotation("B", "Better", ""),
+            "both_fin": Annotation("A", "Better", ""), "no_flags": Annotation("B", "Better", "")}
+    out, changed = apply_finished_rule(anns, sheet)
+    assert changed == 2
+    assert out["cut_b_wins"][:2] == ("", "Unsure") and out["cut_b_wins"].comment.startswith("x; finished rule (B unfinished)")
+    assert out["cut_a_tie"][:2] == ("B", "Slightly better")
+    for same in ("fin_a_wins", "both_cut", "both_fin", "no_flags"):
+        assert out[same] == anns[same]
+
+
+def test_panel_never_lets_an_unfinished_answer_win(tmp_path):
+    """Every judge of the panel (rubric and LLM) goes through the rule; LLM judges never see the flags."""
+    sheet = sheet_items(4)
+    for item in sheet:  # the GOOD answer is the one cut by the budget
+        item["finished_a"], item["finished_b"] = item["answer_a"] != GOOD, item["answer_b"] != GOOD
+    backend = FakeBackend("good")
+    seen = []
+    generate = backend.generate
+    backend.generate = lambda reqs, sampling: seen.extend(reqs) or generate(reqs, sampling)
+    panel = Panel(LLM_SPEC + [{"name": "rubric", "type": "rubric"}], cache_dir=tmp_path / "cache", prompt_path=PROMPT,
+                  backends={"fake": backend}, progress=False)
+    out = panel.judge(sheet)
+    for name in ("fake", "rubric"):
+        assert all(a.strength == "Unsure" for a in out[name].values()), name
+        assert out.stats[name]["finished_rule"] == 4
+    assert seen and not any("finished" in content.lower() for r in seen for _, content in r.messages)
+    # without the flags nothing changes, and no finished_rule count appears
+    plain = Panel([{"name": "rubric", "type": "rubric"}], progress=False).judge(sheet_items(4))
+    assert "finished_rule" not in plain.stats["rubric"] and {a.strength for a in plain["rubric"].values()} != {"Unsure"}
