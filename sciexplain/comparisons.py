@@ -117,7 +117,8 @@ def verdict_sentence(v: Mapping) -> str:
     power = (f"at this n a true win rate of {_pct(det)} or more (or {_pct(1 - det)} or less) is detected with 80% "
              f"power" if det is not None else "at this n no win rate can be detected with 80% power")
     p = v.get("p_holm", v.get("p"))
-    p_txt = "no test" if p is None else f"p = {p:.3g}" + (" after Holm" if "p_holm" in v else "")
+    holm_m = v.get("holm_family_size") or 0
+    p_txt = "no test" if p is None else f"p = {p:.3g}" + (f" (Holm, {holm_m} tests)" if holm_m > 1 else "")
     if v["verdict"] == BETTER:
         text = f"{s} is better than {o}, by {src}: {votes}, {p_txt}; {power}."
     elif v["verdict"] == WORSE:
@@ -224,11 +225,13 @@ def adjust_family(metrics: Mapping[str, dict], family: str, alpha: float = 0.05)
     headline are not part of the family and stay unadjusted. Returns the family's description."""
     raw = {pair: (m.get("verdict") or {}).get("p") for pair, m in metrics.items()}
     adjusted = holm(raw)
+    size = sum(p is not None for p in raw.values())
     for pair, m in metrics.items():
         v = m.get("verdict")
         if not v:
             continue
         v["p_holm"] = _pval(adjusted[pair])
+        v["holm_family_size"] = size
         v["unadjusted_verdict"] = v["verdict"]
         if v["verdict"] in (BETTER, WORSE) and (v["p_holm"] is None or v["p_holm"] > alpha):
             v["verdict"] = CANNOT_TELL

@@ -114,7 +114,7 @@ def test_holm_family_adjusts_headlines_only():
     assert metrics["sft_vs_base"]["verdict"]["verdict"] == "better"  # p 0.0004 -> Holm 0.0012
     assert metrics["rs_vs_base"]["verdict"]["verdict"] == "cannot tell at this n"  # p 0.041 -> Holm 0.083
     assert metrics["rs_vs_base"]["verdict"]["unadjusted_verdict"] == "better"
-    assert "after Holm" in metrics["rs_vs_base"]["verdict"]["sentence"]
+    assert "(Holm, 3 tests)" in metrics["rs_vs_base"]["verdict"]["sentence"]
     single = {"sft_vs_base": summarize("sft_vs_base", *_sheet(20), {}, {"alice": _votes(_sheet(20)[1], "sft")})}
     assert adjust_family(single, "one")["adjusted"] is False
 
