@@ -42,7 +42,7 @@ from urllib.parse import urlsplit
 import click
 
 from sciexplain.annotations import (
-    STRENGTHS, append_annotation, read_annotations, read_sheet,
+    SHEET_FIELDS, STRENGTHS, append_annotation, read_annotations, read_sheet,
 )
 from sciexplain.io import DataError
 
@@ -286,7 +286,8 @@ class AnnotationApp:
         self.sheet_path, self.out_path = Path(sheet_path), Path(out_path)
         if self.out_path.suffix != ".jsonl":
             raise DataError(self.out_path, None, None, "the annotation file must end in .jsonl")
-        self.sheet = read_sheet(self.sheet_path)  # whitelisted sheet fields only
+        # the four shown fields only (a sheet's finished_a/finished_b flags are for the judges' rule, not people)
+        self.sheet = [{f: it[f] for f in SHEET_FIELDS} for it in read_sheet(self.sheet_path)]
         self.sheet_ids = [it["item_id"] for it in self.sheet]
         self.annotator = annotator or self.out_path.stem
         self.assignment = {"annotator": self.annotator, "annotators": [self.annotator], "overlap": None,

@@ -254,8 +254,8 @@ def test_browser_shows_the_annotators_share_and_progress(tmp_path, driver):
 
     from sciexplain.annotate_web import assign_items
 
-    sheet = [{"item_id": f"i{k:02d}", "question": f"Question {k}?", "answer_a": "A text.", "answer_b": "B text."}
-             for k in range(12)]
+    sheet = [{"item_id": f"i{k:02d}", "question": f"Question {k}?", "answer_a": "A text.", "answer_b": "B text.",
+              "finished_a": True, "finished_b": k % 2 == 0} for k in range(12)]
     path = tmp_path / "base_vs_sft" / "sheet.jsonl"
     write_jsonl(path, sheet)
     names = ["alice", "bob", "carol", "dave"]
@@ -270,6 +270,8 @@ def test_browser_shows_the_annotators_share_and_progress(tmp_path, driver):
         text = lambda el_id: driver.find_element(By.ID, el_id).text  # noqa: E731
         assert text("assignment") == f"carol: {len(mine)} of 12 sheet items (3 shared by all 4 annotators)"
         assert text("progress") == f"0 / {len(mine)} annotated"
+        served = driver.execute_script("return fetch('/api/items').then(r => r.json())")
+        assert all(set(it) == {"item_id", "question", "answer_a", "answer_b"} for it in served["items"])  # no flags
         assert driver.execute_script("return document.body.dataset.itemId") == mine[0]
         ActionChains(driver).send_keys("a", "2", Keys.ENTER).perform()
         wait_for(lambda: out.exists() and read_annotations(out, None), what="saved")
