@@ -22,7 +22,7 @@ import logging
 import math
 import time
 
-from .dist import is_main_process, save_adapter
+from .dist import evaluate_before_train, is_main_process, save_adapter
 from .models import (count_parameters, has_cuda, load_tokenizer, load_trainable_policy, training_init_kwargs,
                      training_quantization_config)
 from .prompts import student_messages
@@ -103,7 +103,7 @@ def _lengths(ds, max_length: int) -> tuple[int, int]:
 
 def _eval(trainer, suffix: str = "") -> dict:
     # DPOTrainer.log adds its rewards/* under "eval_" whatever metric_key_prefix is: keep the default prefix
-    m = trainer.evaluate()
+    m = evaluate_before_train(trainer) if suffix == "_start" else trainer.evaluate()
     return {f"eval_{k.replace('/', '_')}{suffix}": m.get(f"eval_{k}")
             for k in ("loss", "rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected")}
 
@@ -160,7 +160,8 @@ def train_dpo(base_dir, pairs: list[dict], val_pairs: list[dict], out_dir, *, in
         metrics.update(_eval(trainer))
     n_tokens = tokens * math.ceil(epochs)
     metrics.update({"train_seconds": seconds, "train_tokens": n_tokens,
-                    "train_tokens_per_s": n_tokens / max(seconds, 1e-9), "steps": int(trainer.state.global_step)})
+                    "train_tokens_per_s": n_tokens / max(seconds, 1e-9), "steps": int(trainer.state.global_step),
+                    "processes": int(trainer.args.world_size)})
     if out_dir is not None:
         save_adapter(trainer, out_dir)  # every rank (a collective); the policy adapter only, no "ref" sub-folder
     if live is not None:

@@ -330,15 +330,17 @@ def load_trainable_adapter(base_dir, adapter, quantize_4bit="auto", architecture
 def trl_load(base_dir, quantize_4bit="auto", architecture=None, **extra):
     """Load the base model the way TRL 1.16's trainers load a model id (``create_model_from_path``): dtype from
     :func:`training_init_kwargs`, the 4-bit config, ``device_map=None`` when distributed (TRL's rule for
-    MULTI_GPU / DeepSpeed, which accelerate also reports for FSDP) and on the CPU, else ``"auto"``."""
-    from accelerate import PartialState
+    MULTI_GPU / DeepSpeed; accelerate's process state reports FSDP as MULTI_GPU too), else TRL's default (None on
+    the CPU, ``"auto"`` on one GPU). Distribution is read from the launcher's environment, not from accelerate's
+    process state: creating that state here, before the trainer's arguments create it with ``cpu=True``, would
+    fix it as non-distributed on a CPU."""
     from trl.trainer.utils import create_model_from_path
 
     kw = {**training_init_kwargs(quantize_4bit), **extra}
     q = training_quantization_config(quantize_4bit)
     if q is not None:
         kw["quantization_config"] = q
-    if PartialState().distributed_type in ("MULTI_GPU", "DEEPSPEED", "MULTI_CPU"):
+    if is_distributed():
         kw["device_map"] = None
     return create_model_from_path(str(base_dir), architecture, **kw)
 

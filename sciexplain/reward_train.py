@@ -97,6 +97,6 @@ def train_reward_model(base_dir, train_pairs: Sequence[Mapping], out_dir, *, lor
         "train_loss": _r4(result.training_loss),
         "runtime_s": round(runtime, 1),
         "tokens_per_s": round(counts["tokens"] * float(epochs) / runtime, 1) if runtime > 0 else None,
-        "steps": int(result.global_step),
+        "steps": int(result.global_step), "processes": int(trainer.args.world_size),
         "trainable_params": int(trainable), "total_params": int(total),
     }

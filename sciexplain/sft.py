@@ -15,7 +15,7 @@ import logging
 import math
 import time
 
-from .dist import is_main_process, save_adapter
+from .dist import evaluate_before_train, is_main_process, save_adapter
 from .models import (count_parameters, has_cuda, load_tokenizer, load_trainable_policy, training_init_kwargs,
                      training_quantization_config)
 from .prompts import student_messages
@@ -90,9 +90,9 @@ def train_sft(base_dir, train_records: list[dict], val_records: list[dict], out_
                      "trainable_parameters": trainable, "total_parameters": total,
                      "init_adapter": str(init_adapter) if init_adapter else None}
     if val_ds is not None:
-        metrics["eval_loss_start"] = trainer.evaluate(metric_key_prefix="start")["start_loss"]
+        metrics["eval_loss_start"] = evaluate_before_train(trainer, metric_key_prefix="start")["start_loss"]
         with trainer.model.disable_adapter():
-            metrics["eval_loss_base"] = trainer.evaluate(metric_key_prefix="base")["base_loss"]
+            metrics["eval_loss_base"] = evaluate_before_train(trainer, metric_key_prefix="base")["base_loss"]
     n_tokens = sum(len(x) for x in trainer.train_dataset["input_ids"]) * math.ceil(epochs)
     t0 = time.perf_counter()
     result = trainer.train()
@@ -104,6 +104,8 @@ def train_sft(base_dir, train_records: list[dict], val_records: list[dict], out_
     if val_ds is not None:
         metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
         metrics["eval_loss_improvement_vs_base"] = metrics["eval_loss_base"] - metrics["eval_loss"]
+    metrics["steps"] = int(trainer.state.global_step)
+    metrics["processes"] = int(trainer.args.world_size)
     metrics["train_seconds"] = seconds
     metrics["train_tokens"] = n_tokens
     metrics["train_tokens_per_s"] = n_tokens / max(seconds, 1e-9)

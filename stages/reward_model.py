@@ -106,7 +106,7 @@ def main(base_dir, compare_root, annotations_root, judgments_root, generations_r
         "heldout": ev["heldout"], "by_strength": ev["by_strength"], "by_source": ev["by_source"],
         "baselines": ev["baselines"], "rewards": ev["rewards"],
         "majority_agreement": majority,
-        "train": {k: res[k] for k in ("train_loss", "runtime_s", "tokens_per_s", "tokens", "steps",
+        "train": {k: res[k] for k in ("train_loss", "runtime_s", "tokens_per_s", "tokens", "steps", "processes",
                                       "trainable_params", "total_params")},
         "pooling_check": pooling,
     }

@@ -91,7 +91,6 @@ def test_placement_cuda_4bit(fake_cuda):
 def test_placement_under_accelerate_launch(fake_cuda):
     """WORLD_SIZE > 1: scoring/generation models go to the rank's own GPU; training loads carry no device_map
     (device_map=None: accelerate places / shards the model, bitsandbytes uses the GPU accelerate made current)."""
-    import accelerate
     import trl.trainer.utils as tu
 
     fake_cuda.setenv("WORLD_SIZE", "2")
@@ -102,16 +101,12 @@ def test_placement_under_accelerate_launch(fake_cuda):
     assert models._quant_kwargs("auto")["device_map"] == {"": "cuda:1"}
     assert "device_map" not in models.training_init_kwargs("auto")
 
-    class State:
-        distributed_type = "MULTI_GPU"
-
     seen = {}
-    fake_cuda.setattr(accelerate, "PartialState", lambda: State())
     fake_cuda.setattr(tu, "create_model_from_path", lambda path, arch=None, **kw: seen.update(kw) or "model")
     assert models.trl_load("models/base", "auto") == "model"
     assert seen["device_map"] is None and seen["dtype"] == "bfloat16"
     assert seen["quantization_config"].bnb_4bit_quant_storage == torch.bfloat16
-    State.distributed_type = "NO"  # one process: TRL's own rule (None on the CPU, "auto" on one GPU)
+    fake_cuda.setenv("WORLD_SIZE", "1")  # one process: TRL's own rule (None on the CPU, "auto" on one GPU)
     seen.clear()
     models.trl_load("models/base", False)
     assert "device_map" not in seen and "quantization_config" not in seen
