@@ -23,8 +23,8 @@ import math
 import time
 
 from .dist import evaluate_before_train, is_main_process, save_adapter
-from .models import (count_parameters, has_cuda, load_tokenizer, load_trainable_policy, training_init_kwargs,
-                     training_quantization_config)
+from .models import (count_parameters, has_cuda, keep_adapter_in_compute_dtype, load_tokenizer, load_trainable_policy,
+                     training_init_kwargs, training_quantization_config)
 from .prompts import student_messages
 
 log = logging.getLogger(__name__)
@@ -135,6 +135,7 @@ def train_dpo(base_dir, pairs: list[dict], val_pairs: list[dict], out_dir, *, in
     n_train = len(trainer.train_dataset)
     if n_train == 0:
         raise UserError(f"every DPO training pair was dropped: each prompt alone fills dpo.max_length {max_length}")
+    keep_adapter_in_compute_dtype(trainer.model)  # QLoRA on the CPU: LoRA weights stay fp32
     tokens, truncated = _lengths(trainer.train_dataset, max_length)
     trainable, total = count_parameters(trainer.model)
     metrics: dict = {

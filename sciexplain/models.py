@@ -345,6 +345,22 @@ def trl_load(base_dir, quantize_4bit="auto", architecture=None, **extra):
     return create_model_from_path(str(base_dir), architecture, **kw)
 
 
+def keep_adapter_in_compute_dtype(model) -> int:
+    """TRL 1.16's trainers cast the trainable (LoRA) weights of a 4-bit model to bf16 (the QLoRA paper's choice).
+    Where the compute dtype is fp32 (the CPU, where bf16 matmul is ~400x slower), cast them back: call it after
+    building the trainer and before ``train()`` (the optimizer is created there). Returns how many were cast."""
+    dtype = compute_dtype()
+    if dtype != torch.float32 or not (getattr(model, "is_loaded_in_4bit", False)
+                                      or getattr(getattr(model, "base_model", None), "is_loaded_in_4bit", False)):
+        return 0
+    n = 0
+    for p in model.parameters():
+        if p.requires_grad and p.dtype == torch.bfloat16:
+            p.data = p.data.to(dtype)
+            n += 1
+    return n
+
+
 def count_parameters(model) -> tuple[int, int]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())

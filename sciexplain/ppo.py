@@ -35,7 +35,7 @@ from statistics import mean
 from transformers import TrainerCallback
 
 from .dist import is_main_process, save_adapter
-from .models import count_parameters, has_cuda, load_tokenizer, load_trainable_adapter
+from .models import count_parameters, has_cuda, keep_adapter_in_compute_dtype, load_tokenizer, load_trainable_adapter
 from .prompts import student_messages
 
 log = logging.getLogger(__name__)
@@ -254,6 +254,7 @@ def train_ppo(base_dir, questions: list[str], out_dir, *, scorer, init_adapter, 
         callbacks.append(DVCLiveCallback(live=live))
     trainer = GRPOTrainer(model=model, reward_funcs=[RewardModelReward(scorer, score_batch_size)], args=args,
                           train_dataset=ds, processing_class=tok, reward_processing_classes=[None], callbacks=callbacks)
+    keep_adapter_in_compute_dtype(trainer.model)  # QLoRA on the CPU: LoRA weights stay fp32
     trainable, total = count_parameters(trainer.model)
     t0 = time.perf_counter()
     trainer.train()

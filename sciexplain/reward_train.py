@@ -40,8 +40,8 @@ def train_reward_model(base_dir, train_pairs: Sequence[Mapping], out_dir, *, lor
     from trl import RewardConfig, RewardTrainer
 
     from .dist import is_main_process, save_adapter
-    from .models import (_check_dir, compute_dtype, count_parameters, has_cuda, load_tokenizer, lora_config,
-                         training_init_kwargs, training_quantization_config)
+    from .models import (_check_dir, compute_dtype, count_parameters, has_cuda, keep_adapter_in_compute_dtype,
+                         load_tokenizer, lora_config, training_init_kwargs, training_quantization_config)
 
     _check_dir(base_dir, "base model")
     tok = load_tokenizer(base_dir, padding_side="right")
@@ -84,6 +84,7 @@ def train_reward_model(base_dir, train_pairs: Sequence[Mapping], out_dir, *, lor
     dropped = len(dataset) - len(trainer.train_dataset)
     if dropped:
         raise RuntimeError(f"RewardTrainer dropped {dropped} pre-truncated pairs (max_length {max_length})")
+    keep_adapter_in_compute_dtype(trainer.model)  # QLoRA on the CPU: LoRA weights stay fp32
     trainable, total = count_parameters(trainer.model)
     t0 = time.time()
     result = trainer.train()

@@ -16,8 +16,8 @@ import math
 import time
 
 from .dist import evaluate_before_train, is_main_process, save_adapter
-from .models import (count_parameters, has_cuda, load_tokenizer, load_trainable_policy, training_init_kwargs,
-                     training_quantization_config)
+from .models import (count_parameters, has_cuda, keep_adapter_in_compute_dtype, load_tokenizer, load_trainable_policy,
+                     training_init_kwargs, training_quantization_config)
 from .prompts import student_messages
 
 log = logging.getLogger(__name__)
@@ -85,6 +85,7 @@ def train_sft(base_dir, train_records: list[dict], val_records: list[dict], out_
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
                          processing_class=tok, peft_config=peft_config, callbacks=callbacks,
                          quantization_config=training_quantization_config(quantize_4bit) if from_path else None)
+    keep_adapter_in_compute_dtype(trainer.model)  # QLoRA on the CPU: LoRA weights stay fp32
     trainable, total = count_parameters(trainer.model)
     metrics: dict = {"train_examples": len(train_ds), "val_examples": len(val_ds) if val_ds else 0,
                      "trainable_parameters": trainable, "total_parameters": total,

@@ -21,7 +21,7 @@ import torch
 from click.testing import CliRunner
 
 from conftest import ROOT, read_jsonl, write_params
-from test_dpo import GOOD, _pairs, _stage_setup, sft_adapter  # noqa: F401  (module fixture)
+from test_dpo import _pairs, _stage_setup, sft_adapter  # noqa: F401  (module fixture)
 from test_reward_stage import project  # noqa: F401  (fixture: a reward_model project)
 from test_sft import TARGET
 
