@@ -1,9 +1,9 @@
 """Training stages under `accelerate launch` with 2 processes on the CPU (gloo), on the tiny model.
 
 accelerate 1.15's `--cpu` flag runs one process unless an MPI `mpirun` is given (its simple launcher); the two-process
-launch here is `accelerate launch --multi_gpu --num_processes 2` (torchrun underneath) with no visible CUDA device: the
-trainers then run with `use_cpu=True`, and accelerate makes that MULTI_CPU with the gloo backend (checked: 2 ranks,
-half the optimizer steps per epoch). Every rank other than 0 runs under an audit hook (tests/dist_audit) that reports
+launch here is `accelerate launch --config_file configs/accelerate/cpu_2proc.yaml` (MULTI_GPU: torchrun underneath)
+with no visible CUDA device: the trainers then run with `use_cpu=True`, and accelerate makes that MULTI_CPU with the
+gloo backend (checked: `processes` 2 in the metrics, half the optimizer steps per epoch). Every rank other than 0 runs under an audit hook (tests/dist_audit) that reports
 any file it writes inside the project: there must be none.
 """
 from __future__ import annotations
@@ -26,6 +26,7 @@ from test_reward_stage import project  # noqa: F401  (fixture: a reward_model pr
 from test_sft import TARGET
 
 AUDIT = Path(__file__).parent / "dist_audit"
+CONFIG = ROOT / "configs" / "accelerate" / "cpu_2proc.yaml"
 
 
 @pytest.fixture(autouse=True)
@@ -46,9 +47,8 @@ def launch(workdir: Path, module: str, *args: str, processes: int = 2) -> subpro
     """`accelerate launch` of ``python -m <module> <args>`` in ``workdir``: ``processes`` CPU ranks, gloo."""
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
            "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.pathsep.join([str(AUDIT), str(ROOT)]), "AUDIT_ROOT": str(workdir)}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", str(_free_port()), "-m", module, *args]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIG),
+           "--num_processes", str(processes), "--main_process_port", str(_free_port()), "-m", module, *args]
     r = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-6000:]
     return r
@@ -116,6 +116,13 @@ def test_sft_two_processes_match_one(workdir, tiny_base, tmp_path_factory):
     assert res.exit_code == 0, res.output
     m1 = json.loads((one / "metrics/sft.json").read_text())
     assert m1["processes"] == 1 and m1["steps"] == 2
+    first = {p.name: p.read_bytes() for p in (one / "models/sft").iterdir()}
+    os.chdir(one)
+    try:  # a rerun writes the same bytes (no model card, no pickled arguments)
+        assert CliRunner().invoke(sft.main, ["--section", "sft"]).exit_code == 0
+    finally:
+        os.chdir(workdir)
+    assert {p.name: p.read_bytes() for p in (one / "models/sft").iterdir()} == first
     assert sorted(p.name for p in (one / "models/sft").iterdir()) == sorted(p.name for p in out.iterdir())
     w1, w2 = _weights(one / "models/sft"), _weights(out)
     diff = _max_diff(w1, w2)

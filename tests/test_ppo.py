@@ -160,3 +160,49 @@ def test_ppo_stage_enabled(workdir, tiny_base, sft_adapter, monkeypatch):
     assert sorted(p.name for p in (workdir / "models/ppo").iterdir()) == ["adapter_config.json",
                                                                           "adapter_model.safetensors"]
     assert not [p for p in (workdir / "models").iterdir() if p.name.startswith(".")]
+
+
+def test_vllm_rollouts_are_off_by_default_and_map_to_grpo_config(monkeypatch):
+    import importlib.util
+
+    from sciexplain import ppo
+    from sciexplain.io import UserError
+
+    assert ppo.vllm_kwargs() == {} and ppo.vllm_kwargs(use_vllm=False, vllm_mode="server") == {}
+    with pytest.raises(UserError, match="ppo.vllm_mode 'remote'"):
+        ppo.vllm_kwargs(use_vllm=True, vllm_mode="remote")
+    if importlib.util.find_spec("vllm") is None:  # this machine: a clear line, not TRL's ImportError mid-setup
+        with pytest.raises(UserError, match="ppo.use_vllm is true but vllm is not installed: pip install -r "
+                                            "requirements-gpu.txt"):
+            ppo.vllm_kwargs(use_vllm=True)
+    # where vLLM and a GPU exist: TRL's GRPOConfig fields
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "vllm" else real_find_spec(name, *a))
+    monkeypatch.setattr(ppo, "has_cuda", lambda: False)
+    with pytest.raises(UserError, match="no CUDA GPU"):
+        ppo.vllm_kwargs(use_vllm=True)
+    monkeypatch.setattr(ppo, "has_cuda", lambda: True)
+    assert ppo.vllm_kwargs(use_vllm=True, vllm_gpu_memory_utilization=0.4) == {
+        "use_vllm": True, "vllm_mode": "colocate", "vllm_gpu_memory_utilization": 0.4}
+    assert ppo.vllm_kwargs(use_vllm=True, vllm_mode="server", vllm_server_base_url="http://127.0.0.1:8000") == {
+        "use_vllm": True, "vllm_mode": "server", "vllm_server_base_url": "http://127.0.0.1:8000"}
+    from trl import GRPOConfig
+
+    fields = GRPOConfig.__dataclass_fields__
+    assert {"use_vllm", "vllm_mode", "vllm_server_base_url", "vllm_gpu_memory_utilization"} <= set(fields)
+
+
+def test_ppo_stage_vllm_missing_is_one_line(workdir, tiny_base, sft_adapter):
+    import importlib.util
+
+    from stages import ppo
+
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vllm is installed here")
+    (workdir / "data/prepared").mkdir(parents=True)
+    (workdir / "data/prepared/rs.jsonl").write_text(json.dumps({"id": "q0", "question": QUESTIONS[0]}) + "\n")
+    write_params(workdir / "params.yaml", {"ppo": dict(PPO_PARAMS, enabled=True, use_vllm=True)})
+    r = CliRunner().invoke(ppo.main, ["--base", str(tiny_base), "--init-adapter", str(sft_adapter),
+                                      "--reward", "nowhere"])
+    assert r.exit_code == 1 and "Traceback" not in r.output and "vllm is not installed" in r.output, r.output
+    assert not (workdir / "models/ppo").exists()
