@@ -3,6 +3,14 @@
 The teacher sees the system prompt and few-shot examples written as a plan ("Plan:") followed by the
 explanation ("Answer:"), a short chain of thought; only the explanation is stored. The student (the model
 being fine-tuned) sees the bare question, so SFT distils the prompt's behaviour into the weights.
+
+``teacher.plan`` picks the chain of thought (:data:`PLAN_MODES`):
+
+* ``full``  -- the study's few-shot chain of thought: a three-to-five point plan (``prompts/plan_full.md``,
+  the examples' ``plan``), then the explanation. For a strong teacher (GPT-3.5).
+* ``short`` -- a one-line plan (``prompts/plan_short.md``, the examples' ``plan_short``).
+* ``none``  -- no plan: the quality metrics and the few-shot explanations only. A 135M teacher spends its
+  budget on the plan and often never reaches "Answer:" (see bench/RESULTS.md), so the default run uses this.
 """
 from __future__ import annotations
 
@@ -20,27 +28,55 @@ META_LINE_RE = re.compile(
 META_INLINE_RE = re.compile(r"\(\s*\d+\s*(?:tokens?|words?)\s*\)|\b(?:as an ai|this prompt|these instructions)\b", re.I)
 
 
-def load_system_prompt(prompts_dir: str | Path = "prompts") -> str:
-    path = Path(prompts_dir) / "system.md"
+PLAN_MODES = ("full", "short", "none")
+
+
+def check_plan(plan) -> str:
+    if plan not in PLAN_MODES:
+        raise DataError("params.yaml", None, "teacher.plan", f"must be one of {', '.join(PLAN_MODES)}, got {plan!r}")
+    return plan
+
+
+def _read_prompt(path: Path) -> str:
     if not path.exists():
         raise DataError(path, None, None, "file not found")
     text = path.read_text(encoding="utf-8").strip()
     if not text:
-        raise DataError(path, None, None, "the system prompt is empty")
+        raise DataError(path, None, None, "the prompt file is empty")
     return text
 
 
-def load_few_shot(prompts_dir: str | Path = "prompts", k: int | None = None) -> list[dict]:
-    examples = read_jsonl(Path(prompts_dir) / "few_shot.jsonl", required=("question", "plan", "answer"))
+def load_system_prompt(prompts_dir: str | Path = "prompts", plan: str = "full") -> str:
+    """``system.md`` (the quality metrics), followed by ``plan_<plan>.md`` unless ``plan`` is ``none``."""
+    check_plan(plan)
+    text = _read_prompt(Path(prompts_dir) / "system.md")
+    if plan != "none":
+        text += "\n\n" + _read_prompt(Path(prompts_dir) / f"plan_{plan}.md")
+    return text
+
+
+def load_few_shot(prompts_dir: str | Path = "prompts", k: int | None = None, plan: str = "full") -> list[dict]:
+    """The few-shot examples (question, plan, answer; ``plan_short`` needed for ``plan: short``)."""
+    required = ("question", "answer") + {"full": ("plan",), "short": ("plan_short",), "none": ()}[check_plan(plan)]
+    examples = read_jsonl(Path(prompts_dir) / "few_shot.jsonl", required=required)
     return examples[:k] if k is not None else examples
 
 
-def teacher_messages(question: str, system: str, examples: list[dict]) -> list[dict]:
-    """System prompt, few-shot turns (plan + answer), then the question."""
+def demonstration(example: dict, plan: str = "full") -> str:
+    """One few-shot assistant turn in the chosen plan format."""
+    if check_plan(plan) == "full":
+        return f"Plan:\n{example['plan']}\n\nAnswer:\n{example['answer']}"
+    if plan == "short":
+        return f"Plan: {example['plan_short']}\n\nAnswer:\n{example['answer']}"
+    return example["answer"]
+
+
+def teacher_messages(question: str, system: str, examples: list[dict], plan: str = "full") -> list[dict]:
+    """System prompt, few-shot turns (plan + answer, or the answer alone), then the question."""
     msgs = [{"role": "system", "content": system}]
     for ex in examples:
         msgs.append({"role": "user", "content": ex["question"]})
-        msgs.append({"role": "assistant", "content": f"Plan:\n{ex['plan']}\n\nAnswer:\n{ex['answer']}"})
+        msgs.append({"role": "assistant", "content": demonstration(ex, plan)})
     msgs.append({"role": "user", "content": question})
     return msgs
 

@@ -6,7 +6,17 @@ distillation, offline), ``vllm`` (the same model on vLLM's offline engine, GPU),
 ``teacher.weights`` names the local weights a self-hosted server was started from, for the cache key),
 ``batch-export`` / ``batch-import`` (the OpenAI Batch API file format). Every call goes through the
 append-only response cache, so a rerun or a resumed crash never repeats a finished call.
+
+``teacher.plan`` (full | short | none) picks the chain of thought of the prompt (sciexplain/prompts.py).
+
+The teacher must beat its student: after filtering, the kept sft answers are judged against the student's own
+answers to the bare questions (``--student``, the base model's sft answers from ``answer_base``) by the judge
+panel, with the judge's human agreement from ``--validation`` (metrics/validate.json)
+(:mod:`sciexplain.teacher_check`); the result is the ``vs_student`` block of metrics/teacher.json, and a
+warning goes to stderr when the teacher is not better. The stage runs before ``sft``.
 """
+import json
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -24,9 +34,16 @@ from sciexplain.io import DataError, read_jsonl, write_json, write_jsonl
 @click.option("--cache", "cache_path", default="data/cache/teacher.jsonl", show_default=True,
               help="response cache (kept outside DVC outs so it survives reruns)")
 @click.option("--metrics", "metrics_path", default="metrics/teacher.json", show_default=True)
+@click.option("--student", "student_path", default="data/generations/base/sft.jsonl", show_default=True,
+              help="the student's (base model's) answers to the sft questions; the check is skipped when missing")
+@click.option("--validation", "validation_path", default="metrics/validate.json", show_default=True,
+              help="judges' human agreement (validate stage)")
+@click.option("--judge-prompt", "judge_prompt", default="prompts/judge.md", show_default=True)
+@click.option("--judge-cache", "judge_cache", default="data/cache/judge", show_default=True)
 @params_option
 @stage
-def main(prepared, base_dir, prompts_dir, out_dir, cache_path, metrics_path, params_path):
+def main(prepared, base_dir, prompts_dir, out_dir, cache_path, metrics_path, student_path, validation_path,
+         judge_prompt, judge_cache, params_path):
     from sciexplain import prompts
     from sciexplain.batch_api import export_batch, import_batch
     from sciexplain.cache import generate_cached
@@ -35,13 +52,14 @@ def main(prepared, base_dir, prompts_dir, out_dir, cache_path, metrics_path, par
 
     p = read_params(params_path)
     kind = get(p, "teacher.backend")
-    system = prompts.load_system_prompt(prompts_dir)
-    shots = prompts.load_few_shot(prompts_dir, get(p, "teacher.few_shot"))
+    plan = prompts.check_plan(get(p, "teacher.plan"))
+    system = prompts.load_system_prompt(prompts_dir, plan)
+    shots = prompts.load_few_shot(prompts_dir, get(p, "teacher.few_shot"), plan)
     sampling = SamplingParams(max_new_tokens=get(p, "teacher.max_new_tokens"), temperature=get(p, "teacher.temperature"),
                               top_p=get(p, "teacher.top_p"), seed=get(p, "teacher.seed"))
     splits = get(p, "teacher.splits")
     questions = {s: read_jsonl(Path(prepared) / f"{s}.jsonl") for s in splits}
-    requests = [GenRequest.from_messages(q["id"], prompts.teacher_messages(q["question"], system, shots))
+    requests = [GenRequest.from_messages(q["id"], prompts.teacher_messages(q["question"], system, shots, plan))
                 for s in splits for q in questions[s]]
     model_name = get(p, "teacher.model") if kind not in ("local", "vllm") else None
 
@@ -88,15 +106,40 @@ def main(prepared, base_dir, prompts_dir, out_dir, cache_path, metrics_path, par
         write_jsonl(Path(out_dir) / f"{s}.jsonl", recs)
     n = len(results)
     metrics = {
-        "backend": kind, "model": label, "answers": n,
+        "backend": kind, "model": label, "plan": plan, "few_shot": len(shots), "answers": n,
         "kept": dict(kept), "filtered": {k: v for k, v in sorted(drops.items()) if k != "kept"},
         "kept_fraction": round(sum(kept.values()) / max(n, 1), 4),
         "mean_completion_tokens": round(sum(r.completion_tokens for r in results) / max(n, 1), 1),
         "finished_fraction": round(sum(r.finished for r in results) / max(n, 1), 4),
+        "empty_fraction": round(drops["empty"] / max(n, 1), 4),
+        "max_new_tokens": sampling.max_new_tokens,
         "tokens_per_s": tokens_per_s, "cache": cache_stats,
+        "vs_student": check_student(out.get("sft"), student_path, validation_path, base_dir, judge_prompt, judge_cache,
+                                    get(p, "judge.panel"), get(p, "teacher.seed")),
     }
     write_json(metrics_path, metrics)
-    click.echo(f"teacher: {sum(kept.values())}/{n} answers kept; filtered {metrics['filtered']}")
+    click.echo(f"teacher: {sum(kept.values())}/{n} answers kept; filtered {metrics['filtered']}; "
+               f"{metrics['finished_fraction']:.0%} finished within {sampling.max_new_tokens} tokens")
+
+
+def check_student(teacher_sft, student_path, validation_path, base_dir, judge_prompt, judge_cache, panel_spec, seed):
+    """The ``vs_student`` block (sciexplain.teacher_check); a warning on stderr unless the teacher is better."""
+    from sciexplain.judges import Panel
+    from sciexplain.teacher_check import teacher_vs_student
+
+    if teacher_sft is None:
+        return None
+    if not Path(student_path).exists():
+        click.echo(f"WARNING: {student_path} not found: the teacher was not compared with its student", err=True)
+        return None
+    validation = json.loads(Path(validation_path).read_text()) if Path(validation_path).exists() else None
+    panel = Panel(panel_spec, base_dir=base_dir, cache_dir=judge_cache, prompt_path=judge_prompt, progress=sys.stderr.isatty())
+    v = teacher_vs_student(teacher_sft, read_jsonl(student_path), panel, validation, seed=seed)
+    click.echo(f"teacher vs student: {v['sentence']}")
+    if not v.get("teacher_better"):
+        click.echo(f"WARNING: the teacher is not shown to be better than its student (verdict: {v.get('verdict')}); "
+                   "SFT on its answers may not improve the student", err=True)
+    return v
 
 
 if __name__ == "__main__":

@@ -53,3 +53,35 @@ def test_unfinished_answers_trimmed_to_last_sentence():
     text, reason = prompts.clean_teacher_answer(raw, False, 5, "trim")
     assert reason is None and text == "Ice floats because it is less dense. Water expands on freezing (about 9%)."
     assert prompts.clean_teacher_answer(raw, False, 30, "trim")[1] == "unfinished"  # too little left
+
+
+@pytest.mark.parametrize("plan", prompts.PLAN_MODES)
+def test_plan_modes_build_their_own_demonstrations(plan):
+    system = prompts.load_system_prompt(ROOT / "prompts", plan)
+    shots = prompts.load_few_shot(ROOT / "prompts", 2, plan)
+    msgs = prompts.teacher_messages("Why is the sky blue?", system, shots, plan)
+    demo = msgs[2]["content"]
+    assert "quality metrics" in system and "80 and 180 words" in system
+    if plan == "none":
+        assert "Plan:" not in system and demo == shots[0]["answer"]
+    else:
+        assert "Plan:" in system and "Answer:" in system
+        assert demo.startswith("Plan:") and demo.endswith(shots[0]["answer"])
+        assert (shots[0]["plan"] in demo) == (plan == "full") and (shots[0]["plan_short"] in demo) == (plan == "short")
+    # whatever the format, the stored answer is the explanation alone
+    assert prompts.clean_teacher_answer(demo, True, 40) == (shots[0]["answer"], None)
+    # the short plan is short: under two thirds of the full plan's characters
+    assert all(len(ex["plan_short"]) < len(ex["plan"]) / 1.5 for ex in prompts.load_few_shot(ROOT / "prompts"))
+
+
+def test_plan_param_checked(tmp_path):
+    with pytest.raises(DataError, match="teacher.plan"):
+        prompts.load_system_prompt(ROOT / "prompts", "long")
+    (tmp_path / "system.md").write_text("Be clear.")
+    assert prompts.load_system_prompt(tmp_path, "none") == "Be clear."
+    with pytest.raises(DataError, match="plan_short.md"):
+        prompts.load_system_prompt(tmp_path, "short")
+    (tmp_path / "few_shot.jsonl").write_text('{"question": "q", "plan": "p", "answer": "a"}\n')
+    assert prompts.load_few_shot(tmp_path, plan="none")[0]["answer"] == "a"
+    with pytest.raises(DataError, match="field 'plan_short'"):
+        prompts.load_few_shot(tmp_path, plan="short")
