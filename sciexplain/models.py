@@ -342,6 +342,9 @@ def trl_load(base_dir, quantize_4bit="auto", architecture=None, **extra):
         kw["quantization_config"] = q
     if is_distributed():
         kw["device_map"] = None
+        if has_cuda():  # what accelerate does when the trainer's arguments start it: this rank's GPU becomes current,
+            # so bitsandbytes (device_map=None -> the current GPU) does not put every rank's 4-bit model on cuda:0
+            torch.cuda.set_device(_local_device())
     return create_model_from_path(str(base_dir), architecture, **kw)
 
 

@@ -101,10 +101,12 @@ def test_placement_under_accelerate_launch(fake_cuda):
     assert models._quant_kwargs("auto")["device_map"] == {"": "cuda:1"}
     assert "device_map" not in models.training_init_kwargs("auto")
 
-    seen = {}
+    seen, current = {}, []
     fake_cuda.setattr(tu, "create_model_from_path", lambda path, arch=None, **kw: seen.update(kw) or "model")
+    fake_cuda.setattr(torch.cuda, "set_device", current.append)
     assert models.trl_load("models/base", "auto") == "model"
     assert seen["device_map"] is None and seen["dtype"] == "bfloat16"
+    assert current == ["cuda:1"]  # this rank's GPU is current before bitsandbytes places the 4-bit weights
     assert seen["quantization_config"].bnb_4bit_quant_storage == torch.bfloat16
     fake_cuda.setenv("WORLD_SIZE", "1")  # one process: TRL's own rule (None on the CPU, "auto" on one GPU)
     seen.clear()
