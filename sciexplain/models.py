@@ -1,5 +1,12 @@
 """Model loading for every stage: the base chat model (+ optional LoRA adapter), as a causal LM
-or as a sequence classifier (reward model); 4-bit NF4 only where CUDA exists; fp32 on CPU.
+or as a sequence classifier (reward model).
+
+Placement: models that generate or score (:func:`load_causal_lm`, :func:`load_seq_classifier`) go to this process's
+GPU in bf16 (or NF4 4-bit) where CUDA exists, fp32 on the CPU (NF4 there only with ``model.quantize_4bit: true``).
+Models that a TRL trainer trains are loaded by the trainer from the base path (``model_init_kwargs`` from
+:func:`training_init_kwargs`, ``quantization_config`` from :func:`training_quantization_config`), or, to continue an
+adapter, by :func:`trl_load` with the trainer's own loading rule: placement under ``accelerate launch`` is TRL's and
+accelerate's, never a hard-wired ``device_map``.
 
 The base model is materialised once by the ``base_model`` stage (:func:`materialize_base`) as plain
 HF safetensors + tokenizer in ``models/base``; every later stage loads that folder (~0.5 s).
