@@ -27,7 +27,7 @@ $(STAMP): requirements.txt
 	touch $(STAMP)
 
 # llama.cpp's OpenAI-compatible server (llama-cpp-python[server]): the real engine behind the openai backend in
-# tests/test_engine_llamacpp.py. Compiled with cmake + gcc (~15 min on 2 busy cores) the first time; pip keeps the
+# tests/test_engine_llamacpp.py. Compiled with cmake + gcc the first time (12 CPU-minutes: 14-20 min on 2 shared cores); pip keeps the
 # built wheel in its cache, so a rebuilt venv reinstalls it in seconds. Its own stamp: a requirements.txt change
 # re-checks it (a no-op when installed) but never recompiles it.
 $(ENGINE_STAMP): requirements-engine.txt $(STAMP)
