@@ -33,7 +33,7 @@ def merge_export(base_dir, adapter, out_dir) -> Path:
     from .io import atomic_path
     from .models import load_causal_lm, load_tokenizer
 
-    model = load_causal_lm(base_dir, adapter=adapter, quantize_4bit=False)
+    model = load_causal_lm(base_dir, adapter=adapter, quantize_4bit=False, device="cpu")  # fp32 on the CPU, always
     if adapter is not None:
         model = model.merge_and_unload()
     out = Path(out_dir)
