@@ -1,13 +1,21 @@
-"""Preference pairs for the reward model: from annotation files (humans and/or judges) and from the
-judge panel on the rm split; dedupe; train/validation split by question.
+"""Preference pairs for the reward model: human pairs first (:func:`human_pairs`, the validate stage's
+``data/human_pairs/train.jsonl``; human annotation files on comparison sheets, :func:`annotation_pairs`), and
+judge-labelled pairs only where a param asks for them (judge-* files on the sheets; the rubric judging the
+rm split's answers, :func:`judge_pairs`); dedupe; train/dev split by question.
 
 A pair record::
 
     {"id": question id (stable_id of the question), "question", "prompt" (the chat-templated question,
      :func:`sciexplain.reward.chat_prompt`, which builders take as ``prompt_fn``),
-     "chosen", "rejected" (answer texts), "margin" (STRENGTH_MARGIN of the
-     strength), "strength", "source" ("<pair>/<annotator>" or "rm/judge-rubric"),
-     "chosen_model", "rejected_model" (None when unknown), "item_id"}
+     "chosen", "rejected" (answer texts), "margin" (0..1: STRENGTH_MARGIN of the strength, or the
+     vote-gap margin of a Stack Exchange pair), "strength" (None for vote pairs), "source"
+     ("<pair>/<annotator>", "rm/judge-rubric" or "human_pairs/<source>"), "judge" (the judge whose label
+     it is, None for a person's), "chosen_model", "rejected_model" (None when unknown), "item_id"}
+
+Margins: the trainer's loss is ``-logsigmoid(r_chosen - r_rejected - margin)``. The study's strengths map to
+1, 2/3, 1/3 (Unsure 0); a vote pair's margin (:func:`sciexplain.human_pairs.margin_from_gap`: gap 1 -> 0.25,
+3 -> 0.5, 7 -> 0.75, >= 15 -> 1) is on the same 0..1 scale, so both kinds mix in one training set. A human pair
+without strength or margin (a plain preference) gets margin 0: the chosen answer only has to score higher.
 
 The reward model sees ``prompt + answer + end-of-turn`` (see :mod:`sciexplain.reward`).
 "Unsure" verdicts are dropped (``unsure="drop"``) or kept with margin 0 (``unsure="keep"``); a kept
@@ -28,7 +36,8 @@ from .stats import STRENGTH_MARGIN, UNSURE
 
 UNSURE_MODES = ("drop", "keep")
 ANNOTATOR_KINDS = ("all", "humans", "judges")
-RUBRIC_SOURCE = "rm/judge-rubric"  # rm-split pairs: source starts with "rm/" (see reward.pairwise_eval)
+RUBRIC_SOURCE = "rm/judge-rubric"  # rm-split pairs labelled by the rubric judge
+RUBRIC_JUDGE = "rubric"
 
 
 # --------------------------------------------------------------------------- building pairs
@@ -44,8 +53,9 @@ def _text_hash(text: str) -> str:
 
 def make_pair(question: str, prompt: str, answer_a: str, answer_b: str, choice: str | None, strength: str,
               source: str, unsure: str = "drop", model_a: str | None = None, model_b: str | None = None,
-              item_id: str | None = None) -> dict | None:
-    """One pair from a verdict on (A, B); None when the verdict is Unsure and ``unsure == "drop"``."""
+              item_id: str | None = None, judge: str | None = None) -> dict | None:
+    """One pair from a verdict on (A, B); None when the verdict is Unsure and ``unsure == "drop"``.
+    ``judge``: the judge that gave the verdict (None: a person)."""
     _check_unsure(unsure)
     if strength == UNSURE or choice not in ("A", "B"):
         if unsure == "drop":
@@ -63,6 +73,7 @@ def make_pair(question: str, prompt: str, answer_a: str, answer_b: str, choice: 
         "margin": float(STRENGTH_MARGIN[strength]),
         "strength": strength,
         "source": source,
+        "judge": judge,
         "chosen_model": model_a if a_wins else model_b,
         "rejected_model": model_b if a_wins else model_a,
         "item_id": item_id,
@@ -71,6 +82,40 @@ def make_pair(question: str, prompt: str, answer_a: str, answer_b: str, choice: 
 
 def _is_judge(annotator: str) -> bool:
     return annotator.startswith("judge-")
+
+
+def judge_of(pair: Mapping) -> str | None:
+    """The judge whose label a pair carries (None: a person's)."""
+    return pair.get("judge")
+
+
+def human_pairs(records: Iterable[Mapping], prompt_fn: Callable[[str], str]) -> tuple[list[dict], dict]:
+    """Reward-model pairs from human pair records (:mod:`sciexplain.human_pairs`, e.g. the validate stage's
+    ``data/human_pairs/train.jsonl``): the prompt added, ``source`` = ``human_pairs/<its source>``, no judge.
+
+    A record's margin (0..1 from the vote gap, or from its strength) is kept; a missing margin becomes 0 (a
+    plain preference), counted. Returns (pairs, counts ``{"pairs", "null_margin"}``)."""
+    out, null = [], 0
+    for n, r in enumerate(records, 1):
+        for f in ("question", "chosen", "rejected"):
+            if not isinstance(r.get(f), str) or not r[f].strip():
+                raise DataError("human pairs", f"record {n}", f, "missing or empty")
+        m = r.get("margin")
+        if m is None and r.get("strength") in STRENGTH_MARGIN:
+            m = STRENGTH_MARGIN[r["strength"]]
+        if m is None:
+            null += 1
+            m = 0.0
+        if isinstance(m, bool) or not isinstance(m, (int, float)) or not m >= 0:
+            raise DataError("human pairs", f"record {n}", "margin", f"must be a number >= 0, got {m!r}")
+        question = r["question"]
+        out.append({
+            "id": r.get("id") or stable_id(question), "question": question, "prompt": prompt_fn(question),
+            "chosen": r["chosen"], "rejected": r["rejected"], "margin": float(m), "strength": r.get("strength"),
+            "source": f"human_pairs/{r.get('source') or 'file'}", "judge": None,
+            "chosen_model": None, "rejected_model": None, "item_id": r.get("pair_id"),
+        })
+    return out, {"pairs": len(out), "null_margin": null}
 
 
 def read_key(path: str | Path) -> dict[str, dict]:
@@ -107,10 +152,10 @@ def annotation_pairs(pair: str, data: Mapping, prompt_fn: Callable[[str], str], 
                      annotators: str = "all") -> list[dict]:
     """Pairs from one compared pair's annotations (see :func:`read_pair_annotations`): one pair per
     item and annotator, the annotator's preferred answer as ``chosen``. ``annotators``: all, humans
-    (files not named judge-*) or judges (judge-* files)."""
+    (files not named judge-*) or judges (judge-* files; their pairs name the judge in ``judge``)."""
     _check_unsure(unsure)
     if annotators not in ANNOTATOR_KINDS:
-        raise DataError("params.yaml", None, "reward_model.annotators", f"must be one of {', '.join(ANNOTATOR_KINDS)}, got {annotators!r}")
+        raise DataError(None, None, "annotators", f"must be one of {', '.join(ANNOTATOR_KINDS)}, got {annotators!r}")
     sheet, key = data["sheet"], data["key"]
     out = []
     for name in sorted(data["annotations"]):
@@ -123,7 +168,8 @@ def annotation_pairs(pair: str, data: Mapping, prompt_fn: Callable[[str], str], 
                 continue
             k = key.get(item_id, {})
             p = make_pair(rec["question"], prompt_fn(rec["question"]), rec["answer_a"], rec["answer_b"], ann.choice,
-                          ann.strength, f"{pair}/{name}", unsure, k.get("a_model"), k.get("b_model"), item_id)
+                          ann.strength, f"{pair}/{name}", unsure, k.get("a_model"), k.get("b_model"), item_id,
+                          judge=name[len("judge-"):] if _is_judge(name) else None)
             if p is not None:
                 out.append(p)
     return out
@@ -169,7 +215,7 @@ def judge_pairs(questions: list[dict], generations: Mapping[str, Mapping[str, di
             if strength == UNSURE:
                 counts["unsure"] += 1
             p = make_pair(question, prompt_fn(question), ra["answer"], rb["answer"], choice, strength,
-                          RUBRIC_SOURCE, unsure, ma, mb, f"{qid}:{ma}:{mb}")
+                          RUBRIC_SOURCE, unsure, ma, mb, f"{qid}:{ma}:{mb}", judge=RUBRIC_JUDGE)
             if p is not None:
                 pairs.append(p)
     return pairs, counts
@@ -210,8 +256,16 @@ def split_pairs(pairs: list[dict], val_fraction: float, seed: int) -> tuple[list
     return [p for p in pairs if p["id"] not in val_ids], [p for p in pairs if p["id"] in val_ids]
 
 
+def drop_questions(pairs: Iterable[dict], question_ids: set) -> tuple[list[dict], int]:
+    """The pairs whose question is not in ``question_ids`` (e.g. the held-out human test questions), and how
+    many were removed."""
+    pairs = list(pairs)
+    kept = [p for p in pairs if p["id"] not in question_ids]
+    return kept, len(pairs) - len(kept)
+
+
 def cap_pairs(pairs: list[dict], max_pairs: int | None, seed: int) -> tuple[list[dict], int]:
-    """At most ``max_pairs`` pairs (None/0 = all): annotation pairs before rm-split judge pairs, each
+    """At most ``max_pairs`` pairs (None/0 = all): people's pairs before judge-labelled ones, each
     group ranked by sha256(seed, pair); the kept pairs stay in their input order. Returns (kept, n_removed)."""
     if not max_pairs or len(pairs) <= int(max_pairs):
         return list(pairs), 0
@@ -219,7 +273,7 @@ def cap_pairs(pairs: list[dict], max_pairs: int | None, seed: int) -> tuple[list
     def rank(i: int):
         p = pairs[i]
         h = hashlib.sha256(f"reward-cap:{seed}:{p['prompt']}\0{p['chosen']}\0{p['rejected']}".encode()).hexdigest()
-        return (p["source"] == RUBRIC_SOURCE, h)
+        return (judge_of(p) is not None or p["source"] == RUBRIC_SOURCE, h)
 
     keep = sorted(sorted(range(len(pairs)), key=rank)[: int(max_pairs)])
     return [pairs[i] for i in keep], len(pairs) - len(keep)

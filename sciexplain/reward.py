@@ -17,23 +17,25 @@ Loss (TRL 1.16, ``RewardTrainer.compute_loss``)::
     loss = -logsigmoid(r_chosen - r_rejected - margin).mean()
            + center_rewards_coefficient * mean((r_chosen + r_rejected) ** 2)
 
-so a pair's margin (from the preference strength) is how far the chosen reward must exceed the
-rejected one before the loss flattens.
+so a pair's margin (from the preference strength, or a vote pair's score gap) is how far the chosen reward
+must exceed the rejected one before the loss flattens. :func:`constant_loss` is what the constant predictor
+``r_chosen = r_rejected`` scores under it: a model that does not beat it on held-out pairs has learned nothing.
+The held-out evaluation on human pairs lives in :mod:`sciexplain.reward_eval`.
 """
 from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 from .io import DataError, UserError, stable_id
-from .stats import DECISIVE_STRENGTHS, TIE, majority_vote, reward_summary, wilson_interval
+from .stats import TIE, majority_vote, wilson_interval
 
 log = logging.getLogger(__name__)
 
 REWARD_CONFIG = "reward_config.json"
-RM_SOURCE_PREFIX = "rm/"  # pairs judged on the rm split (sciexplain.preferences.RUBRIC_SOURCE)
 _SENTINEL = "\ue000ANSWER\ue000"
 
 
@@ -87,6 +89,11 @@ class ChatEncoder:
 
     def prompt(self, question: str) -> str:
         return chat_prompt(self.tokenizer, question)
+
+    def fits(self, prompt: str) -> bool:
+        """Whether ``max_length`` leaves room for at least one answer token after this prompt."""
+        p = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        return self.max_length - len(p) - len(self.eot_ids) >= 1
 
     def encode(self, prompt: str, answer: str) -> tuple[list[int], bool]:
         """(ids, truncated): the answer is cut so the whole sequence fits ``max_length``."""
@@ -245,45 +252,26 @@ def _acc(hits: Sequence[bool]) -> dict:
     return {"n": n, "correct": k, "accuracy": _r4(k / n) if n else None, "ci95_low": _r4(lo), "ci95_high": _r4(hi)}
 
 
-def pairwise_eval(pairs: Sequence[Mapping], chosen_scores: Sequence[float], rejected_scores: Sequence[float],
-                  judge=None) -> dict:
-    """Held-out pairwise accuracy of the reward model and of two baselines on the same pairs.
+def pair_loss(chosen_scores: Sequence[float], rejected_scores: Sequence[float], margins: Sequence[float]) -> float | None:
+    """The training loss's pairwise part on scored pairs: ``mean(-logsigmoid(r_chosen - r_rejected - margin))``
+    (no centering term). None for no pairs."""
+    if not (len(chosen_scores) == len(rejected_scores) == len(margins)):
+        raise ValueError("pair_loss needs as many chosen scores, rejected scores and margins")
+    if not margins:
+        return None
+    return sum(_softplus(-(float(c) - float(r) - float(m)))
+               for c, r, m in zip(chosen_scores, rejected_scores, margins)) / len(margins)
 
-    Accuracy is over the decisive pairs (margin > 0; kept Unsure pairs have no right answer); a tie
-    in score counts as wrong. Returns::
 
-        {n_pairs, heldout: {n, correct, accuracy, ci95_low, ci95_high},
-         by_strength: {label: {...}}, by_source: {"annotations": {...}, "rm_judge": {...}},
-         baselines: {"longer_answer": {...}, "rubric_judge": {...}}  (rubric only with ``judge``),
-         rewards: {"chosen": reward_summary, "rejected": ..., "difference": ...}}
+def constant_loss(margins: Sequence[float]) -> float | None:
+    """The loss of the constant predictor ``r_chosen = r_rejected`` on pairs with these margins:
+    ``mean(-logsigmoid(-margin)) = mean(log(1 + e^margin))`` (log 2 = 0.693 for margin 0; its centering term is 0).
+    A reward model has learned something from the pairs only when its held-out loss is below this. None for no pairs."""
+    return pair_loss([0.0] * len(margins), [0.0] * len(margins), margins)
 
-    Note: the rm-split pairs are labelled by the rubric judge, so its baseline is 1.0 on them by
-    construction; compare on ``by_source.annotations`` there.
-    """
-    dec = [i for i, p in enumerate(pairs) if float(p["margin"]) > 0]
-    hit = {i: chosen_scores[i] > rejected_scores[i] for i in dec}
-    by_strength = {s: _acc([hit[i] for i in dec if pairs[i]["strength"] == s]) for s in DECISIVE_STRENGTHS}
-    is_rm = lambda i: str(pairs[i]["source"]).startswith(RM_SOURCE_PREFIX)  # noqa: E731
-    by_source = {"annotations": _acc([hit[i] for i in dec if not is_rm(i)]),
-                 "rm_judge": _acc([hit[i] for i in dec if is_rm(i)])}
-    longer = [len(pairs[i]["chosen"]) > len(pairs[i]["rejected"]) for i in dec]
-    baselines = {"longer_answer": _acc(longer)}
-    if judge is not None:
-        rub = [judge.score(pairs[i]["question"], pairs[i]["chosen"])["total"]
-               > judge.score(pairs[i]["question"], pairs[i]["rejected"])["total"] for i in dec]
-        baselines["rubric_judge"] = _acc(rub)
-        baselines["rubric_judge_annotations_only"] = _acc([h for h, i in zip(rub, dec) if not is_rm(i)])
-    cs = [chosen_scores[i] for i in dec]
-    rs = [rejected_scores[i] for i in dec]
-    return {
-        "n_pairs": len(pairs),
-        "heldout": _acc([hit[i] for i in dec]),
-        "by_strength": by_strength,
-        "by_source": by_source,
-        "baselines": baselines,
-        "rewards": {"chosen": reward_summary(cs), "rejected": reward_summary(rs),
-                    "difference": reward_summary([c - r for c, r in zip(cs, rs)])},
-    }
+
+def _softplus(x: float) -> float:
+    return max(x, 0.0) + math.log1p(math.exp(-abs(x)))
 
 
 def _pick(sa: float, sb: float) -> str:
@@ -295,8 +283,9 @@ def majority_agreement(scorer: RewardScorer, pair_data: Mapping[str, Mapping], t
     """Agreement of the reward model's pick (the higher-scored answer) with the annotators' majority.
 
     ``pair_data``: ``{pair: read_pair_annotations(...)}``. For each item rated by at least one
-    annotator, the majority over *all* annotation files (humans and judges,
-    :func:`sciexplain.stats.majority_vote`); agreement is over decisive items (majority not a tie).
+    annotator, the majority over the annotation files given (:func:`sciexplain.stats.majority_vote`; the
+    reward_model stage passes people's files only, never a judge's); agreement is over decisive items
+    (majority not a tie).
     ``heldout`` restricts to items whose question is in no training pair. Baselines on the same
     items: the longer answer, and the rubric judge alone (an Unsure counts as disagreement).
     """

@@ -3,6 +3,13 @@ for the input format, the truncation rule and the loss).
 
 Kept apart from :mod:`sciexplain.reward` (scoring and evaluation), so the stages that only score (``score``,
 ``evaluate``) do not depend on the training and multi-process code.
+
+Training until it learns: with ``eval_pairs`` (a dev split of the training questions, never the held-out test
+pairs) the trainer evaluates after every epoch, up to ``epochs`` (the cap), stops early after
+``early_stopping_patience`` epochs without a better dev loss, and restores the epoch with the best dev loss
+(``load_best_model_at_end``; checkpoints hold the adapter only and live in ``scratch_dir``). The result names
+that epoch, every epoch's dev loss and the constant predictor's dev loss beside them
+(:func:`sciexplain.reward.constant_loss`).
 """
 from __future__ import annotations
 
@@ -11,7 +18,7 @@ import time
 from typing import Mapping, Sequence
 
 from .io import UserError
-from .reward import REWARD_CONFIG, ChatEncoder, _r4, encode_pairs
+from .reward import REWARD_CONFIG, ChatEncoder, _r4, constant_loss, encode_pairs
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +29,8 @@ def train_reward_model(base_dir, train_pairs: Sequence[Mapping], out_dir, *, lor
                        epochs: float = 1, batch_size: int = 4, max_length: int = 384,
                        center_rewards_coefficient: float | None = None, seed: int = 0, scratch_dir="scratch/reward",
                        live_dir=None, logging_steps: int = 1, use_margin: bool = True,
-                       quantize_4bit="auto") -> dict:
+                       quantize_4bit="auto", eval_pairs: Sequence[Mapping] | None = None,
+                       early_stopping_patience: int | None = 1) -> dict:
     """Train a LoRA reward model on ``train_pairs`` (see :mod:`sciexplain.preferences`) and save it to
     ``out_dir``: a PEFT adapter folder (the ``score`` head included via ``modules_to_save``) + the
     tokenizer + ``reward_config.json`` (max_length). ``lora_layers``: LoRA on the last N decoder layers
@@ -32,7 +40,13 @@ def train_reward_model(base_dir, train_pairs: Sequence[Mapping], out_dir, *, lor
     the main process writes files (:func:`sciexplain.dist.save_adapter`). Returns training numbers for metrics::
 
         {pairs, truncated_pairs, truncated_sequences, tokens, dropped, train_loss, runtime_s,
-         tokens_per_s, steps, trainable_params, total_params}
+         tokens_per_s, steps, trainable_params, total_params,
+         dev: {pairs, loss_by_epoch: [{epoch, eval_loss, eval_accuracy}], best_epoch, best_loss,
+               constant_loss, beats_constant, epochs_run, stopped_early} | None (without eval_pairs)}
+
+    ``epochs`` is the cap; without ``eval_pairs`` every epoch runs and the last one is kept.
+    The dev loss is TRL's eval loss: ``-logsigmoid(r_c - r_r - margin)`` plus the reward-centering term
+    (which the constant predictor r_c = r_r = 0 pays nothing for, so the comparison is conservative).
     """
     import torch
     from datasets import Dataset
@@ -48,10 +62,24 @@ def train_reward_model(base_dir, train_pairs: Sequence[Mapping], out_dir, *, lor
     enc = ChatEncoder(tok, max_length)
     rows, counts = encode_pairs(train_pairs, enc)
     if not rows:
-        raise UserError("no training pairs for the reward model (check reward_model.sources and the rm generations)")
+        raise UserError("no training pairs for the reward model (check validate.sources, reward_model.sources, "
+                        "reward_model.judge_labels)")
     if not use_margin:
         rows = [{k: v for k, v in r.items() if k != "margin"} for r in rows]
     dataset = Dataset.from_list(rows)
+    eval_dataset = None
+    if eval_pairs:
+        eval_rows, _ = encode_pairs(eval_pairs, enc)
+        if not use_margin:
+            eval_rows = [{k: v for k, v in r.items() if k != "margin"} for r in eval_rows]
+        eval_dataset = Dataset.from_list(eval_rows)
+    select_best = eval_dataset is not None
+    if select_best and is_main_process():  # a previous run's checkpoints must not mix with this run's
+        import shutil
+        from pathlib import Path
+
+        for old in Path(scratch_dir).glob("checkpoint-*"):
+            shutil.rmtree(old, ignore_errors=True)
 
     peft_cfg = lora_config(lora_r, lora_alpha, lora_dropout, target_modules, task_type="SEQ_CLS",
                            modules_to_save=["score"])
@@ -60,7 +88,12 @@ def train_reward_model(base_dir, train_pairs: Sequence[Mapping], out_dir, *, lor
         peft_cfg.layers_to_transform = list(range(max(0, n_layers - int(lora_layers)), n_layers))
         peft_cfg.layers_pattern = "layers"
     args = RewardConfig(
-        output_dir=str(scratch_dir), save_strategy="no", report_to="none",
+        output_dir=str(scratch_dir), report_to="none",
+        # with a dev split: evaluate every epoch, keep (adapter-only) checkpoints in the scratch folder, restore the best
+        eval_strategy="epoch" if select_best else "no", save_strategy="epoch" if select_best else "no",
+        save_only_model=True, save_total_limit=1 if select_best else None, load_best_model_at_end=select_best,
+        metric_for_best_model="eval_loss" if select_best else None, greater_is_better=False if select_best else None,
+        per_device_eval_batch_size=int(batch_size),
         # the trainer loads the base (placement is TRL's / accelerate's) after set_seed(seed): the score head,
         # initialised at load time, is the same on every rank and every rerun
         model_init_kwargs=training_init_kwargs(quantize_4bit),
@@ -73,15 +106,22 @@ def train_reward_model(base_dir, train_pairs: Sequence[Mapping], out_dir, *, lor
         dataloader_num_workers=0, disable_tqdm=False,
     )
     callbacks = []
+    if select_best and early_stopping_patience:
+        from transformers import EarlyStoppingCallback
+
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=int(early_stopping_patience)))
     if live_dir is not None and is_main_process():
         from dvclive import Live
         from transformers.integrations import DVCLiveCallback
 
         callbacks.append(DVCLiveCallback(live=Live(str(live_dir), dvcyaml=False, save_dvc_exp=False)))
-    trainer = RewardTrainer(model=str(base_dir), args=args, train_dataset=dataset, processing_class=tok,
+    trainer = RewardTrainer(model=str(base_dir), args=args, train_dataset=dataset, eval_dataset=eval_dataset,
+                            processing_class=tok,
                             peft_config=peft_cfg, callbacks=callbacks,
                             quantization_config=training_quantization_config(quantize_4bit))
     dropped = len(dataset) - len(trainer.train_dataset)
+    if select_best:
+        dropped += len(eval_dataset) - len(trainer.eval_dataset)
     if dropped:
         raise RuntimeError(f"RewardTrainer dropped {dropped} pre-truncated pairs (max_length {max_length})")
     keep_adapter_in_compute_dtype(trainer.model)  # QLoRA on the CPU: LoRA weights stay fp32
@@ -89,6 +129,17 @@ def train_reward_model(base_dir, train_pairs: Sequence[Mapping], out_dir, *, lor
     t0 = time.time()
     result = trainer.train()
     runtime = time.time() - t0
+    dev = None
+    if select_best:
+        history = [{"epoch": round(float(h["epoch"]), 4), "eval_loss": _r4(h["eval_loss"]),
+                    "eval_accuracy": _r4(h.get("eval_accuracy"))} for h in trainer.state.log_history if "eval_loss" in h]
+        best = min(history, key=lambda h: (h["eval_loss"], h["epoch"])) if history else None
+        const = constant_loss([p["margin"] for p in eval_pairs] if use_margin else [0.0] * len(eval_pairs))
+        dev = {"pairs": len(eval_pairs), "loss_by_epoch": history,
+               "best_epoch": best["epoch"] if best else None, "best_loss": best["eval_loss"] if best else None,
+               "constant_loss": _r4(const), "beats_constant": bool(best and best["eval_loss"] < const),
+               "epochs_run": round(float(trainer.state.epoch or 0), 4),
+               "stopped_early": bool(float(trainer.state.epoch or 0) < float(epochs) - 1e-6)}
 
     # every rank: save_model() is a collective; the main process keeps adapter + score head + tokenizer
     save_adapter(trainer, out_dir, keep_tokenizer=True, extra_json={REWARD_CONFIG: {
@@ -97,7 +148,9 @@ def train_reward_model(base_dir, train_pairs: Sequence[Mapping], out_dir, *, lor
         **counts, "dropped": dropped,
         "train_loss": _r4(result.training_loss),
         "runtime_s": round(runtime, 1),
-        "tokens_per_s": round(counts["tokens"] * float(epochs) / runtime, 1) if runtime > 0 else None,
+        "tokens_per_s": (round(counts["tokens"] * float(trainer.state.epoch or epochs) / runtime, 1)
+                         if runtime > 0 else None),
         "steps": int(result.global_step), "processes": int(trainer.args.world_size),
         "trainable_params": int(trainable), "total_params": int(total),
+        "dev": dev,
     }

@@ -11,8 +11,8 @@ import torch
 from sciexplain import preferences as prefs
 from sciexplain.io import DataError, UserError, stable_id
 from sciexplain.models import load_tokenizer
-from sciexplain.reward import (ChatEncoder, chat_prompt, RewardScorer, check_pooling, encode_pairs, majority_agreement,
-                               pairwise_eval)
+from sciexplain.reward import (ChatEncoder, chat_prompt, RewardScorer, check_pooling, constant_loss, encode_pairs,
+                               majority_agreement, pair_loss)
 from sciexplain.reward_train import train_reward_model
 from sciexplain.rubric import RubricJudge
 
@@ -114,11 +114,11 @@ def test_learns_easy_preferences(trained):
     sc, val = trained["scorer"], trained["val"]
     c = sc.score([p["question"] for p in val], [p["chosen"] for p in val])
     r = sc.score([p["question"] for p in val], [p["rejected"] for p in val])
-    ev = pairwise_eval(val, c, r, RubricJudge())
-    assert ev["heldout"]["n"] == 32 and ev["heldout"]["accuracy"] >= 0.9, ev["heldout"]
-    assert ev["rewards"]["chosen"]["mean"] > ev["rewards"]["rejected"]["mean"]
-    assert ev["baselines"]["longer_answer"]["accuracy"] == 1.0  # the marker makes chosen longer
+    assert sum(a > b for a, b in zip(c, r)) >= 0.9 * len(val)
+    margins = [p["margin"] for p in val]
+    assert pair_loss(c, r, margins) < constant_loss(margins)  # it learned: below the constant predictor's loss
     res = trained["res"]
+    assert res["dev"] is None  # no dev pairs: every epoch runs, the last is kept
     assert res["dropped"] == 0 and res["trainable_params"] > 0 and res["train_loss"] > 0
     assert (trained["dir"] / "live" / "plots" / "metrics" / "loss.tsv").exists()
 
@@ -169,6 +169,28 @@ def test_retraining_is_deterministic(trained, tiny_base, tmp_path):
     train_reward_model(tiny_base, trained["train"], tmp_path / "rm", scratch_dir=tmp_path / "s", **TRAIN_KW)
     a = (trained["dir"] / "rm" / "adapter_model.safetensors").read_bytes()
     assert (tmp_path / "rm" / "adapter_model.safetensors").read_bytes() == a
+
+
+def test_early_stopping_restores_the_best_dev_epoch(tiny_base, tok, tmp_path):
+    """Dev pairs that prefer the *unmarked* answer: the better the model learns the marker, the worse its dev loss,
+    so epoch 1 is best, training stops after epoch 2 (patience 1, cap 4) and the saved model is epoch 1's."""
+    train = synthetic(tok, 32, 11)
+    dev = [{**p, "chosen": p["rejected"], "rejected": p["chosen"], "margin": 0.5} for p in synthetic(tok, 12, 12)]
+    kw = {**TRAIN_KW, "epochs": 4, "center_rewards_coefficient": None}
+    res = train_reward_model(tiny_base, train, tmp_path / "rm", scratch_dir=tmp_path / "s", live_dir=tmp_path / "live",
+                             eval_pairs=dev, early_stopping_patience=1, **kw)
+    d = res["dev"]
+    losses = [e["eval_loss"] for e in d["loss_by_epoch"]]
+    assert [e["epoch"] for e in d["loss_by_epoch"]] == [1.0, 2.0] and losses[1] > losses[0], d
+    assert d["best_epoch"] == 1.0 and d["best_loss"] == losses[0] and d["stopped_early"] and d["epochs_run"] == 2.0
+    assert d["constant_loss"] == pytest.approx(constant_loss([0.5] * 12), abs=1e-4) and d["pairs"] == 12
+    assert d["beats_constant"] == (d["best_loss"] < d["constant_loss"])
+    sc = RewardScorer(tiny_base, tmp_path / "rm")
+    c = sc.score([p["question"] for p in dev], [p["chosen"] for p in dev])
+    r = sc.score([p["question"] for p in dev], [p["rejected"] for p in dev])
+    assert pair_loss(c, r, [0.5] * 12) == pytest.approx(d["best_loss"], abs=2e-4)  # the restored model is epoch 1's
+    assert (tmp_path / "live" / "plots" / "metrics" / "eval" / "loss.tsv").exists()
+    assert not any((tmp_path / "rm").glob("checkpoint-*"))
 
 
 def test_margin_changes_the_loss(tiny_base, tok, tmp_path):
@@ -232,6 +254,28 @@ def test_annotation_pairs_drop_unsure(compare_dirs, tok):
     humans = prefs.annotation_pairs("base_vs_sft", _data(compare_dirs), str, "drop", annotators="humans")
     judges = prefs.annotation_pairs("base_vs_sft", _data(compare_dirs), str, "drop", annotators="judges")
     assert {p["source"] for p in humans} == {"base_vs_sft/alice"} and {p["source"] for p in judges} == {"base_vs_sft/judge-rubric"}
+    assert {p["judge"] for p in humans} == {None} and {p["judge"] for p in judges} == {"rubric"}
+
+
+def test_human_pairs_become_training_pairs(tok):
+    """Vote pairs (margin 0..1 from the score gap) keep their margin; a strength maps to the study's margin; a plain
+    preference (neither) gets margin 0, counted; the prompt is the chat-templated question; no judge."""
+    recs = [{"id": "a", "pair_id": "p1", "question": "Why?", "chosen": "Because.", "rejected": "No.", "margin": 0.5806,
+             "strength": None, "source": "stackexchange:ai.stackexchange.com"},
+            {"id": "b", "pair_id": "p2", "question": "How?", "chosen": "Thus.", "rejected": "Eh.", "margin": None,
+             "strength": "Better", "source": "pairs"},
+            {"id": "c", "pair_id": "p3", "question": "What?", "chosen": "It.", "rejected": "Hm.", "margin": None,
+             "strength": None, "source": "pairs"}]
+    pairs, counts = prefs.human_pairs(recs, lambda q: chat_prompt(tok, q))
+    assert [p["margin"] for p in pairs] == [0.5806, pytest.approx(2 / 3), 0.0] and counts == {"pairs": 3, "null_margin": 1}
+    assert all(p["judge"] is None for p in pairs) and pairs[0]["source"] == "human_pairs/stackexchange:ai.stackexchange.com"
+    assert pairs[0]["prompt"] == chat_prompt(tok, "Why?") and pairs[0]["id"] == "a" and pairs[0]["item_id"] == "p1"
+    with pytest.raises(DataError, match="margin"):
+        prefs.human_pairs([{**recs[0], "margin": -1}], str)
+    with pytest.raises(DataError, match="chosen"):
+        prefs.human_pairs([{**recs[0], "chosen": ""}], str)
+    kept, removed = prefs.drop_questions(pairs, {"b"})
+    assert removed == 1 and [p["id"] for p in kept] == ["a", "c"]
 
 
 def test_annotation_pairs_keep_unsure_with_zero_margin(compare_dirs):
@@ -264,6 +308,7 @@ def test_judge_pairs_on_rm_split(tok):
     assert counts["missing"] == 2 and counts["compared"] == 4 and counts["unsure"] >= 1  # q2 base == sft
     bs = [p for p in pairs if {p["chosen_model"], p["rejected_model"]} == {"base", "sft"}]
     assert len(bs) == 1 and bs[0]["chosen_model"] == "sft" and bs[0]["margin"] > 0 and bs[0]["source"] == prefs.RUBRIC_SOURCE
+    assert all(p["judge"] == "rubric" for p in pairs)  # judge-labelled pairs name their judge
     kept, _ = prefs.judge_pairs(qs, gens, RubricJudge(), pf, "keep")
     assert len(kept) == counts["compared"] and any(p["margin"] == 0.0 for p in kept)
 
@@ -284,7 +329,7 @@ def test_dedupe_split_and_cap(tok):
     deduped, n = prefs.dedupe_pairs(pairs)
     assert n == 2 and len(deduped) == 40
     # several pairs per question, so the split must keep questions together
-    extra = [{**p, "chosen": p["chosen"] + " x", "source": prefs.RUBRIC_SOURCE} for p in deduped]
+    extra = [{**p, "chosen": p["chosen"] + " x", "source": prefs.RUBRIC_SOURCE, "judge": "rubric"} for p in deduped]
     allp = deduped + extra
     train, val = prefs.split_pairs(allp, 0.25, seed=0)
     assert {p["id"] for p in train}.isdisjoint({p["id"] for p in val})
@@ -293,7 +338,7 @@ def test_dedupe_split_and_cap(tok):
     assert prefs.split_pairs(allp, 0.25, seed=1)[1] != val
     kept, removed = prefs.cap_pairs(train, 20, seed=0)
     assert len(kept) == 20 and removed == len(train) - 20
-    assert all(p["source"] != prefs.RUBRIC_SOURCE for p in kept)  # annotation pairs come first
+    assert all(p["source"] != prefs.RUBRIC_SOURCE for p in kept)  # people's pairs come first
     with pytest.raises(DataError, match="val_fraction"):
         prefs.validation_ids(["a"], 1.5, 0)
 

@@ -1,7 +1,10 @@
-"""The reward_model stage end to end on hand-made generation and annotation files (CliRunner, tiny model)."""
+"""The reward_model stage end to end on hand-made human pairs, generation and annotation files (CliRunner, tiny model):
+people's pairs are the training data, judge-labelled pairs only with reward_model.judge_labels (and then named),
+the held-out figures come from the human test pairs only."""
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -24,6 +27,21 @@ GOOD = ("{q} The short answer is a physical mechanism, which is called a process
 MEDIUM = "{q} It happens because of physics. The cause acts on a small scale and the effect is large."
 POOR = "Great question!!! I think it's just how things are lol. Hope this helps!!"
 COMPARE_QS = ["Why do cats purr?", "What is a black hole?", "Why is blood red?", "How do magnets work?"]
+HUMAN_QS = [f"Why does thing {i} happen in nature?" for i in range(14)]
+
+
+def human_pair(i, q, chosen, rejected, margin):
+    return {"id": stable_id(q), "pair_id": f"p{i:03d}", "question": q, "chosen": chosen, "rejected": rejected,
+            "margin": margin, "strength": None, "source": "stackexchange:test.stackexchange.com"}
+
+
+def human_split():
+    """Two vote pairs per question (GOOD > POOR, GOOD > MEDIUM); 8 questions train, 6 test; one null margin."""
+    recs = []
+    for n, q in enumerate(HUMAN_QS):
+        recs.append(human_pair(2 * n, q, GOOD.format(q=q), POOR, 0.75))
+        recs.append(human_pair(2 * n + 1, q, GOOD.format(q=q), MEDIUM.format(q=q), None if n == 0 else 0.25))
+    return recs[:16], recs[16:]
 
 
 def _write(path: Path, records):
@@ -65,11 +83,15 @@ def project(workdir, tiny_base):
     (workdir / "data/annotations/base_vs_sft").mkdir(parents=True)
     (workdir / "data/annotations/base_vs_sft/alice.csv").write_text("item_id,choice,strength,comment\n" + "\n".join(human) + "\n")
     _write(workdir / "data/judgments/base_vs_sft/judge-rubric.jsonl", judge)
+    train, test = human_split()
+    _write(workdir / "data/human_pairs/train.jsonl", train)
+    _write(workdir / "data/human_pairs/test.jsonl", test)
     write_params(workdir / "params.yaml", {"reward_model": {
         "lora": {"r": 8, "alpha": 16, "dropout": 0.0, "layers": 1}, "learning_rate": 3e-3, "epochs": 2,
-        "batch_size": 8, "max_length": 320, "center_rewards_coefficient": 0.01, "unsure": "drop",
-        "val_fraction": 0.25, "seed": 0, "sources": ["base_vs_sft"], "annotators": "all",
-        "rm_models": ["base", "sft", "teacher"], "rubric": {}, "max_train_pairs": None, "score_batch_size": 8}})
+        "early_stopping_patience": 1, "batch_size": 8, "max_length": 320, "center_rewards_coefficient": 0.01,
+        "unsure": "drop", "val_fraction": 0.25, "seed": 0, "sources": ["base_vs_sft"], "judge_labels": False,
+        "rm_models": ["base", "sft", "teacher"], "rubric": {}, "max_train_pairs": None, "score_batch_size": 8,
+        "bootstrap": 200, "allow_unvalidated": True}})
     return workdir
 
 
@@ -77,48 +99,87 @@ def _run(args=()):
     return CliRunner().invoke(reward_model.main, list(args))
 
 
-def test_reward_model_stage(project):
+def test_reward_model_stage_trains_on_people(project):
     r = _run()
     assert r.exit_code == 0, r.output
     m = json.loads((project / "metrics/reward_model.json").read_text())
-    train, val = read_jsonl(project / "data/preferences/train.jsonl"), read_jsonl(project / "data/preferences/val.jsonl")
-    assert m["pairs"]["train"] == len(train) > 0 and m["pairs"]["val"] == len(val) > 0
-    assert {p["id"] for p in train}.isdisjoint({p["id"] for p in val})
-    # 12 rm questions x 3 model pairs, rubric-judged; 3 human + 4 judge verdicts on the sheet (1 Unsure dropped)
-    assert m["pairs"]["rm_judge"]["compared"] == 36 and m["pairs"]["from_annotations"] == 7
-    assert m["pairs"]["from_rm_judge"] + m["pairs"]["from_annotations"] - m["pairs"]["duplicates_removed"] == len(train) + len(val)
-    assert m["dropped"] == 0
-    long_pairs = [p for p in train + val if "Moreover" in p["chosen"] + p["rejected"]]
-    assert len(long_pairs) == 2  # teacher's long answer vs base and vs sft
-    assert m["truncated"] == sum(p in train for p in long_pairs) and m["truncated_sequences"] == m["truncated"]
-    assert m["eval_truncated_sequences"] == sum(p in val for p in long_pairs)
+    train, dev = read_jsonl(project / "data/preferences/train.jsonl"), read_jsonl(project / "data/preferences/dev.jsonl")
+    test = read_jsonl(project / "data/human_pairs/test.jsonl")
+    assert m["pairs"]["train"] == len(train) > 0 and m["pairs"]["dev"] == len(dev) > 0
+    ids = [{p["id"] for p in s} for s in (train, dev, test)]
+    assert ids[0].isdisjoint(ids[1]) and ids[0].isdisjoint(ids[2]) and ids[1].isdisjoint(ids[2])
+    # people only: 16 vote pairs + alice's 3 decisive verdicts; no judge file, no rubric-judged rm pair
+    assert m["pairs"]["from_human_pairs"] == 16 and m["pairs"]["from_annotations"] == 3 and m["pairs"]["from_rm_judge"] == 0
+    assert m["pairs"]["human_pairs_null_margin"] == 1
+    assert all(p["judge"] is None for p in train + dev)
+    assert {p["source"] for p in train + dev} <= {"human_pairs/stackexchange:test.stackexchange.com", "base_vs_sft/alice"}
+    assert m["judge_labels"] == {"used": False, "allowed": False, "judges": [], "rm_split": None,
+                                 "train_pairs_by_label": {"human": len(train)}}
+    assert m["dropped"] == 0 and m["pairs"]["on_test_questions_removed"] == 0
+
+    # held out: the 12 human test pairs (6 questions), beside the baselines on the same pairs
     h = m["heldout"]
-    assert h["n"] == sum(1 for p in val if p["margin"] > 0) and 0 <= h["ci95_low"] <= h["accuracy"] <= h["ci95_high"] <= 1
-    assert set(m["baselines"]) >= {"longer_answer", "rubric_judge"} and set(m["by_strength"]) == {
-        "Significantly better", "Better", "Slightly better"}
-    assert m["rewards"]["chosen"]["n"] == h["n"]
-    maj = m["majority_agreement"]
-    assert maj["n_items"] == 4 and maj["n_decisive"] == 4 and maj["all"]["n"] == 4
-    trained_on = {p["id"] for p in train}
-    assert maj["heldout"]["n"] == sum(stable_id(q) not in trained_on for q in COMPARE_QS)
-    assert maj["baselines"]["rubric_judge"]["accuracy"] == 1.0
+    assert h["pairs"] == m["pairs"]["test"] == 12 and h["questions"] == 6 and h["n"] + h["ties"] == 12
+    assert 0 <= h["ci95_low"] <= h["accuracy"] <= h["ci95_high"] <= 1
+    assert h["cluster_ci95_low"] <= h["accuracy"] <= h["cluster_ci95_high"]
+    assert set(m["baselines"]) == {"longer_answer", "rubric_judge", "random"}
+    assert m["baselines"]["longer_answer"]["accuracy"] == 1.0 and m["baselines"]["longer_answer"]["pairs"] == 12
+    mc = m["vs_longer"]["reward_model"]
+    assert mc["model_only_right"] == 0 and mc["longer_only_right"] == 12 - h["correct"] and 0 < mc["p_holm"] <= 1
+    assert set(m["vs_longer"]) == {"reward_model", "rubric"}
+    # losses: the constant predictor's on the test margins (0.75 and 0.25, none null in the test split)
+    const = (6 * math.log1p(math.exp(0.75)) + 6 * math.log1p(math.exp(0.25))) / 12
+    assert m["loss"]["constant"] == pytest.approx(const, abs=1e-4) and m["loss"]["heldout"] > 0
+    assert m["learned"] == m["loss"]["beats_constant"] == (m["loss"]["heldout"] < m["loss"]["constant"])
+    dev_loss = m["loss"]["dev"]
+    assert 1 <= len(dev_loss["loss_by_epoch"]) <= 2 and dev_loss["best_loss"] == min(e["eval_loss"] for e in dev_loss["loss_by_epoch"])
+    assert dev_loss["constant_loss"] > 0 and dev_loss["pairs"] == len(dev)
+    # the gate's block, read by every stage that uses the model, and the report's warning keys
+    v = m["validation"]
+    assert v["cleared"] == (v["ci_low"] > 0.5) and v["ci_low"] == h["cluster_ci95_low"] and v["n"] == h["n"]
+    assert v["allow_unvalidated"] is True and m["used_unvalidated"] == (not v["cleared"])
+    assert (v["message"] is None) == v["cleared"]
+
+    assert m["majority_agreement"]["n_items"] == 4  # people's file only: alice rated 4 items (1 Unsure)
+    assert m["majority_agreement"]["n_decisive"] == 3
     assert m["pooling_check"]["pools_end_of_turn"] and m["pooling_check"]["max_abs_diff"] < 1e-4
     assert m["train"]["trainable_params"] > 0 and m["train"]["tokens_per_s"] > 0 and m["train"]["train_loss"] > 0
     cfg = json.loads((project / "models/reward/adapter_config.json").read_text())
     assert cfg["task_type"] == "SEQ_CLS" and "score" in cfg["modules_to_save"] and cfg["layers_to_transform"] == [1]
     assert (project / "models/reward/adapter_model.safetensors").exists()
-    assert (project / "metrics/reward_model/plots/metrics/loss.tsv").exists()
+    assert (project / "metrics/reward_model/plots/metrics/train/loss.tsv").exists()
+    assert (project / "metrics/reward_model/plots/metrics/eval/loss.tsv").exists()
     assert not any(p.name.startswith("checkpoint") for p in (project / "models/reward").iterdir())
-    assert "held-out accuracy" in r.output
+    assert "held-out accuracy" in r.output and "McNemar" in r.output
 
     # rerun: same adapter bytes and the same metrics (timings aside)
     before = (project / "models/reward/adapter_model.safetensors").read_bytes()
     assert _run().exit_code == 0
     assert (project / "models/reward/adapter_model.safetensors").read_bytes() == before
     m2 = json.loads((project / "metrics/reward_model.json").read_text())
-    for k in ("runtime_s", "tokens_per_s"):
-        m["train"].pop(k), m2["train"].pop(k)
+    for d in (m, m2):
+        d["train"].pop("runtime_s"), d["train"].pop("tokens_per_s"), d.pop("stage_runtime_s")
     assert m2 == m
+
+
+def test_judge_labels_only_when_asked_and_named(project):
+    write_params(project / "params.yaml", {"reward_model": {"judge_labels": True, "epochs": 1, "allow_unvalidated": False}})
+    r = _run()
+    assert r.exit_code == 0, r.output  # the stage itself never refuses: it writes the figures the gate reads
+    m = json.loads((project / "metrics/reward_model.json").read_text())
+    train = read_jsonl(project / "data/preferences/train.jsonl")
+    # 12 rm questions x 3 model pairs judged by the rubric; the judge-rubric file adds 4 sheet pairs
+    assert m["judge_labels"]["rm_split"]["compared"] == 36 and m["pairs"]["from_rm_judge"] > 0
+    assert m["pairs"]["from_annotations"] == 3 + 4
+    jl = m["judge_labels"]
+    assert jl["used"] is True and jl["judges"] == ["rubric"] and jl["train_pairs_by_label"]["judge:rubric"] > 0
+    assert jl["train_pairs_by_label"]["human"] == sum(p["judge"] is None for p in train)
+    assert {p["judge"] for p in train} == {None, "rubric"}
+    # held-out figures stay on the human test pairs
+    assert m["heldout"]["pairs"] == 12 and m["heldout"]["questions"] == 6
+    long_pairs = [p for p in train if "Moreover" in p["chosen"] + p["rejected"]]
+    assert m["truncated"] == len(long_pairs) > 0
+    assert m["validation"]["allow_unvalidated"] is False and m["used_unvalidated"] is False
 
 
 def test_reward_model_stage_errors_are_one_line(project):
@@ -131,4 +192,11 @@ def test_reward_model_stage_errors_are_one_line(project):
     write_params(project / "params.yaml", {"reward_model": {"max_length": 320, "unsure": "sometimes"}})
     r = _run()
     assert r.exit_code == 1 and "reward_model.unsure" in r.output, r.output
+    write_params(project / "params.yaml", {"reward_model": {"unsure": "drop", "allow_unvalidated": "yes"}})
+    r = _run()
+    assert r.exit_code == 1 and "reward_model.allow_unvalidated" in r.output, r.output
+    write_params(project / "params.yaml", {"reward_model": {"allow_unvalidated": True}})
+    (project / "data/human_pairs/test.jsonl").write_text("")
+    r = _run()
+    assert r.exit_code == 1 and "Traceback" not in r.output and "test.jsonl" in r.output, r.output
     assert not (project / "models/reward").exists()

@@ -1,0 +1,80 @@
+"""The reward model measured against people: held-out human pairs, beside the longer-answer and rubric baselines.
+
+The held-out pairs are the validate stage's ``data/human_pairs/test.jsonl`` (split by question, disjoint from
+every training pair's question), labelled by people (votes, or a pair file) -- never by a judge the reward model
+is compared with. The pairs become the same blind sheet the validate stage builds
+(:func:`sciexplain.validation.make_sheet`); the reward model picks the higher-scored answer
+(:func:`sciexplain.validation.choices_from_scores`) and :func:`sciexplain.validation.validate` scores it beside
+the rubric judge and the longer-answer and random rules on the same items: accuracy (agreement) over decisive
+picks with a Wilson interval and a question-level cluster-bootstrap interval, Cohen's kappa, the share of picks
+for the longer answer, and an exact McNemar test of each (reward model, rubric) against the longer-answer rule,
+Holm-adjusted over those two.
+
+Losses on the same pairs: the reward model's ``mean(-logsigmoid(r_c - r_r - margin))`` and the constant
+predictor's (``r_c = r_r``, :func:`sciexplain.reward.constant_loss`).
+"""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+from .judges import Panel
+from .reward import RewardScorer, _r4, constant_loss, pair_loss
+from .validation import choices_from_scores, make_sheet, validate
+
+NAME = "reward_model"
+
+
+def _as_accuracy(m: Mapping) -> dict:
+    """A predictor's validation figures in the report's accuracy format (``n`` = decisive picks)."""
+    return {"n": m["decisive"], "correct": m["correct"], "accuracy": m["agreement"],
+            "ci95_low": m["agreement_ci_low"], "ci95_high": m["agreement_ci_high"],
+            "cluster_ci95_low": m["agreement_cluster_ci_low"], "cluster_ci95_high": m["agreement_cluster_ci_high"],
+            "pairs": m["n"], "ties": m["ties"], "questions": m["questions"], "kappa": m["kappa"],
+            "longer_share": m["longer_share"]}
+
+
+def heldout_eval(pairs: Sequence[Mapping], scorer: RewardScorer, *, rubric_params: Mapping | None = None,
+                 seed: int = 0, n_resamples: int = 2000, batch_size: int = 8) -> dict:
+    """The reward model on held-out human pairs (records of :mod:`sciexplain.human_pairs`, ``margin`` may be
+    None = 0). Returns::
+
+        {heldout: {n, correct, accuracy, ci95_low, ci95_high (Wilson), cluster_ci95_low, cluster_ci95_high,
+                   pairs, ties, questions, kappa, longer_share},
+         baselines: {longer_answer: {...same}, rubric_judge: {...}, random: {...}},
+         vs_longer: {reward_model: {model_only_right, longer_only_right, discordant, p, p_holm}, rubric: {...}},
+         loss: {heldout, constant, beats_constant, pairs},
+         rewards: {chosen_mean, rejected_mean, difference_mean},
+         human_prefers_longer}
+    """
+    pairs = list(pairs)
+    sheet, human, questions = make_sheet(pairs, seed)
+    qs = [it["question"] for it in sheet]
+    sa = scorer.score(qs, [it["answer_a"] for it in sheet], batch_size, progress=True)
+    sb = scorer.score(qs, [it["answer_b"] for it in sheet], batch_size, progress=True)
+    scores = {it["item_id"]: (a, b) for it, a, b in zip(sheet, sa, sb)}
+    panel = Panel([{"name": "rubric", "type": "rubric", "params": dict(rubric_params or {})}], progress=False)
+    v = validate(pairs, panel, seed=seed, n_resamples=n_resamples, extra={NAME: choices_from_scores(scores)},
+                 sheet_data=(sheet, human, questions))
+
+    margin = {p["pair_id"]: float(p.get("margin") or 0.0) for p in pairs}
+    items = sorted(human)
+    chosen = [scores[i][0] if human[i] == "A" else scores[i][1] for i in items]
+    rejected = [scores[i][1] if human[i] == "A" else scores[i][0] for i in items]
+    margins = [margin[i] for i in items]
+    loss, const = pair_loss(chosen, rejected, margins), constant_loss(margins)
+    mc = v["vs_longer"]
+    renamed = {NAME: "model_only_right", "rubric": "rubric_only_right"}
+    return {
+        "heldout": _as_accuracy(v["judges"][NAME]),
+        "baselines": {"longer_answer": _as_accuracy(v["judges"]["longer"]),
+                      "rubric_judge": _as_accuracy(v["judges"]["rubric"]),
+                      "random": _as_accuracy(v["judges"]["random"])},
+        "vs_longer": {name: {renamed[name]: t["judge_only_right"], "longer_only_right": t["longer_only_right"],
+                             "discordant": t["discordant"], "p": t["p"], "p_holm": t["p_holm"]}
+                      for name, t in mc.items()},
+        "loss": {"heldout": _r4(loss), "constant": _r4(const), "beats_constant": bool(loss < const),
+                 "pairs": len(items)},
+        "rewards": {"chosen_mean": _r4(sum(chosen) / len(chosen)), "rejected_mean": _r4(sum(rejected) / len(rejected)),
+                    "difference_mean": _r4(sum(c - r for c, r in zip(chosen, rejected)) / len(chosen))},
+        "human_prefers_longer": v["pairs"]["human_prefers_longer"],
+    }
