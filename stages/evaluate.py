@@ -42,6 +42,7 @@ def main(base_dir, reward_dir, prepared, generations, annotations, judge_prompt,
     from sciexplain.judges import run_panel
     from sciexplain.report import render_report
     from sciexplain.reward import RewardScorer
+    from sciexplain.rm_gate import require_validated
 
     def optional_json(path):
         return read_json(path) if path and Path(path).exists() else None
@@ -55,7 +56,8 @@ def main(base_dir, reward_dir, prepared, generations, annotations, judge_prompt,
     answers, dropped = load_eval_answers(generations, models, ids)
     validation = optional_json(validation_path)
 
-    # reward statistics, over kept answers only
+    # reward statistics, over kept answers only -- from a reward model that cleared its human-pair validation
+    require_validated(Path(metrics_dir) / "reward_model.json", get(p, "reward_model.allow_unvalidated"), "evaluate")
     scorer = RewardScorer(base_dir, reward_dir, quantize_4bit=get(p, "model.quantize_4bit"))
     rewards = {}
     for m in models:

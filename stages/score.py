@@ -1,4 +1,5 @@
-"""Stage score: the reward model scores every candidate answer (batched)."""
+"""Stage score: the reward model scores every candidate answer (batched), once it has cleared its human-pair
+validation (or reward_model.allow_unvalidated says to use it anyway, :mod:`sciexplain.rm_gate`)."""
 import click
 
 from sciexplain.cli import get, params_option, read_params, stage
@@ -8,16 +9,20 @@ from sciexplain.io import DataError, read_jsonl, write_json, write_jsonl
 @click.command()
 @click.option("--base", "base_dir", default="models/base", show_default=True)
 @click.option("--reward", "reward_dir", default="models/reward", show_default=True)
+@click.option("--reward-metrics", "reward_metrics", default="metrics/reward_model.json", show_default=True,
+              help="the reward model's validation on held-out human pairs (the gate)")
 @click.option("--samples", default="data/rs/samples.jsonl", show_default=True)
 @click.option("--out", "out_path", default="data/rs/scored.jsonl", show_default=True)
 @click.option("--metrics", "metrics_path", default="metrics/score.json", show_default=True)
 @params_option
 @stage
-def main(base_dir, reward_dir, samples, out_path, metrics_path, params_path):
+def main(base_dir, reward_dir, reward_metrics, samples, out_path, metrics_path, params_path):
     from sciexplain.reward import RewardScorer
+    from sciexplain.rm_gate import require_validated
     from sciexplain.stats import reward_summary
 
     p = read_params(params_path)
+    require_validated(reward_metrics, get(p, "reward_model.allow_unvalidated"), "score")
     recs = read_jsonl(samples, required=("id", "question"), allow_empty=False)
     for n, r in enumerate(recs, 1):
         if not isinstance(r.get("answer"), str):

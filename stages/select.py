@@ -1,7 +1,8 @@
 """Stage select: best-of-N winners for another SFT round (rs), best-vs-worst pairs for DPO, the best-of-n curve.
 
 With sample / score / select apart, changing the threshold reruns select and what follows, never
-generation or scoring.
+generation or scoring. The rewards come from the reward model, so select checks its human-pair validation
+first (:mod:`sciexplain.rm_gate`): it refuses unless the model cleared it or reward_model.allow_unvalidated is true.
 """
 import click
 
@@ -11,15 +12,19 @@ from sciexplain.io import read_jsonl, write_json, write_jsonl
 
 @click.command()
 @click.option("--scored", default="data/rs/scored.jsonl", show_default=True)
+@click.option("--reward-metrics", "reward_metrics", default="metrics/reward_model.json", show_default=True,
+              help="the reward model's validation on held-out human pairs (the gate)")
 @click.option("--selected", "selected_path", default="data/rs/selected.jsonl", show_default=True)
 @click.option("--pairs", "pairs_path", default="data/rs/dpo_pairs.jsonl", show_default=True)
 @click.option("--metrics", "metrics_path", default="metrics/select.json", show_default=True)
 @params_option
 @stage
-def main(scored, selected_path, pairs_path, metrics_path, params_path):
+def main(scored, reward_metrics, selected_path, pairs_path, metrics_path, params_path):
+    from sciexplain.rm_gate import require_validated
     from sciexplain.selection import best_of_n_curve, select
 
     p = read_params(params_path)
+    gate = require_validated(reward_metrics, get(p, "reward_model.allow_unvalidated"), "select")
     recs = read_jsonl(scored, required=("id", "question", "reward"))
     out = select(recs, threshold=get(p, "select.threshold"), quantile=get(p, "select.quantile"),
                  min_gap=get(p, "select.min_gap"), require_finished=get(p, "select.require_finished"))
@@ -30,6 +35,7 @@ def main(scored, selected_path, pairs_path, metrics_path, params_path):
     write_json(metrics_path, {**out["counts"],
                               "mean_reward_selected": round(sum(r["reward"] for r in sel) / len(sel), 6) if sel else None,
                               "mean_reward_all": round(sum(r["reward"] for r in recs) / len(recs), 6),
+                              "reward_model_cleared": gate["cleared"],
                               "best_of_n": curve})
     click.echo(f"selected {len(sel)} answers, {len(out['pairs'])} DPO pairs (threshold {out['counts']['threshold']})")
 
