@@ -129,7 +129,7 @@ def test_a_human_annotation_file_updates_stats_without_regenerating(tiny_repo):
         assert not {s for s in ran if s.startswith(("answer", "teacher", "sample", "compare", "judge", "sft", "rs", "dpo"))}, ran
         compare = json.loads((repo / "metrics/compare_base_vs_sft.json").read_text())
         assert compare["human_annotators"] == ["alice"] and compare["headline_source"] == "humans"
-        assert compare["humans"]["n_annotators"] == 1 and "rubric" in compare["judges"]  # judges beside, never pooled
+        assert compare["humans"]["n_annotators"] == 1 and "judge-rubric" in compare["judges"]  # judges beside, never pooled
         assert "Running stage" not in _run(["dvc", "repro"], repo).stdout
     finally:
         human.unlink()
