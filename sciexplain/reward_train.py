@@ -5,11 +5,12 @@ Kept apart from :mod:`sciexplain.reward` (scoring and evaluation), so the stages
 ``evaluate``) do not depend on the training and multi-process code.
 
 Training until it learns: with ``eval_pairs`` (a dev split of the training questions, never the held-out test
-pairs) the trainer evaluates after every epoch, up to ``epochs`` (the cap), stops early after
-``early_stopping_patience`` epochs without a better dev loss, and restores the epoch with the best dev loss
-(``load_best_model_at_end``; checkpoints hold the adapter only and live in ``scratch_dir``). The result names
-that epoch, every epoch's dev loss and the constant predictor's dev loss beside them
-(:func:`sciexplain.reward.constant_loss`).
+pairs) the trainer evaluates after every epoch, up to ``epochs`` (the cap); it stops as soon as the dev loss
+beats the constant predictor's (:func:`sciexplain.reward.constant_loss`, with ``until_beats_constant``: "trained
+until it learns", the cheapest model that does), or after ``early_stopping_patience`` epochs without a better
+dev loss, and restores the epoch with the best dev loss (``load_best_model_at_end``; checkpoints hold the adapter
+only and live in ``scratch_dir``). The result names that epoch, why training stopped, and every epoch's dev loss
+beside the constant predictor's.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ def train_reward_model(base_dir, train_pairs: Sequence[Mapping], out_dir, *, lor
                        center_rewards_coefficient: float | None = None, seed: int = 0, scratch_dir="scratch/reward",
                        live_dir=None, logging_steps: int = 1, use_margin: bool = True,
                        quantize_4bit="auto", eval_pairs: Sequence[Mapping] | None = None,
-                       early_stopping_patience: int | None = 1) -> dict:
+                       early_stopping_patience: int | None = 1, until_beats_constant: bool = True) -> dict:
     """Train a LoRA reward model on ``train_pairs`` (see :mod:`sciexplain.preferences`) and save it to
     ``out_dir``: a PEFT adapter folder (the ``score`` head included via ``modules_to_save``) + the
     tokenizer + ``reward_config.json`` (max_length). ``lora_layers``: LoRA on the last N decoder layers
@@ -42,7 +43,8 @@ def train_reward_model(base_dir, train_pairs: Sequence[Mapping], out_dir, *, lor
         {pairs, truncated_pairs, truncated_sequences, tokens, dropped, train_loss, runtime_s,
          tokens_per_s, steps, trainable_params, total_params,
          dev: {pairs, loss_by_epoch: [{epoch, eval_loss, eval_accuracy}], best_epoch, best_loss,
-               constant_loss, beats_constant, epochs_run, stopped_early} | None (without eval_pairs)}
+               constant_loss, beats_constant, epochs_run, stopped} | None (without eval_pairs)}
+        (stopped: "beat the constant" | "no better dev loss" | "epoch cap")
 
     ``epochs`` is the cap; without ``eval_pairs`` every epoch runs and the last one is kept.
     The dev loss is TRL's eval loss: ``-logsigmoid(r_c - r_r - margin)`` plus the reward-centering term
@@ -106,6 +108,12 @@ def train_reward_model(base_dir, train_pairs: Sequence[Mapping], out_dir, *, lor
         dataloader_num_workers=0, disable_tqdm=False,
     )
     callbacks = []
+    const = None
+    if select_best:
+        const = constant_loss([p["margin"] for p in eval_pairs] if use_margin else [0.0] * len(eval_pairs))
+    beat = _StopWhenBeatsConstant(const) if select_best and until_beats_constant else None
+    if beat is not None:
+        callbacks.append(beat)
     if select_best and early_stopping_patience:
         from transformers import EarlyStoppingCallback
 
@@ -134,12 +142,13 @@ def train_reward_model(base_dir, train_pairs: Sequence[Mapping], out_dir, *, lor
         history = [{"epoch": round(float(h["epoch"]), 4), "eval_loss": _r4(h["eval_loss"]),
                     "eval_accuracy": _r4(h.get("eval_accuracy"))} for h in trainer.state.log_history if "eval_loss" in h]
         best = min(history, key=lambda h: (h["eval_loss"], h["epoch"])) if history else None
-        const = constant_loss([p["margin"] for p in eval_pairs] if use_margin else [0.0] * len(eval_pairs))
+        epochs_run = float(trainer.state.epoch or 0)
+        stopped = ("beat the constant" if beat is not None and beat.fired else
+                   "epoch cap" if epochs_run >= float(epochs) - 1e-6 else "no better dev loss")
         dev = {"pairs": len(eval_pairs), "loss_by_epoch": history,
                "best_epoch": best["epoch"] if best else None, "best_loss": best["eval_loss"] if best else None,
                "constant_loss": _r4(const), "beats_constant": bool(best and best["eval_loss"] < const),
-               "epochs_run": round(float(trainer.state.epoch or 0), 4),
-               "stopped_early": bool(float(trainer.state.epoch or 0) < float(epochs) - 1e-6)}
+               "epochs_run": round(epochs_run, 4), "stopped": stopped}
 
     # every rank: save_model() is a collective; the main process keeps adapter + score head + tokenizer
     save_adapter(trainer, out_dir, keep_tokenizer=True, extra_json={REWARD_CONFIG: {
@@ -154,3 +163,18 @@ def train_reward_model(base_dir, train_pairs: Sequence[Mapping], out_dir, *, lor
         "trainable_params": int(trainable), "total_params": int(total),
         "dev": dev,
     }
+
+
+def _StopWhenBeatsConstant(constant: float):
+    """A trainer callback that stops training after the first evaluation whose loss is below ``constant``."""
+    from transformers import TrainerCallback
+
+    class StopWhenBeatsConstant(TrainerCallback):
+        fired = False
+
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            if metrics and metrics.get("eval_loss") is not None and metrics["eval_loss"] < constant:
+                self.fired = True
+                control.should_training_stop = True
+
+    return StopWhenBeatsConstant()

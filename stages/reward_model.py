@@ -4,8 +4,9 @@ Training pairs: the validate stage's human pairs (``<human-pairs>/train.jsonl``)
 the comparison sheets named in ``reward_model.sources``; judge-labelled pairs (the rubric judging the base/sft/
 teacher answers on the rm split, and judge-* files on those sheets) only with ``reward_model.judge_labels: true``,
 and then the metrics name each judge and its pair count. A dev split of the training questions
-(``reward_model.val_fraction``) picks the epoch (up to ``reward_model.epochs``, early stopping after
-``reward_model.early_stopping_patience`` epochs without a better dev loss).
+(``reward_model.val_fraction``) picks the epoch: up to ``reward_model.epochs``, stopping once the dev loss beats
+the constant predictor's (``reward_model.until_beats_constant``) or after ``reward_model.early_stopping_patience``
+epochs without a better dev loss; the best dev epoch is kept.
 
 Held out: ``<human-pairs>/test.jsonl`` (people's labels, by question, never trained on): accuracy with Wilson and
 question-level cluster-bootstrap intervals beside the longer-answer and rubric baselines on the same pairs, an
@@ -119,7 +120,8 @@ def main(base_dir, human_dir, compare_root, annotations_root, judgments_root, ge
         batch_size=get(p, "reward_model.batch_size"), max_length=max_length,
         center_rewards_coefficient=get(p, "reward_model.center_rewards_coefficient"), seed=seed,
         scratch_dir=scratch_dir, live_dir=live_dir, quantize_4bit=get(p, "model.quantize_4bit"),
-        eval_pairs=dev or None, early_stopping_patience=get(p, "reward_model.early_stopping_patience"))
+        eval_pairs=dev or None, early_stopping_patience=get(p, "reward_model.early_stopping_patience"),
+        until_beats_constant=get(p, "reward_model.until_beats_constant"))
     if not main_process:
         return
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import random
 
 import pytest
@@ -178,11 +179,11 @@ def test_early_stopping_restores_the_best_dev_epoch(tiny_base, tok, tmp_path):
     dev = [{**p, "chosen": p["rejected"], "rejected": p["chosen"], "margin": 0.5} for p in synthetic(tok, 12, 12)]
     kw = {**TRAIN_KW, "epochs": 4, "center_rewards_coefficient": None}
     res = train_reward_model(tiny_base, train, tmp_path / "rm", scratch_dir=tmp_path / "s", live_dir=tmp_path / "live",
-                             eval_pairs=dev, early_stopping_patience=1, **kw)
+                             eval_pairs=dev, early_stopping_patience=1, until_beats_constant=False, **kw)
     d = res["dev"]
     losses = [e["eval_loss"] for e in d["loss_by_epoch"]]
     assert [e["epoch"] for e in d["loss_by_epoch"]] == [1.0, 2.0] and losses[1] > losses[0], d
-    assert d["best_epoch"] == 1.0 and d["best_loss"] == losses[0] and d["stopped_early"] and d["epochs_run"] == 2.0
+    assert d["best_epoch"] == 1.0 and d["best_loss"] == losses[0] and d["stopped"] == "no better dev loss" and d["epochs_run"] == 2.0
     assert d["constant_loss"] == pytest.approx(constant_loss([0.5] * 12), abs=1e-4) and d["pairs"] == 12
     assert d["beats_constant"] == (d["best_loss"] < d["constant_loss"])
     sc = RewardScorer(tiny_base, tmp_path / "rm")
@@ -191,6 +192,16 @@ def test_early_stopping_restores_the_best_dev_epoch(tiny_base, tok, tmp_path):
     assert pair_loss(c, r, [0.5] * 12) == pytest.approx(d["best_loss"], abs=2e-4)  # the restored model is epoch 1's
     assert (tmp_path / "live" / "plots" / "metrics" / "eval" / "loss.tsv").exists()
     assert not any((tmp_path / "rm").glob("checkpoint-*"))
+
+
+def test_training_stops_once_the_dev_loss_beats_the_constant(tiny_base, tok, tmp_path):
+    """Easy dev pairs like the training ones: the first epoch already beats the constant predictor, so the cap
+    (4 epochs) is not used."""
+    res = train_reward_model(tiny_base, synthetic(tok, 64, 13), tmp_path / "rm", scratch_dir=tmp_path / "s",
+                             eval_pairs=synthetic(tok, 16, 14, margin=0.0), **{**TRAIN_KW, "epochs": 4})
+    d = res["dev"]
+    assert d["stopped"] == "beat the constant" and d["epochs_run"] == 1.0 and len(d["loss_by_epoch"]) == 1, d
+    assert d["beats_constant"] and d["best_loss"] < d["constant_loss"] == pytest.approx(math.log(2), abs=1e-4)
 
 
 def test_margin_changes_the_loss(tiny_base, tok, tmp_path):

@@ -88,7 +88,7 @@ def project(workdir, tiny_base):
     _write(workdir / "data/human_pairs/test.jsonl", test)
     write_params(workdir / "params.yaml", {"reward_model": {
         "lora": {"r": 8, "alpha": 16, "dropout": 0.0, "layers": 1}, "learning_rate": 3e-3, "epochs": 2,
-        "early_stopping_patience": 1, "batch_size": 8, "max_length": 320, "center_rewards_coefficient": 0.01,
+        "early_stopping_patience": 1, "until_beats_constant": True, "batch_size": 8, "max_length": 320, "center_rewards_coefficient": 0.01,
         "unsure": "drop", "val_fraction": 0.25, "seed": 0, "sources": ["base_vs_sft"], "judge_labels": False,
         "rm_models": ["base", "sft", "teacher"], "rubric": {}, "max_train_pairs": None, "score_batch_size": 8,
         "bootstrap": 200, "allow_unvalidated": True}})
@@ -134,6 +134,8 @@ def test_reward_model_stage_trains_on_people(project):
     dev_loss = m["loss"]["dev"]
     assert 1 <= len(dev_loss["loss_by_epoch"]) <= 2 and dev_loss["best_loss"] == min(e["eval_loss"] for e in dev_loss["loss_by_epoch"])
     assert dev_loss["constant_loss"] > 0 and dev_loss["pairs"] == len(dev)
+    assert dev_loss["stopped"] in ("beat the constant", "no better dev loss", "epoch cap")
+    assert (dev_loss["stopped"] == "beat the constant") == (dev_loss["loss_by_epoch"][-1]["eval_loss"] < dev_loss["constant_loss"])
     # the gate's block, read by every stage that uses the model, and the report's warning keys
     v = m["validation"]
     assert v["cleared"] == (v["ci_low"] > 0.5) and v["ci_low"] == h["cluster_ci95_low"] and v["n"] == h["n"]
