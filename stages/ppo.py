@@ -27,6 +27,8 @@ def _swap(tmp: Path, out: Path) -> None:
 @click.option("--base", "base_dir", default="models/base", show_default=True)
 @click.option("--init-adapter", default="models/sft", show_default=True, help="the SFT adapter (policy start and KL reference)")
 @click.option("--reward", "reward_dir", default="models/reward", show_default=True, help="the reward model adapter")
+@click.option("--reward-metrics", default="metrics/reward_model.json", show_default=True,
+              help="the reward model's human-pair validation (sciexplain.rm_gate)")
 @click.option("--prompts", "prompts_path", default="data/prepared/rs.jsonl", show_default=True, help="{id, question} JSONL")
 @click.option("--out", "out_dir", default="models/ppo", show_default=True)
 @click.option("--metrics", "metrics_path", default="metrics/ppo.json", show_default=True)
@@ -34,7 +36,7 @@ def _swap(tmp: Path, out: Path) -> None:
 @click.option("--scratch", default="scratch/ppo", show_default=True, help="trainer scratch (not a DVC out)")
 @params_option
 @stage
-def main(base_dir, init_adapter, reward_dir, prompts_path, out_dir, metrics_path, live_dir, scratch, params_path):
+def main(base_dir, init_adapter, reward_dir, reward_metrics, prompts_path, out_dir, metrics_path, live_dir, scratch, params_path):
     import tempfile
 
     from sciexplain import ppo
@@ -58,7 +60,9 @@ def main(base_dir, init_adapter, reward_dir, prompts_path, out_dir, metrics_path
         return
 
     from sciexplain.reward import RewardScorer
+    from sciexplain.rm_gate import require_validated
 
+    require_validated(reward_metrics, get(p, "reward_model.allow_unvalidated"), "ppo")  # RL on an unvalidated reward: no
     vllm = {"use_vllm": get(p, "ppo.use_vllm"), "vllm_mode": get(p, "ppo.vllm_mode"),
             "vllm_server_base_url": get(p, "ppo.vllm_server_base_url"),
             "vllm_gpu_memory_utilization": get(p, "ppo.vllm_gpu_memory_utilization")}

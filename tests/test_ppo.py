@@ -140,6 +140,15 @@ def test_ppo_stage_disabled_writes_the_disabled_outputs(workdir):
     assert (workdir / "metrics/ppo/plots/metrics").is_dir()
 
 
+def _reward_metrics(workdir, cleared: bool) -> None:
+    from sciexplain.rm_gate import validation_block
+
+    block = validation_block(0.7 if cleared else 0.55, 0.6 if cleared else 0.45, 0.8 if cleared else 0.65, n=40,
+                             questions=20, allow_unvalidated=False)
+    (workdir / "metrics").mkdir(exist_ok=True)
+    (workdir / "metrics/reward_model.json").write_text(json.dumps({"validation": block}))
+
+
 def test_ppo_stage_enabled(workdir, tiny_base, sft_adapter, monkeypatch):
     import sciexplain.reward
     from stages import ppo
@@ -150,7 +159,13 @@ def test_ppo_stage_enabled(workdir, tiny_base, sft_adapter, monkeypatch):
                                                             for i, q in enumerate(QUESTIONS)))
     (workdir / "models/ppo").mkdir(parents=True)
     (workdir / "models/ppo/DISABLED").write_text("old")
-    write_params(workdir / "params.yaml", {"ppo": dict(PPO_PARAMS, enabled=True)})
+    _reward_metrics(workdir, cleared=False)
+    write_params(workdir / "params.yaml", {"ppo": dict(PPO_PARAMS, enabled=True), "reward_model": {"allow_unvalidated": False}})
+    r = CliRunner().invoke(ppo.main, ["--base", str(tiny_base), "--init-adapter", str(sft_adapter),
+                                      "--reward", "models/reward"])
+    assert r.exit_code == 1 and "does not clear 0.5: ppo refuses to use it" in r.output, r.output
+    assert (workdir / "models/ppo/DISABLED").read_text() == "old"  # nothing touched
+    _reward_metrics(workdir, cleared=True)
     r = CliRunner().invoke(ppo.main, ["--base", str(tiny_base), "--init-adapter", str(sft_adapter),
                                       "--reward", "models/reward"])
     assert r.exit_code == 0, r.output
@@ -201,6 +216,7 @@ def test_ppo_stage_vllm_missing_is_one_line(workdir, tiny_base, sft_adapter):
         pytest.skip("vllm is installed here")
     (workdir / "data/prepared").mkdir(parents=True)
     (workdir / "data/prepared/rs.jsonl").write_text(json.dumps({"id": "q0", "question": QUESTIONS[0]}) + "\n")
+    _reward_metrics(workdir, cleared=True)
     write_params(workdir / "params.yaml", {"ppo": dict(PPO_PARAMS, enabled=True, use_vllm=True)})
     r = CliRunner().invoke(ppo.main, ["--base", str(tiny_base), "--init-adapter", str(sft_adapter),
                                       "--reward", "nowhere"])
