@@ -110,3 +110,14 @@ def write_params(path: Path, updates: dict) -> None:
 
 def read_jsonl(path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture()
+def one_torch_thread():
+    """Tiny models on a shared 2-core machine: 2 torch threads are ~50x slower than 1 (oversubscription)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -25,16 +25,12 @@ from test_dpo import _pairs, _stage_setup, sft_adapter  # noqa: F401  (module fi
 from test_reward_stage import project  # noqa: F401  (fixture: a reward_model project)
 from test_sft import TARGET
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 AUDIT = Path(__file__).parent / "dist_audit"
 CONFIG = ROOT / "configs" / "accelerate" / "cpu_2proc.yaml"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _free_port() -> int:

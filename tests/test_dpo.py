@@ -7,17 +7,12 @@ from click.testing import CliRunner
 
 from conftest import write_params
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 GOOD = "Ice floats because solid water is less dense than liquid water. In summary, the lattice is open."
 BAD = "stone stone stone stone stone stone"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models on a shared 2-core machine: 2 torch threads are ~50x slower than 1 (oversubscription)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _pairs(n, start=0):

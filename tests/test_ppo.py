@@ -6,16 +6,11 @@ from click.testing import CliRunner
 
 from conftest import write_params
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 QUESTIONS = [f"Why does ice float? ({i})" for i in range(6)]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models on a shared 2-core machine: 2 torch threads are ~50x slower than 1 (oversubscription)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 class StandInScorer:

@@ -9,16 +9,10 @@ import torch
 from sciexplain import models
 from test_sft import TARGET
 
-pytestmark = pytest.mark.skipif(models.cpu_4bit_support() is not None,
-                                reason=f"no CPU 4-bit backend: {models.cpu_4bit_support()}")
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.skipif(models.cpu_4bit_support() is not None,
+                                reason=f"no CPU 4-bit backend: {models.cpu_4bit_support()}")]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _linear4bit_count(model) -> int:
