@@ -49,5 +49,22 @@ def params_option(fn):
                         type=click.Path(dir_okay=False), help="params file")(fn)
 
 
-def read_params(path: str) -> dict:
-    return load_params(path)
+def read_params(path: str, stage: str | list[str] | None = None) -> dict:
+    """Load a params file and check it against :mod:`sciexplain.params_schema` before the stage does any work.
+
+    ``stage``: the dvc.yaml stage name(s) whose declared ``params:`` sections are checked (``teacher``,
+    ``answer_base``, ``answer@base``); by default the stage is the calling module's (``stages.teacher`` when
+    run as ``python -m stages.teacher`` or imported; ``stages.sft --section rs`` is the ``rs`` stage), and a
+    caller that is no stage gets the whole file checked. A bad value raises ParamsError (a UserError: one line
+    ``params.yaml: teacher.temperature: expected a number >= 0, got 'hot'``, exit 1 under :func:`stage`).
+    """
+    from . import params_schema
+
+    params = load_params(path)
+    where = str(path)
+    if stage is None:
+        return params_schema.check_for_caller(params, where, params_schema.caller_module(2), path)
+    try:
+        return params_schema.check_stage(params, stage, where, params_schema._dvc_yaml(path))
+    except KeyError as e:
+        raise UserError(f"{where}: {e.args[0]}") from None

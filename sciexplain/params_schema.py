@@ -1,0 +1,965 @@
+"""The typed schema of params.yaml: every key, its type and its allowed values, checked before a stage does any work.
+
+Each section of params.yaml is a pydantic model with strict types (``"4"`` is not the integer 4, ``"no"`` is not
+false, ``true`` is not a number), unknown keys refused (``extra="forbid"``), enumerations as ``Literal`` and ranges
+as bounds. A bad value is one line naming the file, the key path, what is allowed and what was given::
+
+    params.yaml: teacher.temperature: expected a number >= 0, got 'hot'
+    params.yaml: prepare.sources[0].min_scor: unknown key; allowed: type, path, min_score, domain, require_answer
+
+:func:`check_stage` checks the sections a stage of dvc.yaml declares under ``params:`` (a key that the stage does
+not declare may be missing, so a trimmed params file still drives a single stage; a present key is always checked);
+:func:`check_file` checks a whole file, every section required. :func:`sciexplain.cli.read_params` calls
+:func:`check_stage` for the stage it is called from, so every stage stops on a bad value before it loads a model.
+
+    python -m sciexplain.params_schema                         # check params.yaml (exit 1 with one line if bad)
+    python -m sciexplain.params_schema other.yaml --stage teacher
+"""
+from __future__ import annotations
+
+import functools
+import os
+import re
+import sys
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional, Union
+
+from annotated_types import Ge, Gt, Le, Lt
+from pydantic import (AfterValidator, AllowInfNan, BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Strict, Tag,
+                      ValidationError, WrapValidator, field_validator, model_validator)
+from pydantic_core import PydanticCustomError
+
+from .io import UserError, load_params
+
+# Allowed values. Tests check that each equals the constant of the module that acts on it (those modules import
+# torch or scipy; this one stays light so that every stage can check its params in a fraction of a second).
+SPLITS = ("sft", "rm", "rs", "eval")                                     # sciexplain.data.SPLITS
+PLAN_MODES = ("full", "short", "none")                                  # sciexplain.prompts.PLAN_MODES
+UNFINISHED_MODES = ("trim", "drop")                                     # stages/teacher.py
+TEACHER_BACKENDS = ("local", "vllm", "openai", "batch-export", "batch-import")
+ENGINE_BACKENDS = ("local", "vllm", "openai")                           # sciexplain.generation.BACKENDS
+UNSURE_MODES = ("drop", "keep")                                         # sciexplain.preferences.UNSURE_MODES
+VLLM_MODES = ("colocate", "server")                                     # sciexplain.ppo.VLLM_MODES
+LOSS_TYPES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
+              "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")   # sciexplain.dpo.LOSS_TYPES
+SFT_DATA = ("teacher", "forum")                                         # stages/sft.py (or a .jsonl file)
+
+_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"                              # sciexplain.judges._NAME_RE
+
+
+class ParamsError(UserError):
+    """A bad params file: one line ``<file>: <key path>: <problem>``."""
+
+
+# --------------------------------------------------------------------------- leaf types
+
+def _show(value: Any) -> str:
+    """A given value as the user wrote it in YAML (true, null, 'text', 0.5), cut at 80 characters."""
+    text = {True: "true", False: "false"}[value] if isinstance(value, bool) else "null" if value is None else repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _described(desc: str):
+    """Turn any error of the inner (strict) type into one ``expected <desc>, got <value>`` error."""
+
+    def wrap(value, handler):
+        try:
+            return handler(value)
+        except ValidationError:
+            raise PydanticCustomError("param", "expected {expected}, got {got}",
+                                      {"expected": desc, "got": _show(value)}) from None
+
+    return WrapValidator(wrap)
+
+
+def _leaf(tp, desc: str, *constraints):
+    return Annotated[tp, *constraints, _described(desc), Field(description=desc)]
+
+
+def _bounds(ge=None, gt=None, le=None, lt=None) -> tuple[str, list]:
+    lo = "[" if ge is not None else "(" if gt is not None else None
+    hi = "]" if le is not None else ")" if lt is not None else None
+    a, b = (ge if ge is not None else gt), (le if le is not None else lt)
+    if lo and hi:
+        text = f" in {lo}{a}, {b}{hi}"
+    elif lo:
+        text = f" {'>=' if ge is not None else '>'} {a}"
+    elif hi:
+        text = f" {'<=' if le is not None else '<'} {b}"
+    else:
+        text = ""
+    cons = [c for c, v in ((Ge, ge), (Gt, gt), (Le, le), (Lt, lt)) if v is not None]
+    return text, [c(v) for c, v in zip(cons, [v for v in (ge, gt, le, lt) if v is not None])]
+
+
+def Num(*, ge=None, gt=None, le=None, lt=None, null: bool = False):
+    """A finite number (an integer is a number; ``true`` and ``"0.5"`` are not)."""
+    text, cons = _bounds(ge, gt, le, lt)
+    inner = Annotated[float, Strict(), AllowInfNan(False), *cons]
+    return _leaf(Optional[inner] if null else inner, f"a number{text}" + (" or null" if null else ""))
+
+
+def Int(*, ge=None, le=None, null: bool = False):
+    """An integer (``4.0``, ``"4"`` and ``true`` are not)."""
+    text, cons = _bounds(ge=ge, le=le)
+    inner = Annotated[int, Strict(), *cons]
+    return _leaf(Optional[inner] if null else inner, f"an integer{text}" + (" or null" if null else ""))
+
+
+def Bool(*, null: bool = False):
+    """``true`` or ``false`` (``"no"``, ``"yes"``, ``0`` and ``1`` are not)."""
+    inner = Annotated[bool, Strict()]
+    return _leaf(Optional[inner] if null else inner, "true or false" + (" or null" if null else ""))
+
+
+def Str(*, null: bool = False, pattern: str | None = None, what: str = "a non-empty string"):
+    inner = Annotated[str, Strict(), Field(min_length=1, pattern=pattern)]
+    return _leaf(Optional[inner] if null else inner, what + (" or null" if null else ""))
+
+
+def OneOf(*values, null: bool = False):
+    inner = Literal[values]  # type: ignore[valid-type]
+    return _leaf(Optional[inner] if null else inner, "one of " + ", ".join(values) + (" or null" if null else ""))
+
+
+def _unique(value):
+    if isinstance(value, list) and len(set(map(str, value))) != len(value):
+        raise ValueError("duplicates")
+    return value
+
+
+def StrList(*, item=None, what: str, min_length: int = 0, null: bool = False):
+    """A YAML list of strings (each a non-empty string, or one of ``item``), no duplicates."""
+    elem = Literal[tuple(item)] if item else Annotated[str, Strict(), Field(min_length=1)]  # type: ignore[misc]
+    inner = Annotated[list[elem], Strict(), Field(min_length=min_length), BeforeValidator(_unique)]
+    return _leaf(Optional[inner] if null else inner, what + (" or null" if null else ""))
+
+
+def StrMap(*, values=None, what: str):
+    """A mapping of non-empty string keys to non-empty strings (or ``values``)."""
+    key = Annotated[str, Strict(), Field(min_length=1)]
+    val = values if values is not None else Annotated[str, Strict(), Field(min_length=1)]
+    return _leaf(dict[key, val], what)
+
+
+_path = Annotated[str, Strict(), Field(min_length=1)]
+PathOrPaths = lambda null=False: _leaf(  # noqa: E731 - a file/folder, or a list of them
+    Optional[Union[_path, Annotated[list[_path], Field(min_length=1)]]] if null
+    else Union[_path, Annotated[list[_path], Field(min_length=1)]],
+    "a path or a list of paths" + (" or null" if null else ""))
+
+Seed = lambda: Int(ge=0)  # noqa: E731
+Count = lambda: Int(ge=1)  # noqa: E731
+Fraction = lambda: Num(ge=0, lt=1)  # noqa: E731  share held out: [0, 1)
+Temperature = lambda: Num(ge=0)  # noqa: E731
+TopP = lambda: Num(gt=0, le=1)  # noqa: E731
+RepetitionPenalty = Num(ge=1.0)  # 1.0 = off
+Quant4bit = _leaf(Union[Literal["auto"], Annotated[bool, Strict()]], "one of auto, true, false")
+
+
+def _pair(value: str) -> str:
+    """``x_vs_y``: two different model names (as stages/compare.py parse_pair reads them)."""
+    parts = value.split("_vs_")
+    if len(parts) != 2 or not all(parts) or parts[0] == parts[1] or any("/" in p or p.startswith(".") for p in parts):
+        raise ValueError("not x_vs_y")
+    return value
+
+
+def PairList(*, min_length: int = 0):
+    """A list of ``x_vs_y`` model pairs without duplicates."""
+    inner = Annotated[list[Annotated[str, Strict(), AfterValidator(_pair)]], Strict(), Field(min_length=min_length),
+                      BeforeValidator(_unique)]
+    return _leaf(inner, f"a {'non-empty ' if min_length else ''}list of model pairs 'x_vs_y' without duplicates, "
+                        "e.g. [base_vs_sft]")
+
+
+# --------------------------------------------------------------------------- structure
+
+class Section(BaseModel):
+    """A mapping of known keys: an unknown key or a non-mapping is one error naming the allowed keys."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data):
+        allowed = ", ".join(cls.model_fields)
+        if not isinstance(data, dict):
+            raise PydanticCustomError("param", "expected a mapping with keys {allowed}, got {got}",
+                                      {"allowed": allowed, "got": _show(data)})
+        if cls.model_config.get("extra") != "allow":
+            for key in data:
+                if key not in cls.model_fields:
+                    raise PydanticCustomError("param", "unknown key; allowed: {allowed}",
+                                              {"key": str(key), "allowed": allowed})
+        return data
+
+
+def _at(key: str, message: str, **ctx):
+    """A cross-field error reported at ``key`` of the model being checked."""
+    return PydanticCustomError("param", message, {"key": key, **{k: _show(v) for k, v in ctx.items()}})
+
+
+def _mapping_with(kind_key: str, allowed: tuple[str, ...], default: str | None = None):
+    """Before a tagged union: the entry is a mapping whose ``kind_key`` is one of ``allowed``."""
+    def check(value):
+        if not isinstance(value, dict):
+            raise PydanticCustomError("param", "expected a mapping with a {kind_key} ({allowed}), got {got}",
+                                      {"kind_key": kind_key, "allowed": ", ".join(allowed), "got": _show(value)})
+        kind = value.get(kind_key, default)
+        if not isinstance(kind, str) or kind not in allowed:
+            raise PydanticCustomError("param", "expected one of {allowed}, got {got}",
+                                      {"key": kind_key, "allowed": ", ".join(allowed), "got": _show(kind)})
+        return value
+    return BeforeValidator(check)
+
+
+def _tag_of(kind_key: str, default: str | None = None):
+    def tag(value):
+        kind = value.get(kind_key, default) if isinstance(value, dict) else getattr(value, kind_key, default)
+        return f"<{kind}>"
+    return tag
+
+
+def _list_of(what: str):
+    def check(value):
+        if not isinstance(value, list) or not value:
+            raise PydanticCustomError("param", "expected a non-empty list of {what}, got {got}",
+                                      {"what": what, "got": _show(value)})
+        return value
+    return BeforeValidator(check)
+
+
+# --------------------------------------------------------------------------- sections
+
+class BaseModelParams(Section):
+    source: Str(what="embedded, a hub id or a local folder")
+    revision: Str(null=True, what="a revision (branch, tag or commit) string")
+    gguf_file: Str(null=True, what="a .gguf file name")
+
+
+class ModelParams(Section):
+    quantize_4bit: Quant4bit
+
+
+class BankSource(Section):
+    type: Literal["bank"]
+    path: Str(what="a file path")
+
+
+class StackExchangeSource(Section):
+    type: Literal["stackexchange"]
+    path: Str(what="a file path (Posts.xml)")
+    min_score: Int(ge=0) = 1
+    domain: Str(null=True) = None
+    require_answer: Bool() = False
+
+
+class QASource(Section):
+    type: Literal["qa"]
+    path: Str(what="a file path (.csv or .jsonl)")
+    question_field: Str() = "question"
+    answer_field: Str(null=True) = "answer"
+    domain_field: Str(null=True) = None
+    domain: Str(null=True) = None
+
+
+PrepareSource = Annotated[
+    Union[Annotated[BankSource, Tag("<bank>")], Annotated[StackExchangeSource, Tag("<stackexchange>")],
+          Annotated[QASource, Tag("<qa>")]],
+    Discriminator(_tag_of("type")), _mapping_with("type", ("bank", "stackexchange", "qa"))]
+
+
+class Splits(Section):
+    sft: Count()
+    rm: Count()
+    rs: Count()
+    eval: Count()
+
+
+class PrepareParams(Section):
+    sources: Annotated[list[PrepareSource], Field(min_length=1), _list_of("{type, path, ...} sources")]
+    eval_file: Str(null=True, what="a question file (.csv or .jsonl)")
+    min_question_tokens: Int(ge=0)
+    max_question_tokens: Count()
+    max_answer_tokens: Count()
+    seed: Seed()
+    splits: Splits
+
+    @model_validator(mode="after")
+    def _lengths(self):
+        if self.min_question_tokens > self.max_question_tokens:
+            raise _at("min_question_tokens", "expected at most max_question_tokens ({hi}), got {got}",
+                      hi=self.max_question_tokens, got=self.min_question_tokens)
+        return self
+
+
+class EngineParams(Section):
+    backend: OneOf(*ENGINE_BACKENDS)
+    base_url: Str(null=True, what="a URL")
+    api_key_env: Str(null=True, what="an environment variable name")
+    max_concurrency: Count()
+    max_retries: Int(ge=0)
+    served_names: StrMap(what="a mapping of model name -> served name")
+    weights: StrMap(values=Union[_path, Annotated[list[_path], Field(min_length=1)]],
+                    what="a mapping of model name -> a path or a list of paths")
+
+
+class VllmParams(Section):
+    """``vllm.LLM(...)`` keyword arguments: these three are typed; other vLLM engine arguments pass through."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+    gpu_memory_utilization: Num(gt=0, le=1)
+    max_model_len: Int(ge=1, null=True)
+    enforce_eager: Bool()
+
+    @model_validator(mode="after")
+    def _names(self):
+        for key in self.model_extra or {}:
+            if not isinstance(key, str) or not key.isidentifier():
+                raise _at(str(key), "expected a vLLM engine argument name, got {got}", got=key)
+        return self
+
+
+class TeacherParams(Section):
+    backend: OneOf(*TEACHER_BACKENDS)
+    model: Str(null=True, what="an API model name")
+    base_url: Str(null=True, what="a URL")
+    api_key_env: Str(null=True, what="an environment variable name")
+    max_concurrency: Count()
+    max_retries: Int(ge=0)
+    batch_file: Str(null=True, what="a Batch API file path")
+    weights: PathOrPaths(null=True)
+    splits: StrList(item=SPLITS, min_length=1, what="a non-empty list of splits (sft, rm, rs, eval) without duplicates")
+    plan: OneOf(*PLAN_MODES)
+    few_shot: Int(ge=0)
+    max_new_tokens: Count()
+    temperature: Temperature()
+    top_p: TopP()
+    seed: Seed()
+    batch_size: Count()
+    min_words: Int(ge=0)
+    unfinished: OneOf(*UNFINISHED_MODES)
+    repetition_penalty: RepetitionPenalty = 1.0
+
+    @model_validator(mode="after")
+    def _backend_needs(self):
+        if self.backend in ("openai", "batch-export", "batch-import") and not self.model:
+            raise _at("model", "the {backend} backend needs the API model name, got {got}",
+                      backend=self.backend, got=self.model)
+        if self.backend in ("batch-export", "batch-import") and not self.batch_file:
+            raise _at("batch_file", "the {backend} backend needs a Batch API file, got {got}",
+                      backend=self.backend, got=self.batch_file)
+        return self
+
+
+class GenerateParams(Section):
+    max_new_tokens: Count()
+    temperature: Temperature()
+    top_p: TopP()
+    seed: Seed()
+    batch_size: Count()
+    repetition_penalty: RepetitionPenalty = 1.0
+
+
+class SftLora(Section):
+    r: Count()
+    alpha: Num(gt=0)
+    dropout: Fraction()
+    target_modules: _leaf(Union[Annotated[str, Strict(), Field(min_length=1)],
+                                Annotated[list[Annotated[str, Strict(), Field(min_length=1)]], Field(min_length=1)]],
+                          "a list of module names (or one name such as all-linear)")
+
+
+def _check_sft_data(value):
+    if value in SFT_DATA or value.endswith(".jsonl"):
+        return value
+    raise PydanticCustomError("param", "expected one of teacher, forum or a .jsonl file, got {got}", {"got": _show(value)})
+
+
+class TrainingParams(Section):
+    learning_rate: Num(gt=0)
+    epochs: Count()
+    batch_size: Count()
+    grad_accum: Count()
+    max_length: Count()
+    val_fraction: Fraction()
+    seed: Seed()
+
+
+class SftParams(TrainingParams):
+    data: Annotated[Str(what="teacher, forum or a .jsonl file"), AfterValidator(_check_sft_data)]
+    lora: SftLora
+
+
+class RsParams(TrainingParams):
+    pass
+
+
+class TrainParams(Section):
+    launcher: Str(what="a launcher command (python, or accelerate launch ...)")
+
+
+class CompareParams(Section):
+    pairs: PairList(min_length=1)
+    seed: Seed()
+
+
+_JUDGE_TYPES = ("rubric", "llm")
+
+
+_RUBRIC_WEIGHTS = ("structure", "coherence", "clarity", "register")   # sciexplain.rubric.RubricJudge.DEFAULT_WEIGHTS
+
+
+class RubricParams(Section):
+    """RubricJudge's constructor arguments, all optional, with the same defaults and the same cross-checks
+    (kept apart from sciexplain.rubric so that every stage need not import it; a test holds the two together)."""
+
+    min_words: Count() = 25
+    target_lo: Count() = 60
+    target_hi: Count() = 250
+    max_words: Count() = 600
+    long_floor: Num(ge=0, le=1) = 0.6
+    weights: _leaf(Optional[dict[Literal[_RUBRIC_WEIGHTS], Annotated[float, Strict(), AllowInfNan(False), Ge(0)]]],
+                   "a mapping of " + ", ".join(_RUBRIC_WEIGHTS) + " -> a number >= 0, or null") = None
+    rep_gamma: Num(ge=0) = 1.0
+    len_gamma: Num(ge=0) = 0.5
+    t_unsure: Num(ge=0, le=1) = 0.02
+    t_slight: Num(ge=0, le=1) = 0.05
+    t_better: Num(ge=0, le=1) = 0.12
+    unfinished_factor: Num(ge=0, le=1) = 0.5
+
+    @model_validator(mode="after")
+    def _order(self):
+        if not (self.min_words <= self.target_lo <= self.target_hi < self.max_words):
+            raise _at("target_lo", "need 0 < min_words <= target_lo <= target_hi < max_words, got {got}",
+                      got=(self.min_words, self.target_lo, self.target_hi, self.max_words))
+        if not (self.t_unsure <= self.t_slight <= self.t_better):
+            raise _at("t_slight", "need 0 <= t_unsure <= t_slight <= t_better <= 1, got {got}",
+                      got=(self.t_unsure, self.t_slight, self.t_better))
+        if self.weights is not None and sum(self.weights.values()) <= 0:
+            raise _at("weights", "need a positive sum, got {got}", got=self.weights)
+        return self
+
+
+class RubricJudgeSpec(Section):
+    name: Str(pattern=_NAME_RE, what="a name of letters, digits, '_', '.', '-'")
+    type: Literal["rubric"]
+    params: Optional[RubricParams] = None
+
+
+class _LLMJudgeCommon(Section):
+    name: Str(pattern=_NAME_RE, what="a name of letters, digits, '_', '.', '-'")
+    type: Literal["llm"]
+    backend: OneOf(*ENGINE_BACKENDS) = "local"
+    prompt: Str(null=True, what="a prompt template file") = None
+    max_new_tokens: Count() = 24
+    temperature: Temperature() = 0.0
+    top_p: TopP() = 1.0
+    seed: Seed() = 0
+
+
+class LocalLLMJudgeSpec(_LLMJudgeCommon):
+    base: Str(null=True, what="a model folder") = None
+    adapter: Str(null=True, what="an adapter folder") = None
+    batch_size: Count() = 16
+    quantize_4bit: Quant4bit = "auto"
+
+
+class VllmLLMJudgeSpec(_LLMJudgeCommon):
+    base: Str(null=True, what="a model folder") = None
+    adapter: Str(null=True, what="an adapter folder") = None
+    quantize_4bit: Quant4bit = "auto"
+    vllm: _leaf(dict[Annotated[str, Strict()], Any], "a mapping of vLLM engine arguments") = {}
+
+
+class OpenAILLMJudgeSpec(_LLMJudgeCommon):
+    model: Str(what="an API model name")  # required: an openai judge needs the API model name
+    base_url: Str(null=True, what="a URL") = None
+    api_key_env: Str(null=True, what="an environment variable name") = "OPENAI_API_KEY"
+    max_concurrency: Count() = 8
+    max_retries: Int(ge=0) = 6
+    timeout: Num(gt=0) = 60
+    max_tokens_field: Str() = "max_tokens"
+    weights: PathOrPaths(null=True) = None
+
+
+def _judge_tag(value):
+    if not isinstance(value, dict):
+        return None
+    kind = value.get("type")
+    return "<rubric>" if kind == "rubric" else f"<llm-{value.get('backend', 'local')}>"
+
+
+def _judge_check(value):
+    value = _mapping_with("type", _JUDGE_TYPES).func(value)
+    if value["type"] == "llm":
+        _mapping_with("backend", ENGINE_BACKENDS, default="local").func(value)
+    return value
+
+
+JudgeSpec = Annotated[
+    Union[Annotated[RubricJudgeSpec, Tag("<rubric>")], Annotated[LocalLLMJudgeSpec, Tag("<llm-local>")],
+          Annotated[VllmLLMJudgeSpec, Tag("<llm-vllm>")], Annotated[OpenAILLMJudgeSpec, Tag("<llm-openai>")]],
+    Discriminator(_judge_tag), BeforeValidator(_judge_check)]
+
+
+def _unique_names(panel):
+    seen = set()
+    for i, spec in enumerate(panel or []):
+        if spec.name in seen:
+            raise PydanticCustomError("param", "duplicate judge name {got}", {"key": f"[{i}].name", "got": _show(spec.name)})
+        seen.add(spec.name)
+    return panel
+
+
+def _panel_list(value):
+    if value is not None and not isinstance(value, list):
+        raise PydanticCustomError("param", "expected {what}, got {got}",
+                                  {"what": "a list of judge specs {name, type, ...} (or [] or null)", "got": _show(value)})
+    return value
+
+
+class JudgeParams(Section):
+    panel: Annotated[Optional[list[JudgeSpec]],
+                     BeforeValidator(_panel_list),
+                     WrapValidator(lambda v, h: _unique_names(h(v)))]
+
+
+class PairsSource(Section):
+    type: Literal["pairs"]
+    path: Str(what="a file path (.jsonl or .csv)")
+
+
+class HumanStackExchangeSource(Section):
+    type: Literal["stackexchange"]
+    path: Str(what="a file path (Posts.xml)")
+    min_score_gap: Count() = 2
+    max_pairs_per_question: Count() = 3
+    margin_full_gap: Count() = 15
+    max_answer_chars: Int(ge=1, null=True) = None
+    site: Str(null=True, what="a site name") = None
+
+
+HumanSource = Annotated[
+    Union[Annotated[PairsSource, Tag("<pairs>")], Annotated[HumanStackExchangeSource, Tag("<stackexchange>")]],
+    Discriminator(_tag_of("type")), _mapping_with("type", ("pairs", "stackexchange"))]
+
+
+class ValidateParams(Section):
+    sources: Annotated[list[HumanSource], Field(min_length=1), _list_of("{type, path, ...} sources")]
+    min_score_gap: Count()
+    max_pairs_per_question: Count()
+    margin_full_gap: Count()
+    max_answer_chars: Int(ge=1, null=True)
+    test_fraction: Num(gt=0, lt=1)
+    seed: Seed()
+    max_pairs: Int(ge=1, null=True)
+    bootstrap: Count()
+
+
+class SampleParams(Section):
+    n: Count()
+    max_new_tokens: Count()
+    temperature: Temperature()
+    top_p: TopP()
+    seed: Seed()
+    batch_size: Count()
+    repetition_penalty: RepetitionPenalty = 1.0
+
+
+class ScoreParams(Section):
+    batch_size: Count()
+
+
+class SelectParams(Section):
+    threshold: Num(null=True)
+    quantile: Num(ge=0, le=1, null=True)
+    min_gap: Num(ge=0)
+    require_finished: Bool()
+
+    @model_validator(mode="after")
+    def _one_cut(self):
+        if self.threshold is not None and self.quantile is not None:
+            raise _at("quantile", "set select.threshold or select.quantile (or neither), not both; got {got}",
+                      got=self.quantile)
+        return self
+
+
+class EvaluateParams(Section):
+    models: StrList(min_length=1, what="a non-empty list of model names without duplicates")
+    pairs: PairList()
+    max_questions: Int(ge=1, null=True)
+    bootstrap_resamples: Count()
+    examples: Int(ge=0)
+
+
+class RewardLora(Section):
+    r: Count()
+    alpha: Num(gt=0)
+    dropout: Fraction()
+    layers: Int(ge=1, null=True)
+
+
+class RewardModelParams(Section):
+    lora: RewardLora
+    learning_rate: Num(gt=0)
+    epochs: Count()
+    early_stopping_patience: Int(ge=1, null=True)
+    until_beats_constant: Bool()
+    batch_size: Count()
+    max_length: Count()
+    center_rewards_coefficient: Num(ge=0, null=True)
+    unsure: OneOf(*UNSURE_MODES)
+    val_fraction: Fraction()
+    seed: Seed()
+    sources: PairList()
+    judge_labels: Bool()
+    rm_models: StrList(what="a list of model names without duplicates")
+    rubric: Optional[RubricParams]
+    max_train_pairs: Int(ge=1, null=True)
+    score_batch_size: Count()
+    bootstrap: Count()
+    allow_unvalidated: Bool()
+
+
+def _loss_type_check(value):
+    types_ = [value] if isinstance(value, str) else value
+    if not isinstance(types_, list) or not types_ or any(t not in LOSS_TYPES for t in types_):
+        raise PydanticCustomError("param", "expected one of {allowed} (or a non-empty list of them), got {got}",
+                                  {"allowed": ", ".join(LOSS_TYPES), "got": _show(value)})
+    return value
+
+
+class DpoParams(Section):
+    beta: Num(gt=0)
+    loss_type: Annotated[Union[str, list[str]], BeforeValidator(_loss_type_check)]
+    learning_rate: Num(gt=0)
+    epochs: Count()
+    batch_size: Count()
+    grad_accum: Count()
+    max_length: Count()
+    val_fraction: Fraction()
+    seed: Seed()
+    extra_pairs: Str(null=True, what="a JSONL file of {question, chosen, rejected} pairs")
+
+
+class PpoGuard(Section):
+    max_kl: Num(gt=0, null=True)
+    min_distinct3: Num(ge=0, le=1, null=True)
+    max_code_fence_share: Num(ge=0, le=1, null=True)
+    max_repeated_line_share: Num(ge=0, le=1, null=True)
+    restore_last_good: Bool()
+
+
+class PpoParams(Section):
+    enabled: Bool()
+    beta: Num(ge=0)
+    learning_rate: Num(gt=0)
+    max_steps: Count()
+    num_generations: Int(ge=2)
+    prompts_per_step: Count()
+    max_completion_length: Count()
+    temperature: Num(gt=0)
+    top_p: TopP()
+    seed: Seed()
+    score_batch_size: Count()
+    guard: PpoGuard
+    use_vllm: Bool()
+    vllm_mode: OneOf(*VLLM_MODES)
+    vllm_server_base_url: Str(null=True, what="a URL")
+    vllm_gpu_memory_utilization: Num(gt=0, le=1)
+
+
+SECTIONS: dict[str, type[Section]] = {
+    "base_model": BaseModelParams, "model": ModelParams, "prepare": PrepareParams, "engine": EngineParams,
+    "vllm": VllmParams, "teacher": TeacherParams, "generate": GenerateParams, "sft": SftParams,
+    "train": TrainParams, "compare": CompareParams, "judge": JudgeParams, "validate": ValidateParams,
+    "sample": SampleParams, "score": ScoreParams, "select": SelectParams, "rs": RsParams,
+    "evaluate": EvaluateParams, "reward_model": RewardModelParams, "dpo": DpoParams, "ppo": PpoParams,
+}
+
+_TAGGED = {"<bank>": BankSource, "<qa>": QASource, "<pairs>": PairsSource, "<rubric>": RubricJudgeSpec,
+           "<llm-local>": LocalLLMJudgeSpec, "<llm-vllm>": VllmLLMJudgeSpec, "<llm-openai>": OpenAILLMJudgeSpec}
+
+
+# --------------------------------------------------------------------------- errors -> one line
+
+def _inner_model(tp):
+    """The one Section inside an annotation (through Annotated/Optional/list), else None."""
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return tp
+    found = {m for a in typing.get_args(tp) if (m := _inner_model(a)) is not None}
+    return found.pop() if len(found) == 1 else None
+
+
+def _walk(section: str, loc: tuple, data) -> tuple[str, type | None, Any, bool]:
+    """(dotted path, model holding the last key, value at the path, whether the value exists) of a pydantic loc."""
+    path, model, node, exists = section, SECTIONS.get(section), data, True
+    holder = model
+    for part in loc:
+        if isinstance(part, str) and part.startswith("<") and part.endswith(">"):
+            model = _TAGGED.get(part) or {"<stackexchange>": StackExchangeSource if section == "prepare"
+                                          else HumanStackExchangeSource}.get(part, model)
+            continue
+        if isinstance(part, int):
+            path += f"[{part}]"
+            node = node[part] if isinstance(node, list) and -len(node) <= part < len(node) else None
+            continue
+        path += f".{part}"
+        holder = model
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        else:
+            node, exists = None, False
+        field = model.model_fields.get(part) if model is not None else None
+        model = _inner_model(field.annotation) if field is not None else None
+    return path, holder, node, exists
+
+
+def _message(section: str, err: dict, data) -> tuple[str, str]:
+    """(key path, problem) of one pydantic error."""
+    loc, ctx = tuple(err["loc"]), err.get("ctx") or {}
+    if err["type"] == "param" and "key" in ctx:
+        key = ctx["key"]
+        loc = loc + tuple(int(i) if i else name for i, name in re.findall(r"\[(\d+)\]|\.?([^.\[\]]+)", key))
+    path, holder, value, exists = _walk(section, loc, data)
+    if err["type"] == "missing":
+        field = holder.model_fields.get(str(loc[-1])) if holder is not None and loc else None
+        need = f"; expected {field.description}" if field is not None and field.description else ""
+        if holder is not None and _inner_model(field.annotation if field else None) is not None:
+            need = f"; expected a mapping with keys {', '.join(_inner_model(field.annotation).model_fields)}"
+        return path, f"missing{need}"
+    if err["type"] == "param":
+        return path, err["msg"]
+    if err["type"] == "extra_forbidden":  # normally caught by Section._known_keys first
+        allowed = ", ".join(holder.model_fields) if holder is not None else "?"
+        return path, f"unknown key; allowed: {allowed}"
+    if err["type"] == "literal_error":
+        return path, f"expected {ctx.get('expected', '?')}, got {_show(err.get('input'))}"
+    return path, f"{err['msg']}, got {_show(err.get('input'))}"
+
+
+def _covered(path: str, declared: list[str] | None) -> bool:
+    """Whether a missing key at ``path`` matters to a stage that declares ``declared`` (None: every key)."""
+    if declared is None:
+        return True
+    for d in declared:
+        if path == d or d.startswith(path + ".") or path.startswith(d + ".") or path.startswith(d + "["):
+            return True
+    return False
+
+
+def problems(params: Any, sections: list[str] | None = None, declared: list[str] | None = None) -> list[tuple[str, str]]:
+    """Every ``(key path, problem)`` of ``params`` in ``sections`` (default: all, plus unknown top-level keys);
+    a missing key counts only where ``declared`` (dotted keys, default all) covers it."""
+    if not isinstance(params, dict):
+        return [("<file>", f"expected a mapping of sections ({', '.join(SECTIONS)}), got {_show(params)}")]
+    out = []
+    if sections is None:
+        sections = list(SECTIONS)
+        out += [(str(k), f"unknown section; allowed: {', '.join(SECTIONS)}") for k in params if k not in SECTIONS]
+    for section in sections:
+        if section not in params:
+            if _covered(section, declared):
+                out.append((section, f"missing; expected a mapping with keys {', '.join(SECTIONS[section].model_fields)}"))
+            continue
+        try:
+            SECTIONS[section].model_validate(params[section])
+        except ValidationError as e:
+            for err in e.errors():
+                path, problem = _message(section, err, params[section])
+                if err["type"] == "missing" and not _covered(path, declared):
+                    continue
+                out.append((path, problem))
+    return out
+
+
+def _raise(where: str, found: list[tuple[str, str]]) -> None:
+    if found:
+        key, problem = found[0]
+        more = f" (and {len(found) - 1} more: {', '.join(k for k, _ in found[1:4])}{', ...' if len(found) > 4 else ''})" \
+            if len(found) > 1 else ""
+        raise ParamsError(f"{where}: {key}: {problem}{more}")
+
+
+def check_file(params: dict, where: str = "params.yaml") -> dict:
+    """Check every section of a whole params file (all keys required); ParamsError naming the first bad key."""
+    _raise(where, problems(params))
+    return params
+
+
+# --------------------------------------------------------------------------- dvc.yaml: what each stage declares
+
+def _dvc_yaml(params_path: str | os.PathLike | None) -> Path | None:
+    here = Path(params_path).resolve().parent / "dvc.yaml" if params_path else None
+    for cand in (here, Path(__file__).resolve().parents[1] / "dvc.yaml"):
+        if cand is not None and cand.is_file():
+            return cand
+    return None
+
+
+@functools.lru_cache(maxsize=8)
+def _stages(dvc_path: str) -> dict[str, dict]:
+    """``{stage name: {"cmd": str, "params": [dotted keys] | None (= every param)}}`` of a dvc.yaml
+    (foreach/matrix stages under their base name: their expansions ``name@key`` share the declaration)."""
+    import yaml
+
+    with open(dvc_path, encoding="utf-8") as f:
+        doc = yaml.safe_load(f) or {}
+    out = {}
+    for name, spec in (doc.get("stages") or {}).items():
+        body = spec.get("do", spec) if isinstance(spec, dict) and "foreach" in spec else spec
+        if not isinstance(body, dict):
+            continue
+        keys: list[str] | None = []
+        for entry in body.get("params") or []:
+            if isinstance(entry, str):
+                keys.append(entry)
+            elif isinstance(entry, dict):
+                for file, listed in entry.items():
+                    if Path(str(file)).name != "params.yaml":
+                        continue
+                    if not listed:
+                        keys = None
+                        break
+                    keys += [str(k) for k in listed] if keys is not None else []
+            if keys is None:
+                break
+        if keys is not None:  # an interpolated key (${item.x}) declares its section
+            keys = [k.split("${", 1)[0].rstrip(".") or k for k in keys]
+        cmd = body.get("cmd", "")
+        out[str(name)] = {"cmd": " ".join(cmd) if isinstance(cmd, list) else str(cmd), "params": keys}
+    return out
+
+
+def declared_keys(stage: str, dvc_path: str | os.PathLike | None = None) -> list[str] | None:
+    """The params keys ``stage`` (``teacher``, ``answer_base``, ``answer@base``) declares; None: every key."""
+    dvc_path = dvc_path or _dvc_yaml(None)
+    stages = _stages(str(dvc_path))
+    base = stage.split("@", 1)[0]
+    if stage not in stages and base not in stages:
+        raise KeyError(f"no stage {stage!r} in {dvc_path}")
+    return stages.get(stage, stages.get(base))["params"]
+
+
+def _invocation_values(argv: list[str] | None) -> set[str]:
+    """The command-line words of this process and the values of the running Click command's options."""
+    values = set(argv or [])
+    try:
+        import click
+
+        ctx = click.get_current_context(silent=True)
+    except ImportError:
+        ctx = None
+    if ctx is not None:
+        values |= {str(v) for v in ctx.params.values() if isinstance(v, (str, int, float))}
+    return values
+
+
+def stages_of_module(module: str, argv: list[str] | None = None, dvc_path: str | os.PathLike | None = None) -> list[str]:
+    """The dvc.yaml stages whose cmd runs ``python -m <module>``. Where several do with different params, the one
+    whose name is an option value of this invocation (``stages.sft --section rs`` -> ``rs``), else the one whose
+    cmd matches ``argv`` best (DVC runs the cmd as written), else all of them."""
+    stages = _stages(str(dvc_path or _dvc_yaml(None)))
+    pat = re.compile(r"(?:^|\s)-m\s+" + re.escape(module) + r"(?:\s|$)")
+    found = [n for n, s in stages.items() if pat.search(s["cmd"])]
+    if not found:
+        short = module.rsplit(".", 1)[-1]
+        return [short] if short in stages else []
+    if len({tuple(stages[n]["params"] or ["*"]) for n in found}) <= 1:
+        return found
+    values = _invocation_values(argv)
+    named = [n for n in found if n in values]
+    if len(named) == 1:
+        return named
+    args = set(argv or [])
+
+    def score(n):
+        tail = pat.split(stages[n]["cmd"], 1)[-1].split()
+        return sum(t in args for t in tail) / max(len(tail), 1)
+
+    best = max(score(n) for n in found)
+    return [n for n in found if score(n) == best] if best > 0 else found
+
+
+def check_stage(params: dict, stage: str | list[str], where: str = "params.yaml",
+                dvc_path: str | os.PathLike | None = None) -> dict:
+    """Check the sections that ``stage`` (one name or several) declares in dvc.yaml: every present key in those
+    sections, and that each declared key is there. ParamsError naming the first bad key."""
+    names = [stage] if isinstance(stage, str) else list(stage)
+    declared: list[str] | None = []
+    for name in names:
+        keys = declared_keys(name, dvc_path)
+        declared = None if keys is None or declared is None else declared + keys
+    if declared is None:
+        return check_file(params, where)
+    sections = list(dict.fromkeys(k.split(".", 1)[0] for k in declared))
+    unknown = [s for s in sections if s not in SECTIONS]
+    if unknown:
+        raise ParamsError(f"{where}: {unknown[0]}: not a section of the params schema (sciexplain/params_schema.py)")
+    if not isinstance(params, dict):
+        _raise(where, problems(params))
+    _raise(where, problems(params, sections, declared))
+    return params
+
+
+def caller_module(depth: int = 2) -> str | None:
+    """The module name of the code ``depth`` frames up (``stages.teacher``, also when run as ``python -m``)."""
+    try:
+        frame = sys._getframe(depth)
+    except ValueError:
+        frame = None
+    name = frame.f_globals.get("__name__") if frame is not None else None
+    if name == "__main__":
+        spec = frame.f_globals.get("__spec__")
+        name = getattr(spec, "name", None)
+    if not name or name == "__main__":
+        main = sys.modules.get("__main__")
+        spec = getattr(main, "__spec__", None)
+        name = getattr(spec, "name", None)
+        if not name and sys.argv and sys.argv[0].endswith(".py"):
+            p = Path(sys.argv[0]).resolve()
+            name = f"{p.parent.name}.{p.stem}" if p.parent.name == "stages" else None
+    return name
+
+
+def check_for_caller(params: dict, where: str, module: str | None, params_path=None) -> dict:
+    """What :func:`sciexplain.cli.read_params` runs: the stage(s) of ``module`` if dvc.yaml has any, else the
+    whole file (a script that is not a stage, e.g. a bench, gets every section checked)."""
+    dvc_path = _dvc_yaml(params_path)
+    if dvc_path is None:
+        return check_file(params, where)
+    names = stages_of_module(module, sys.argv[1:], dvc_path) if module and module.startswith("stages.") else []
+    return check_stage(params, names, where, dvc_path) if names else check_file(params, where)
+
+
+# --------------------------------------------------------------------------- the command line
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m sciexplain.params_schema", description=__doc__.split("\n\n")[0])
+    ap.add_argument("params", nargs="?", default="params.yaml", help="params file (default params.yaml)")
+    ap.add_argument("--stage", action="append", help="check only what this dvc.yaml stage declares (repeatable)")
+    args = ap.parse_args(argv)
+    try:
+        params = load_params(args.params)
+        where = args.params
+        if args.stage:
+            check_stage(params, args.stage, where, _dvc_yaml(args.params))
+        else:
+            check_file(params, where)
+    except UserError as e:
+        print(f"Error: {e}", file=sys.stderr)
+        return 1
+    except KeyError as e:
+        print(f"Error: {e.args[0]}", file=sys.stderr)
+        return 1
+    print(f"{where}: ok" + (f" (stage {', '.join(args.stage)})" if args.stage else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
