@@ -17,22 +17,38 @@ at least one annotator and shares differ by at most one item. Every annotator wh
 same sheet, names, overlap and seed gets the same split, on any machine. The page shows the annotator's
 own items only, with progress as done / assigned; a vote on an item not assigned to them is refused.
 
-The server only ever reads the sheet (never the key) and serves the four sheet fields. Answers
+The server only ever reads the sheet (never the key) and serves the four sheet fields and each item's
+``item_hash`` (:func:`sciexplain.annotations.item_hash` of the question and the answers in their A/B order).
+The page sends the hash of what it showed with every vote and the server stores it in the row, so a vote
+counts only while the sheet is unchanged; a vote for an older version of an item (a page loaded before the
+sheet changed, or a sheet rewritten on disk while the server runs) is refused with 409. Answers
 are untrusted text: the page sets them with ``textContent`` from the JSON API, never as HTML,
 and every response carries a strict Content-Security-Policy (no inline script or style).
-Each saved answer is written to the annotator's file at once, atomically
-(:func:`sciexplain.annotations.append_annotation`).
+
+Each saved answer is written to the annotator's file at once, atomically and fsynced
+(:func:`sciexplain.annotations.append_annotation`), saves serialised by a lock. The server holds the file's
+:class:`sciexplain.annotations.AnnotationLock` for its whole life, so a second server on the same file refuses
+to start; temp files go to :func:`sciexplain.annotations.work_dir` (outside ``data/annotations``, a DVC
+dependency), and a start removes the ones a killed server left. Rows of the file made on another version of
+the sheet (stale) are not shown as answered; answering the item again replaces them.
+
+Hardening: a 30 s socket timeout per connection (a stalled client never holds a thread for long), a 64 KiB
+body cap, a clean 400 for any malformed body (too deeply nested JSON included), ``--host ::1`` (IPv6).
 
 Routes: ``GET /`` page, ``GET /app.js``, ``GET /app.css``, ``GET /api/items`` (this annotator's items and
 ``assignment``: annotator, annotators, overlap, overlap_items, sheet_items, assigned),
-``GET /api/annotations`` (this annotator's answers), ``POST /api/annotate``
-``{item_id, choice, strength, comment}`` -> 400 with ``{"error": message}`` on bad input.
+``GET /api/annotations`` (this annotator's answers on the current sheet), ``POST /api/annotate``
+``{item_id, item_hash, choice, strength, comment}`` -> 400 with ``{"error": message}`` on bad input, 409 when the
+hash is not the current sheet's.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import math
+import os
+import socket
+import sys
 import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -42,12 +58,13 @@ from urllib.parse import urlsplit
 import click
 
 from sciexplain.annotations import (
-    SHEET_FIELDS, STRENGTHS, append_annotation, read_annotations, read_sheet,
+    HASH_FIELD, SHEET_FIELDS, STRENGTHS, AnnotationLock, append_annotation, load_annotations, read_sheet, sheet_hashes,
 )
-from sciexplain.io import DataError
+from sciexplain.io import DataError, UserError
 
 MAX_BODY = 64 * 1024
 MAX_COMMENT = 4000
+SOCKET_TIMEOUT = 30.0  # seconds a connection may stall before the server drops it
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -181,7 +198,8 @@ JS = r"""
     if (busy || !items.length) return;
     if (!valid()) { setStatus(strength ? "Choose A or B (or Unsure)." : "Choose a strength (1-4).", true); return; }
     const it = items[idx];
-    const body = { item_id: it.item_id, choice: choice, strength: strength, comment: $("comment").value };
+    const body = { item_id: it.item_id, item_hash: it.item_hash, choice: choice, strength: strength,
+                   comment: $("comment").value };
     busy = true; paintSelection(); setStatus("saving…", false);
     try {
       const r = await fetch("/api/annotate", {
@@ -278,16 +296,23 @@ def assign_items(item_ids: list[str], annotators: list[str], overlap: float, see
     return {"assigned": assigned, "overlap": [i for i in item_ids if i in shared], "annotators": names}
 
 
+class Conflict(UserError):
+    """A vote for another version of the sheet than the current one (HTTP 409)."""
+
+
 class AnnotationApp:
-    """State behind the server: the sheet (no key), this annotator's share of it, and their file."""
+    """State behind the server: the sheet (no key), this annotator's share of it, and their file (locked)."""
 
     def __init__(self, sheet_path: str | Path, out_path: str | Path, annotator: str | None = None,
                  annotators: list[str] | None = None, overlap: float = 0.25, seed: int = 0):
         self.sheet_path, self.out_path = Path(sheet_path), Path(out_path)
         if self.out_path.suffix != ".jsonl":
             raise DataError(self.out_path, None, None, "the annotation file must end in .jsonl")
-        # the four shown fields only (a sheet's finished_a/finished_b flags are for the judges' rule, not people)
-        self.sheet = [{f: it[f] for f in SHEET_FIELDS} for it in read_sheet(self.sheet_path)]
+        # the four shown fields + the hash of what is shown (a sheet's finished flags are for the judges, not people)
+        sheet = read_sheet(self.sheet_path)
+        self._sheet_stat = self._stat_sheet()
+        self.sheet = [{**{f: it[f] for f in SHEET_FIELDS}, HASH_FIELD: it[HASH_FIELD]} for it in sheet]
+        self.hashes = sheet_hashes(self.sheet)
         self.sheet_ids = [it["item_id"] for it in self.sheet]
         self.annotator = annotator or self.out_path.stem
         self.assignment = {"annotator": self.annotator, "annotators": [self.annotator], "overlap": None,
@@ -303,25 +328,68 @@ class AnnotationApp:
         else:
             self.items = list(self.sheet)
         self.ids = [it["item_id"] for it in self.items]
-        self.lock = threading.Lock()
-        if self.out_path.exists():  # fail early on a broken or foreign file
-            read_annotations(self.out_path, self.sheet_ids)
+        self.lock = threading.Lock()  # saves inside this server, one at a time
+        self.file_lock = AnnotationLock(self.out_path)  # other processes: one writer per file
+        try:
+            self.stale = []
+            if self.out_path.exists():  # fail early on a broken, foreign or hash-less file
+                self.stale = load_annotations(self.out_path, self.hashes, sheet_path=self.sheet_path).stale
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def cleaned(self) -> list[Path]:
+        """Temp files a crashed server had left, removed at this start."""
+        return self.file_lock.cleaned
+
+    def close(self) -> None:
+        self.file_lock.release()
+
+    def _stat_sheet(self):
+        st = os.stat(self.sheet_path)
+        return st.st_mtime_ns, st.st_size, st.st_ino
+
+    def _check_sheet_on_disk(self, item_id: str) -> None:
+        """Refuse a vote when the sheet file was rewritten since the start and this item is shown differently."""
+        try:
+            now = self._stat_sheet()
+        except OSError:
+            raise Conflict(f"{self.sheet_path} is gone since this server started: restart it") from None
+        if now == self._sheet_stat:
+            return
+        try:
+            disk = sheet_hashes(read_sheet(self.sheet_path))
+        except DataError as e:
+            raise Conflict(f"{self.sheet_path} changed since this server started and cannot be read ({e}): "
+                           "restart the server") from None
+        if disk.get(item_id) != self.hashes[item_id]:
+            raise Conflict(f"{self.sheet_path} changed on disk since this server started (item {item_id!r} now shows "
+                           "other answers or another A/B order): restart the server and reload the page")
 
     def annotations(self) -> dict:
         with self.lock:
             if not self.out_path.exists():
                 return {}
-            found = read_annotations(self.out_path, self.sheet_ids)
+            found = load_annotations(self.out_path, self.hashes, sheet_path=self.sheet_path).annotations
         return {k: {"choice": a.choice, "strength": a.strength, "comment": a.comment} for k, a in found.items()}
 
     def annotate(self, record) -> dict:
         if isinstance(record, dict) and isinstance(record.get("comment"), str) and len(record["comment"]) > MAX_COMMENT:
             raise DataError(None, None, "comment", f"longer than {MAX_COMMENT} characters")
         item = record.get("item_id") if isinstance(record, dict) else None
-        if isinstance(item, str) and item.strip() in self.sheet_ids and item.strip() not in self.ids:
-            raise DataError(None, None, "item_id", f"item {item.strip()!r} is not assigned to {self.annotator!r}")
+        item = item.strip() if isinstance(item, str) else None
+        if item in self.hashes and item not in self.ids:
+            raise DataError(None, None, "item_id", f"item {item!r} is not assigned to {self.annotator!r}")
+        shown = record.get(HASH_FIELD) if isinstance(record, dict) else None
+        if item in self.hashes and isinstance(shown, str) and shown.strip() and shown.strip() != self.hashes[item]:
+            raise Conflict(f"item {item!r} was shown as {shown.strip()!r}, the sheet now holds {self.hashes[item]!r}: "
+                           "reload the page")
         with self.lock:
-            rec = append_annotation(self.out_path, record, self.ids)
+            if item in self.hashes:
+                self._check_sheet_on_disk(item)
+            rec = append_annotation(self.out_path, record, {i: self.hashes[i] for i in self.ids},
+                                    tmp_dir=self.file_lock.tmp_dir)
         return rec
 
 
@@ -330,6 +398,7 @@ class Handler(BaseHTTPRequestHandler):
     sys_version = ""
     app: AnnotationApp  # set on the subclass by make_server
     quiet = False
+    timeout = SOCKET_TIMEOUT  # socket timeout of every connection (StreamRequestHandler.setup applies it)
 
     def log_message(self, format, *args):  # noqa: A002
         if not self.quiet:
@@ -399,30 +468,71 @@ class Handler(BaseHTTPRequestHandler):
             return self._error(HTTPStatus.LENGTH_REQUIRED, "Content-Length required")
         if length < 0 or length > MAX_BODY:
             return self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body larger than {MAX_BODY} bytes")
+        body = self.rfile.read(length)
+        if len(body) != length:
+            return self._error(HTTPStatus.BAD_REQUEST, "body shorter than its Content-Length")
         try:
-            record = json.loads(self.rfile.read(length).decode("utf-8"))
+            record = json.loads(body.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             return self._error(HTTPStatus.BAD_REQUEST, f"invalid JSON: {e}")
+        except RecursionError:
+            return self._error(HTTPStatus.BAD_REQUEST, "invalid JSON: nested too deeply")
         try:
             rec = self.app.annotate(record)
+        except Conflict as e:
+            return self._error(HTTPStatus.CONFLICT, str(e))
         except DataError as e:
             # A request error names no file; a problem with the annotation file itself is a server error.
             status = HTTPStatus.BAD_REQUEST if e.path is None else HTTPStatus.INTERNAL_SERVER_ERROR
             return self._error(status, str(e))
+        except RecursionError:
+            return self._error(HTTPStatus.BAD_REQUEST, "record nested too deeply")
         self._json(200, {"ok": True, "record": {k: rec[k] for k in ("choice", "strength", "comment")},
                          "item_id": rec["item_id"]})
 
 
+class AnnotationServer(ThreadingHTTPServer):
+    """Threads per connection (daemonic); an unexpected error in one request is one line on stderr, not a
+    traceback; closing the server releases the annotation file's lock."""
+
+    daemon_threads = True
+    app: AnnotationApp
+    quiet = False
+
+    def handle_error(self, request, client_address) -> None:
+        exc = sys.exc_info()[1]
+        if not self.quiet and not isinstance(exc, (ConnectionError, TimeoutError)):
+            print(f"annotate: request from {client_address[0]} failed: {type(exc).__name__}: {exc}",
+                  file=sys.stderr, flush=True)
+
+    def server_close(self) -> None:
+        try:
+            super().server_close()
+        finally:
+            self.app.close()
+
+
+class AnnotationServer6(AnnotationServer):
+    address_family = socket.AF_INET6
+
+
 def make_server(sheet: str | Path, out: str | Path, host: str = "127.0.0.1", port: int = 8765,
                 quiet: bool = False, annotator: str | None = None, annotators: list[str] | None = None,
-                overlap: float = 0.25, seed: int = 0) -> ThreadingHTTPServer:
-    """A ready (not yet serving) server; port 0 picks a free port (see ``server.server_address``).
-    ``annotators`` (with ``annotator`` among them): serve only ``annotator``'s share (:func:`assign_items`)."""
+                overlap: float = 0.25, seed: int = 0, timeout: float = SOCKET_TIMEOUT) -> AnnotationServer:
+    """A ready (not yet serving) server; port 0 picks a free port (see ``server.server_address``); an IPv6
+    ``host`` (``::1``) gets an IPv6 server. ``annotators`` (with ``annotator`` among them): serve only
+    ``annotator``'s share (:func:`assign_items`). Takes the out file's lock (UserError when another server holds
+    it) until ``server_close()``; ``timeout``: seconds a connection may stall."""
     app = AnnotationApp(sheet, out, annotator, annotators, overlap, seed)
-    handler = type("BoundHandler", (Handler,), {"app": app, "quiet": quiet})
-    server = ThreadingHTTPServer((host, port), handler)
-    server.daemon_threads = True
+    handler = type("BoundHandler", (Handler,), {"app": app, "quiet": quiet, "timeout": timeout})
+    cls = AnnotationServer6 if ":" in host else AnnotationServer
+    try:
+        server = cls((host, port), handler)
+    except BaseException:
+        app.close()
+        raise
     server.app = app
+    server.quiet = quiet
     return server
 
 
@@ -457,14 +567,22 @@ def main(sheet: str, out: str | None, annotator: str | None, annotators: str | N
     try:
         server = make_server(sheet, out, host, port, annotator=annotator, annotators=names, overlap=overlap,
                              seed=assign_seed)
-    except (DataError, ValueError) as e:
+    except (UserError, ValueError) as e:
         raise click.ClickException(str(e)) from None
+    except OSError as e:
+        raise click.ClickException(f"cannot listen on {host} port {port}: {e.strerror or e}") from None
     h, p = server.server_address[:2]
     shown = f"[{h}]" if ":" in h else h
     a = server.app.assignment
     share = (f" ({a['assigned']} of {a['sheet_items']} sheet items; {a['overlap_items']} shared by all "
              f"{len(a['annotators'])} annotators)" if names else "")
     click.echo(f"Annotating {len(server.app.items)} items as '{Path(out).stem}'{share} -> {out}")
+    for path in server.app.cleaned:
+        click.echo(f"removed {path}, left by a server that did not stop cleanly", err=True)
+    if server.app.stale:
+        click.echo(f"warning: {len(server.app.stale)} answers in {out} were given on another version of the sheet "
+                   "(other answers or A/B order): they do not count and show as not annotated; answer them again",
+                   err=True)
     click.echo(f"Open http://{shown}:{p}/   (Ctrl+C to stop)")
     if host not in LOOPBACK:
         click.echo("warning: listening beyond this machine; anyone who can reach it can annotate", err=True)

@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping, NamedTuple
 
-from .annotations import KEY_FIELDS, read_annotation_dir
+from .annotations import HUMAN, JUDGE, KEY_FIELDS, read_annotation_dir, warn_stderr
 from .io import DataError, read_jsonl
 from .stats import TIE, _pval, _rate, majority_vote, summarize_pair, verdict_side, wilson_interval
 from .verdicts import BETTER, CANNOT_TELL, NOT_VALIDATED, WORSE, comparison_verdict, detectable_win_rate, holm
@@ -250,18 +250,37 @@ def power_at(n: int, alpha: float = 0.05, power: float = 0.8) -> dict:
             "detectable_difference": _rate(det - 0.5) if det is not None else None}
 
 
-def read_groups(pair: str, ids: list[str], judgments_dir, annotations_dir) -> tuple[dict, dict]:
-    """(judges, humans): ``{annotator: {item_id: Annotation}}`` from ``<judgments>/<pair>/`` and ``<annotations>/<pair>/``."""
-    groups = {}
-    for kind, root in (("judge", judgments_dir), ("human", annotations_dir)):
+class Groups(NamedTuple):
+    """The annotation files of one comparison, split by annotator type (never by file name)."""
+    judges: dict  # {annotator: {item_id: Annotation}}, current rows only
+    humans: dict
+    stale_rows: dict  # {file path: rows made on another version of the sheet}, every file read (0 when none)
+
+
+def read_groups(pair: str, hashes: Mapping[str, str], judgments_dir, annotations_dir, sheet_path=None,
+                warn: Callable[[str], None] | None = warn_stderr) -> Groups:
+    """The files of ``<judgments>/<pair>/`` and ``<annotations>/<pair>/`` checked against the sheet (``hashes`` =
+    :func:`sciexplain.annotations.sheet_hashes`). A file is a judge's when its rows say ``"annotator_type":
+    "judge"`` (rows without the field: judge in the judgments folder, human in the annotations folder). Only rows
+    whose hash matches the current sheet count; stale rows are counted per file in ``stale_rows`` and warned
+    about (``warn``), as is every file a reader skips (see :func:`sciexplain.annotations.read_annotation_dir`)."""
+    groups = {JUDGE: {}, HUMAN: {}}
+    stale: dict[str, int] = {}
+    for default, root in ((JUDGE, judgments_dir), (HUMAN, annotations_dir)):
         folder = Path(root) / pair if root is not None else None
-        groups[kind] = read_annotation_dir(folder, ids) if folder is not None and folder.is_dir() else {}
-    both = set(groups["judge"]) & set(groups["human"])
-    if both:
-        raise DataError(Path(annotations_dir) / pair, None, None,
-                        f"annotator {sorted(both)[0]!r} also names a judge file: rename the human file")
-    return groups["judge"], groups["human"]
+        if folder is None or not folder.is_dir():
+            continue
+        for name, f in read_annotation_dir(folder, hashes, default, sheet_path, warn).items():
+            if name in groups[JUDGE] or name in groups[HUMAN]:
+                raise DataError(f.path, None, None, f"annotator {name!r} also has a file in {judgments_dir}/{pair}: "
+                                "rename this file")
+            groups[f.annotator_type][name] = f.annotations
+            stale[str(f.path)] = len(f.stale)
+            if f.stale and warn:
+                warn(f"{f.path}: {len(f.stale)} of {len(f.stale) + len(f.annotations)} rows were made on another version "
+                     f"of the sheet (other answers or A/B order) and are not counted; see README, 'Stale annotations'")
+    return Groups(groups[JUDGE], groups[HUMAN], dict(sorted(stale.items())))
 
 
 __all__ = ["BETTER", "WORSE", "CANNOT_TELL", "NOT_VALIDATED", "adjust_family", "headline_summary", "power_at",
-           "read_groups", "read_key", "summarize", "subject_of", "judge_validation", "verdict_sentence"]
+           "Groups", "read_groups", "read_key", "summarize", "subject_of", "judge_validation", "verdict_sentence"]

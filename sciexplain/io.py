@@ -66,11 +66,13 @@ def default_mode(path: str | os.PathLike) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
-    """Yield a temp path in the same folder as ``path``; rename it into place on success, delete it on error."""
+def atomic_path(path: str | os.PathLike, suffix: str = "", tmp_dir: str | os.PathLike | None = None) -> Iterator[Path]:
+    """Yield a temp path in the same folder as ``path`` (or in ``tmp_dir``, which must be on the same file
+    system); rename it into place on success, delete it on error."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix + ".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix + ".tmp",
+                               dir=path.parent if tmp_dir is None else tmp_dir)
     os.close(fd)
     tmp = Path(tmp)
     try:

@@ -25,11 +25,12 @@ Unsure pair has no direction, so its chosen/rejected order is fixed by a hash of
 from __future__ import annotations
 
 import hashlib
+import sys
 from itertools import combinations
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
-from .annotations import read_annotation_dir, read_sheet
+from .annotations import HUMAN, JUDGE, read_annotation_dir, read_sheet, sheet_hashes
 from .io import DataError, read_jsonl, stable_id
 from .rubric import RubricJudge
 from .stats import STRENGTH_MARGIN, UNSURE
@@ -80,10 +81,6 @@ def make_pair(question: str, prompt: str, answer_a: str, answer_b: str, choice: 
     }
 
 
-def _is_judge(annotator: str) -> bool:
-    return annotator.startswith("judge-")
-
-
 def judge_of(pair: Mapping) -> str | None:
     """The judge whose label a pair carries (None: a person's)."""
     return pair.get("judge")
@@ -130,36 +127,49 @@ def read_pair_annotations(pair: str, compare_root: str | Path, annotation_roots:
     """Sheet, key and every annotator's verdicts for one compared pair.
 
     Returns ``{"sheet": {item_id: sheet record} (sheet order), "key": {...}, "annotations":
-    {annotator: {item_id: Annotation}}}``. Annotation folders ``<root>/<pair>`` that do not exist
+    {annotator: {item_id: Annotation}}, "judges": {annotators that are judges}, "stale_rows": {file: n}}``.
+    Only rows bound to the current sheet (same ``item_hash``) are returned; stale rows are counted per file and
+    warned about on stderr. A file is a judge's by its rows' ``annotator_type``, never by its name; rows without
+    it are human, except in a root given as ``(path, "judge")`` (the judge stage's folder). Annotation folders ``<root>/<pair>`` that do not exist
     are skipped; the same annotator in two roots is an error.
     """
     cdir = Path(compare_root) / pair
     sheet = {r["item_id"]: r for r in read_sheet(cdir / "sheet.jsonl")}
+    hashes = sheet_hashes(sheet.values())
     key = read_key(cdir / "key.jsonl")
     annotations: dict = {}
+    judges, stale = set(), {}
     for root in annotation_roots:
+        root, default = root if isinstance(root, tuple) else (root, HUMAN)
         d = Path(root) / pair
         if not d.is_dir():
             continue
-        for name, anns in read_annotation_dir(d, sheet).items():
+        for name, f in read_annotation_dir(d, hashes, default, cdir / "sheet.jsonl").items():
             if name in annotations:
                 raise DataError(d, None, None, f"annotator {name!r} also has a file in another annotation folder")
-            annotations[name] = anns
-    return {"sheet": sheet, "key": key, "annotations": annotations}
+            annotations[name] = f.annotations
+            stale[str(f.path)] = len(f.stale)
+            if f.annotator_type == JUDGE:
+                judges.add(name)
+            if f.stale:
+                print(f"warning: {f.path}: {len(f.stale)} rows were made on another version of the sheet and are "
+                      "not used", file=sys.stderr, flush=True)
+    return {"sheet": sheet, "key": key, "annotations": annotations, "judges": judges, "stale_rows": stale}
 
 
 def annotation_pairs(pair: str, data: Mapping, prompt_fn: Callable[[str], str], unsure: str = "drop",
                      annotators: str = "all") -> list[dict]:
     """Pairs from one compared pair's annotations (see :func:`read_pair_annotations`): one pair per
     item and annotator, the annotator's preferred answer as ``chosen``. ``annotators``: all, humans
-    (files not named judge-*) or judges (judge-* files; their pairs name the judge in ``judge``)."""
+    or judges (``data["judges"]``, by their rows' annotator_type; their pairs name the judge in ``judge``)."""
     _check_unsure(unsure)
     if annotators not in ANNOTATOR_KINDS:
         raise DataError(None, None, "annotators", f"must be one of {', '.join(ANNOTATOR_KINDS)}, got {annotators!r}")
     sheet, key = data["sheet"], data["key"]
     out = []
+    judges = data.get("judges", set())
     for name in sorted(data["annotations"]):
-        if (annotators == "humans" and _is_judge(name)) or (annotators == "judges" and not _is_judge(name)):
+        if (annotators == "humans" and name in judges) or (annotators == "judges" and name not in judges):
             continue
         anns = data["annotations"][name]
         for item_id, rec in sheet.items():  # sheet order
@@ -169,7 +179,7 @@ def annotation_pairs(pair: str, data: Mapping, prompt_fn: Callable[[str], str], 
             k = key.get(item_id, {})
             p = make_pair(rec["question"], prompt_fn(rec["question"]), rec["answer_a"], rec["answer_b"], ann.choice,
                           ann.strength, f"{pair}/{name}", unsure, k.get("a_model"), k.get("b_model"), item_id,
-                          judge=name[len("judge-"):] if _is_judge(name) else None)
+                          judge=(name[len("judge-"):] if name.startswith("judge-") else name) if name in judges else None)
             if p is not None:
                 out.append(p)
     return out

@@ -1,7 +1,9 @@
 """Stage compare: for each pair "x_vs_y" of compare.pairs, a blind A/B sheet of the two models' eval answers.
 
-Writes ``<out>/<pair>/sheet.jsonl`` (what annotators and judges see), ``key.jsonl`` (which model is A
-and B, kept apart) and ``sheet.csv`` (the sheet for spreadsheet annotators). Items are the questions
+Writes ``<out>/<pair>/sheet.jsonl`` (what annotators and judges see; each item with the ``item_hash`` of its
+question and answers in their A/B order, which every annotation row must carry to count), ``key.jsonl``
+(which model is A and B, kept apart) and ``sheet.csv`` (the sheet for spreadsheet annotators, with the hash
+in its last column). Items are the questions
 of the prepared split, in its order (item_id = question id), with sample 0 of each model's answers, and
 ``finished_a`` / ``finished_b`` where the generation records say whether each answer stopped on its own
 (the judge panel never lets an unfinished answer beat a finished one, see sciexplain/judges.py).

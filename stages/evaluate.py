@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from sciexplain.cli import get, params_option, read_params, stage
-from sciexplain.io import read_json, read_jsonl, write_json, write_jsonl
+from sciexplain.io import DataError, read_json, read_jsonl, write_json, write_jsonl
 
 
 @click.command()
@@ -35,7 +35,7 @@ from sciexplain.io import read_json, read_jsonl, write_json, write_jsonl
 def main(base_dir, reward_dir, prepared, generations, annotations, judge_prompt, cache_dir, metrics_dir, plots_dir,
          report_dir, sheets_dir, select_metrics, validation_path, teacher_check_path, compare_summary_path, params_path):
     from sciexplain import plots
-    from sciexplain.annotations import write_sheet_csv
+    from sciexplain.annotations import check_pair_folders, sheet_hashes, write_sheet_csv
     from sciexplain.comparisons import adjust_family, headline_summary, power_at, read_groups
     from sciexplain.evaluation import (load_eval_answers, opening, pair_sheet, pair_winrate, reward_model_warning,
                                        reward_statistics, teacher_warning)
@@ -72,6 +72,7 @@ def main(base_dir, reward_dir, prepared, generations, annotations, judge_prompt,
 
     # win rates: humans where their files exist, each judge beside them
     winrates = {}
+    check_pair_folders(annotations, get(p, "evaluate.pairs"), prefix="eval_")
     for pair in get(p, "evaluate.pairs"):
         sheet, key = pair_sheet(pair, answers, ids, get(p, "compare.seed"))
         sdir = Path(sheets_dir) / f"eval_{pair}"
@@ -81,9 +82,14 @@ def main(base_dir, reward_dir, prepared, generations, annotations, judge_prompt,
         panel = run_panel(sheet, get(p, "judge.panel"), base_dir=base_dir, cache_dir=Path(cache_dir) / pair,
                           prompt_path=judge_prompt, progress=False)
         judges = {f"judge-{name}": anns for name, anns in panel.items()}
-        _, humans = read_groups(f"eval_{pair}", [s["item_id"] for s in sheet], None, annotations)
+        groups = read_groups(f"eval_{pair}", sheet_hashes(sheet), None, annotations, sdir / "sheet.jsonl")
         excluded = {m: sum(i not in answers[m] for i in ids) for m in pair.split("_vs_", 1)}
-        winrates[pair] = pair_winrate(pair, sheet, key, judges, humans, validation, excluded)
+        both = sorted(set(judges) & set(groups.judges))
+        if both:
+            raise DataError(Path(annotations) / f"eval_{pair}", None, None,
+                            f"a judge file {both[0]!r} here has the name of a judge of judge.panel: rename it")
+        winrates[pair] = pair_winrate(pair, sheet, key, {**judges, **groups.judges}, groups.humans, validation, excluded)
+        winrates[pair]["stale_rows"] = groups.stale_rows
     family = adjust_family(winrates, "evaluate: the headline sign test of every evaluate.pairs comparison")
     power = power_at(len(ids))
     for m in winrates.values():

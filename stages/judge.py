@@ -1,7 +1,8 @@
 """Stage judge: the automatic judge panel (judge.panel) on every blind sheet in data/compare.
 
-Writes ``<out>/<pair>/judge-<name>.jsonl`` in the human annotation format (judges never see the key)
-and per-judge counts (unparseable replies, order disagreements, cache hits) to the metrics file.
+Writes ``<out>/<pair>/judge-<name>.jsonl`` in the human annotation format (judges never see the key), every
+row bound to the sheet item it judged (``item_hash``) and marked ``"annotator_type": "judge"`` (readers tell
+judges from people by that field, not by the file name), and per-judge counts (unparseable replies, order disagreements, cache hits) to the metrics file.
 LLM judge replies are cached in ``<cache>/<name>.jsonl``: a rerun never repeats a finished call.
 """
 import shutil
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from sciexplain.annotations import read_sheet, write_annotations
+from sciexplain.annotations import JUDGE, read_sheet, sheet_hashes, write_annotations
 from sciexplain.cli import get, params_option, read_params, stage
 from sciexplain.io import DataError, replace_dir, write_json
 from sciexplain.judges import Panel
@@ -45,7 +46,7 @@ def main(compare_dir, base_dir, prompt_path, cache_dir, out_dir, metrics_path, p
             result = panel.judge(sheet, label=pair)
             (tmp / pair).mkdir(parents=True, exist_ok=True)
             for name, annotations in result.items():
-                write_annotations(tmp / pair / f"judge-{name}.jsonl", annotations)
+                write_annotations(tmp / pair / f"judge-{name}.jsonl", annotations, sheet_hashes(sheet), JUDGE)
             # cache hits/misses go to the log only: the metrics of a rerun must not change
             cache = {n: f"{s.pop('hits')} cached, {s.pop('misses')} new" for n, s in result.stats.items() if "hits" in s}
             metrics["pairs"][pair] = result.stats

@@ -76,7 +76,7 @@ def main(base_dir, human_dir, compare_root, annotations_root, judgments_root, ge
                                                            allow_empty=True), prompt_fn)
     test = read_jsonl(human_dir / "test.jsonl", required=("id", "question", "pair_id"), allow_empty=False)
     compare = Path(compare_root)
-    roots = (annotations_root, judgments_root) if judge_labels else (annotations_root,)
+    roots = (annotations_root, (judgments_root, "judge")) if judge_labels else (annotations_root,)
     pair_data = {}
     for d in sorted(compare.iterdir()) if compare.is_dir() else []:
         if (d / "sheet.jsonl").exists():
@@ -138,7 +138,7 @@ def main(base_dir, human_dir, compare_root, annotations_root, judgments_root, ge
                         f"no held-out pair's question fits max_length {max_length}")
     ev = heldout_eval(test_fit, scorer, rubric_params=rubric_params, seed=seed,
                       n_resamples=int(get(p, "reward_model.bootstrap")), batch_size=bs)
-    humans_only = {k: {**d, "annotations": {n: a for n, a in d["annotations"].items() if not n.startswith("judge-")}}
+    humans_only = {k: {**d, "annotations": {n: a for n, a in d["annotations"].items() if n not in d["judges"]}}
                    for k, d in pair_data.items()}
     humans_only = {k: d for k, d in humans_only.items() if d["annotations"]}
     majority = majority_agreement(scorer, humans_only, {x["id"] for x in train + dev}, None, bs)
@@ -166,6 +166,7 @@ def main(base_dir, human_dir, compare_root, annotations_root, judgments_root, ge
             "on_test_questions_removed": n_test_q, "prompt_too_long": n_long_prompt, "capped": n_capped,
             "unsure": unsure, "train_questions": len({x["id"] for x in train}), "dev_questions": len({x["id"] for x in dev}),
             "test_questions": h["questions"],
+            "stale_annotation_rows": {f: n for d in pair_data.values() for f, n in d["stale_rows"].items()},
         },
         "max_length": max_length,
         "truncated": res["truncated_pairs"], "truncated_sequences": res["truncated_sequences"],

@@ -2,7 +2,9 @@
 
 For each ``<compare>/<pair>/`` sheet: the judges' files in ``<judgments>/<pair>/`` and the human files
 in ``<annotations>/<pair>/`` (*.csv or *.jsonl, one per annotator, optional) are checked against the
-sheet, un-blinded with the key and summarised by :func:`sciexplain.comparisons.summarize`: the humans
+sheet -- only rows whose ``item_hash`` is the current sheet item's count; stale rows are counted per file
+(``stale_rows`` in the pair's metrics) and warned about on stderr, as is every file that is not read --,
+un-blinded with the key and summarised by :func:`sciexplain.comparisons.summarize`: the humans
 together (never pooled with a judge), each judge on its own with its human agreement from
 ``metrics/validate.json``, and a headline verdict (humans where any human file exists). The headline
 tests of all pairs form one Holm family. Writes one metrics JSON per pair, ``--summary`` (every pair's
@@ -15,7 +17,7 @@ from pathlib import Path
 
 import click
 
-from sciexplain.annotations import read_sheet
+from sciexplain.annotations import check_pair_folders, read_sheet, sheet_hashes
 from sciexplain.cli import stage
 from sciexplain.comparisons import adjust_family, headline_summary, read_groups, read_key, summarize
 from sciexplain.io import DataError, read_json, write_json, write_text
@@ -53,16 +55,19 @@ def main(compare_dir, judgments_dir, annotations_dir, metrics_pattern, plot_path
         raise DataError(compare_dir, None, None, "no <pair>/sheet.jsonl found: run the compare stage first")
     validation = read_json(validation_path) if Path(validation_path).exists() else None
     rows, all_metrics = [], {}
+    check_pair_folders(annotations_dir, [s.parent.name for s in sheets])
     for sheet_path in sheets:
         pair = sheet_path.parent.name
         sheet = read_sheet(sheet_path)
         ids = [r["item_id"] for r in sheet]
         key = read_key(sheet_path.parent / "key.jsonl", ids)
-        judges, humans = read_groups(pair, ids, judgments_dir, annotations_dir)
-        if not any(a for g in (judges, humans) for a in g.values()):
-            raise DataError(Path(annotations_dir) / pair, None, None,
-                            f"no annotations for {pair}: add human files here or a judge to judge.panel")
-        all_metrics[pair] = summarize(pair, sheet, key, judges, humans, validation)
+        groups = read_groups(pair, sheet_hashes(sheet), judgments_dir, annotations_dir, sheet_path)
+        if not any(a for g in (groups.judges, groups.humans) for a in g.values()):
+            stale = sum(groups.stale_rows.values())
+            raise DataError(Path(annotations_dir) / pair, None, None, f"no annotations for {pair}: add human files here "
+                            "or a judge to judge.panel" + (f" ({stale} stale rows do not count)" if stale else ""))
+        all_metrics[pair] = summarize(pair, sheet, key, groups.judges, groups.humans, validation)
+        all_metrics[pair]["stale_rows"] = groups.stale_rows
     family = adjust_family(all_metrics, "winrate: the headline sign test of every compare pair")
     for pair, metrics in all_metrics.items():
         metrics["multiple_testing"] = family

@@ -1,15 +1,17 @@
 import csv
 import json
+import os
 
 import pytest
 
 from sciexplain.annotations import (
-    STRENGTHS, Annotation, append_annotation, build_sheet, read_annotation_dir, read_annotations,
-    read_sheet, validate_annotation, write_sheet_csv,
+    STRENGTHS, Annotation, AnnotationLock, append_annotation, build_sheet, item_hash, load_annotations, migrate_file,
+    read_annotation_dir, read_annotations, read_sheet, sheet_hashes, validate_annotation, work_dir, write_sheet_csv,
 )
-from sciexplain.io import DataError, write_jsonl
+from sciexplain.io import DataError, UserError, write_jsonl
 
 IDS = ["q1", "q2", "q3"]
+HASHES = {i: f"{n:016x}" for n, i in enumerate(IDS, 1)}  # a made-up sheet's hashes
 
 
 def pair(i, **kw):
@@ -52,7 +54,8 @@ def test_build_sheet_blind_and_consistent_with_key():
     sheet, key = build_sheet(pairs, seed=7)
     assert [s["item_id"] for s in sheet] == [p["item_id"] for p in pairs] == [k["item_id"] for k in key]
     for s, k, p in zip(sheet, key, pairs):
-        assert set(s) == {"item_id", "question", "answer_a", "answer_b"}
+        assert set(s) == {"item_id", "item_hash", "question", "answer_a", "answer_b"}
+        assert s["item_hash"] == item_hash(s["question"], s["answer_a"], s["answer_b"])
         assert set(k) == {"item_id", "a_model", "b_model"}
         by_model = {p["model_1"]: p["answer_1"], p["model_2"]: p["answer_2"]}
         assert s["answer_a"] == by_model[k["a_model"]] and s["answer_b"] == by_model[k["b_model"]]
@@ -104,7 +107,8 @@ def test_csv_round_trip_multiline_answers(tmp_path):
     assert not list(tmp_path.glob(".*"))  # no temp files left behind
     with open(path, encoding="utf-8-sig", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["item_id", "question", "answer_a", "answer_b", "choice", "strength", "comment"]
+    assert list(rows[0]) == ["item_id", "question", "answer_a", "answer_b", "choice", "strength", "comment", "item_hash"]
+    assert [r["item_hash"] for r in rows] == [s["item_hash"] for s in sheet]
     assert [r["item_id"] for r in rows] == IDS
     assert tricky in (rows[0]["answer_a"], rows[0]["answer_b"])  # multi-line cell intact
     assert rows[2]["question"] == "Ünïcødé ✓?"
@@ -126,6 +130,8 @@ def test_csv_round_trip_multiline_answers(tmp_path):
     assert got == {"q1": Annotation("A", "Significantly better", "clearer\nshorter"),
                    "q3": Annotation("", "Unsure", "")}
     assert got["q1"] == ("A", "Significantly better", "clearer\nshorter")  # a plain tuple too
+    checked = load_annotations(path, sheet_hashes(sheet))  # bound to the sheet by the hash column
+    assert checked.annotations == got and checked.stale == [] and checked.annotator_type == "human"
 
 
 def test_jsonl_reading_and_unsure(tmp_path):
@@ -229,44 +235,166 @@ def test_strengths_are_the_fixed_scale():
 # ------------------------------------------------------------------ folders and writing
 
 
-def test_read_annotation_dir(tmp_path):
-    write_csv(tmp_path / "alice.csv", [("q1", "A", "Better", "")])
-    write_lines(tmp_path / "judge-gpt.jsonl", [{"item_id": "q2", "choice": "B", "strength": "Better"}])
+def test_read_annotation_dir(tmp_path, capsys):
+    write_csv(tmp_path / "alice.csv", [("q1", "A", "Better", "", HASHES["q1"])],
+              header=("item_id", "choice", "strength", "comment", "item_hash"))
+    write_lines(tmp_path / "judge-gpt.jsonl", [{"item_id": "q2", "item_hash": HASHES["q2"], "choice": "B",
+                                               "strength": "Better", "annotator_type": "judge"}])
     (tmp_path / ".bob.jsonl.123.tmp").write_text("junk")
     (tmp_path / "notes.txt").write_text("junk")
-    got = read_annotation_dir(tmp_path, IDS)
-    assert got == {"alice": {"q1": ("A", "Better", "")}, "judge-gpt": {"q2": ("B", "Better", "")}}
-    write_lines(tmp_path / "alice.jsonl", [{"item_id": "q2", "choice": "B", "strength": "Better"}])
+    (tmp_path / ".gitkeep").write_text("")
+    got = read_annotation_dir(tmp_path, HASHES)
+    assert {n: f.annotations for n, f in got.items()} == {"alice": {"q1": ("A", "Better", "")},
+                                                         "judge-gpt": {"q2": ("B", "Better", "")}}
+    assert got["alice"].annotator_type == "human" and got["judge-gpt"].annotator_type == "judge"
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and ".bob.jsonl.123.tmp: skipped: a hidden file" in err[0] and "notes.txt: skipped" in err[1]
+    write_lines(tmp_path / "alice.jsonl", [{"item_id": "q2", "item_hash": HASHES["q2"], "choice": "B", "strength": "Better"}])
     with pytest.raises(DataError, match="second file for annotator 'alice'"):
-        read_annotation_dir(tmp_path, IDS)
+        read_annotation_dir(tmp_path, HASHES, warn=None)
+
+
+def test_item_hash_is_what_was_shown():
+    h = item_hash("Why?", "one", "two")
+    assert len(h) == 16 and h == item_hash("Why?", "one", "two")
+    assert len({h, item_hash("Why?", "two", "one"), item_hash("Why ?", "one", "two"), item_hash("Why?", "one", "two ")}) == 4
+    assert item_hash("a", "b\u0000c", "d") != item_hash("a", "b", "\u0000cd")  # no ambiguous joins
+
+
+def test_read_sheet_checks_stored_hashes_and_computes_missing_ones(tmp_path):
+    sheet, _ = build_sheet([pair(1), pair(2)], seed=0)
+    p = tmp_path / "sheet.jsonl"
+    write_lines(p, [{k: v for k, v in s.items() if k != "item_hash"} for s in sheet])
+    assert read_sheet(p) == sheet  # a sheet written before hashes: computed
+    edited = [dict(sheet[0]), dict(sheet[1], answer_a="edited by hand")]
+    write_lines(p, edited)
+    with pytest.raises(DataError) as ei:
+        read_sheet(p)
+    assert ei.value.where == 2 and ei.value.field == "item_hash" and "rerun compare" in str(ei.value)
+
+
+def test_load_annotations_keeps_current_rows_and_counts_stale_ones(tmp_path):
+    p = write_lines(tmp_path / "a.jsonl", [
+        {"item_id": "q1", "item_hash": HASHES["q1"], "choice": "A", "strength": "Better"},
+        {"item_id": "q2", "item_hash": "ffffffffffffffff", "choice": "B", "strength": "Better"},
+        {"item_id": "q3", "item_hash": HASHES["q3"], "choice": "", "strength": ""},  # not yet annotated
+    ])
+    got = load_annotations(p, HASHES)
+    assert got.annotations == {"q1": ("A", "Better", "")} and got.stale == ["q2"]
+    write_lines(p, [{"item_id": "q1", "item_hash": HASHES["q1"], "choice": "A", "strength": "Better"},
+                    {"item_id": "q2", "choice": "B", "strength": "Better"}])
+    with pytest.raises(DataError) as ei:
+        load_annotations(p, HASHES, sheet_path="data/compare/x/sheet.jsonl")
+    assert (ei.value.where, ei.value.field) == (2, "item_hash")
+    assert f"python -m sciexplain.annotations migrate --sheet data/compare/x/sheet.jsonl {p}" in str(ei.value)
+    assert "\n" not in str(ei.value)
+    write_lines(p, [{"item_id": "q1", "item_hash": HASHES["q1"], "choice": "A", "strength": "Better",
+                     "annotator_type": "robot"}])
+    with pytest.raises(DataError, match="line 1, field 'annotator_type'"):
+        load_annotations(p, HASHES)
+    write_lines(p, [{"item_id": "q1", "item_hash": 7, "choice": "A", "strength": "Better"}])
+    with pytest.raises(DataError, match="line 1, field 'item_hash': must be a string"):
+        load_annotations(p, HASHES)
+
+
+def test_torn_last_line_and_deep_nesting_are_clean_errors(tmp_path):
+    p = tmp_path / "a.jsonl"
+    p.write_text('{"item_id": "q1", "item_hash": "x", "choice": "A", "strength": "Better"}\n{"item_id": "q2", "cho')
+    expect_error(p, IDS, 2, None, "the last line is cut off")
+    p.write_text("[" * 100_000 + "\n")
+    expect_error(p, IDS, 1, None, "nested too deeply")
 
 
 def test_append_annotation_latest_wins_and_no_duplicates(tmp_path):
     p = tmp_path / "sub" / "alice.jsonl"
-    append_annotation(p, {"item_id": "q2", "choice": "a", "strength": "better"}, IDS)
-    append_annotation(p, {"item_id": "q1", "choice": "B", "strength": "Unsure", "comment": "hm"}, IDS)
-    append_annotation(p, {"item_id": "q2", "choice": "B", "strength": "Slightly better"}, IDS)
+    h = HASHES
+    append_annotation(p, {"item_id": "q2", "item_hash": h["q2"], "choice": "a", "strength": "better"}, h)
+    append_annotation(p, {"item_id": "q1", "item_hash": h["q1"], "choice": "B", "strength": "Unsure", "comment": "hm"}, h)
+    append_annotation(p, {"item_id": "q2", "item_hash": h["q2"], "choice": "B", "strength": "Slightly better"}, h)
     lines = [json.loads(x) for x in p.read_text(encoding="utf-8").splitlines()]
     assert [x["item_id"] for x in lines] == ["q2", "q1"]  # replaced in place, no duplicate line
-    assert lines[0] == {"item_id": "q2", "choice": "B", "strength": "Slightly better", "comment": ""}
+    assert lines[0] == {"item_id": "q2", "item_hash": h["q2"], "choice": "B", "strength": "Slightly better", "comment": ""}
     assert read_annotations(p, IDS) == {"q2": ("B", "Slightly better", ""), "q1": ("B", "Unsure", "hm")}
     assert [x.name for x in p.parent.iterdir()] == ["alice.jsonl"]
     with pytest.raises(DataError, match="item_id.*unknown"):
-        append_annotation(p, {"item_id": "zz", "choice": "A", "strength": "Better"}, IDS)
+        append_annotation(p, {"item_id": "zz", "item_hash": h["q1"], "choice": "A", "strength": "Better"}, h)
+    with pytest.raises(DataError, match="item_hash.*not the current sheet"):
+        append_annotation(p, {"item_id": "q3", "item_hash": h["q1"], "choice": "A", "strength": "Better"}, h)
     with pytest.raises(DataError, match=".jsonl"):
-        append_annotation(tmp_path / "alice.csv", {"item_id": "q1", "choice": "A", "strength": "Better"}, IDS)
+        append_annotation(tmp_path / "alice.csv", {"item_id": "q1", "item_hash": h["q1"], "choice": "A",
+                                                   "strength": "Better"}, h)
+    # a stale row of another item is kept as it is; answering its item on the current sheet replaces it
+    newer = dict(h, q2="feedfeedfeedfeed")
+    append_annotation(p, {"item_id": "q1", "item_hash": h["q1"], "choice": "A", "strength": "Better"}, newer,
+                      tmp_dir=tmp_path)
+    assert load_annotations(p, newer).stale == ["q2"]
+    append_annotation(p, {"item_id": "q2", "item_hash": newer["q2"], "choice": "A", "strength": "Better"}, newer)
+    got = load_annotations(p, newer)
+    assert got.stale == [] and got.annotations["q2"] == ("A", "Better", "")
+    assert not list(tmp_path.glob(".*.tmp"))
 
 
 def test_validate_annotation():
-    assert validate_annotation({"item_id": "q1", "choice": "b", "strength": " UNSURE"}, IDS) == \
-        {"item_id": "q1", "choice": "B", "strength": "Unsure", "comment": ""}
-    for bad, field in [({"item_id": "q1", "choice": "A"}, "strength"),
-                       ({"item_id": "q1", "choice": "", "strength": ""}, "strength"),
-                       ({"item_id": "q1", "choice": "A", "strength": "Better", "a_model": "x"}, "a_model"),
-                       ({"item_id": "q1", "choice": "A", "strength": "Better", "comment": 3}, "comment")]:
+    assert validate_annotation({"item_id": "q1", "item_hash": HASHES["q1"], "choice": "b", "strength": " UNSURE"},
+                               HASHES) == {"item_id": "q1", "item_hash": HASHES["q1"], "choice": "B",
+                                           "strength": "Unsure", "comment": ""}
+    ok = {"item_id": "q1", "item_hash": HASHES["q1"], "choice": "A", "strength": "Better"}
+    for bad, field in [({"item_id": "q1", "item_hash": HASHES["q1"], "choice": "A"}, "strength"),
+                       ({**ok, "choice": "", "strength": ""}, "strength"),
+                       ({**ok, "a_model": "x"}, "a_model"),
+                       ({**ok, "comment": 3}, "comment"),
+                       ({k: v for k, v in ok.items() if k != "item_hash"}, "item_hash"),
+                       ({**ok, "item_hash": ""}, "item_hash"),
+                       ({**ok, "item_hash": HASHES["q2"]}, "item_hash")]:
         with pytest.raises(DataError) as ei:
-            validate_annotation(bad, IDS)
+            validate_annotation(bad, HASHES)
         assert ei.value.field == field
+
+
+# ------------------------------------------------------------------ writers: work folder, lock, migration
+
+
+def test_work_dir_is_outside_the_annotation_folder(tmp_path):
+    (tmp_path / ".dvc").mkdir()
+    out = tmp_path / "data" / "annotations" / "base_vs_sft" / "alice.jsonl"
+    assert work_dir(out) == tmp_path / ".annotate-work" / "data" / "annotations" / "base_vs_sft"
+    assert work_dir(tmp_path / "x" / "pair" / "a.jsonl") == tmp_path / ".annotate-work" / "x" / "pair"
+
+
+def test_lock_is_exclusive_and_cleans_what_a_crash_left(tmp_path):
+    (tmp_path / ".dvc").mkdir()
+    out = tmp_path / "data" / "annotations" / "p" / "alice.jsonl"
+    out.parent.mkdir(parents=True)
+    work = work_dir(out)
+    work.mkdir(parents=True)
+    left = [work / ".alice.jsonl.abc123.tmp", out.parent / ".alice.jsonl.old999.tmp"]  # new and old temp places
+    other = work / ".bob.jsonl.abc123.tmp"  # another file's: not ours to remove
+    for p in left + [other]:
+        p.write_bytes(b"x" * 1000)
+    lock = AnnotationLock(out)
+    assert sorted(lock.cleaned) == sorted(left) and not any(p.exists() for p in left) and other.exists()
+    with pytest.raises(UserError, match=f"already open in another annotation server or migration \\(pid {os.getpid()}"):
+        AnnotationLock(out)
+    lock.release()
+    with AnnotationLock(out):  # free again
+        pass
+    assert (tmp_path / ".annotate-work" / ".gitignore").read_text() == "*\n"
+
+
+def test_migrate_stamps_the_current_sheet(tmp_path):
+    sheet, _ = build_sheet([pair(1), pair(2), pair(3)], seed=0)
+    hashes = sheet_hashes(sheet)
+    j = write_lines(tmp_path / "a.jsonl", [{"item_id": "q1", "choice": "A", "strength": "Better"},
+                                           {"item_id": "q2", "item_hash": "0" * 16, "choice": "B", "strength": "Better"}])
+    assert migrate_file(j, sheet) == {"stamped": 1, "kept": 1}
+    got = load_annotations(j, hashes)
+    assert got.annotations == {"q1": ("A", "Better", "")} and got.stale == ["q2"]  # a hash it had is never replaced
+    c = write_csv(tmp_path / "b.csv", [("q1", "A", "Better", "x"), ("", "", "", ""), ("q3", "", "Unsure", "")])
+    assert migrate_file(c, sheet) == {"stamped": 2, "kept": 0}
+    assert load_annotations(c, hashes).annotations == {"q1": ("A", "Better", "x"), "q3": ("", "Unsure", "")}
+    bad = write_lines(tmp_path / "c.jsonl", [{"item_id": "zz", "choice": "A", "strength": "Better"}])
+    with pytest.raises(DataError, match="unknown item id"):
+        migrate_file(bad, sheet)
 
 
 def make(tmp_path, fmt, rows):

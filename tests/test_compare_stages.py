@@ -9,6 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import ROOT, read_jsonl, write_params
+from sciexplain.annotations import item_hash
 from stages import compare, judge, winrate
 
 PROMPT = str(ROOT / "prompts" / "judge.md")
@@ -63,8 +64,9 @@ def test_compare_builds_blind_sheets(project):
     d = project / "data/compare/base_vs_sft"
     sheet, key = read_jsonl(d / "sheet.jsonl"), read_jsonl(d / "key.jsonl")
     assert [s["item_id"] for s in sheet] == ids() and [s["question"] for s in sheet] == QUESTIONS
-    assert "base" not in (d / "sheet.jsonl").read_text() and set(sheet[0]) == {"item_id", "question", "answer_a", "answer_b",
-                                                                                  "finished_a", "finished_b"}
+    assert "base" not in (d / "sheet.jsonl").read_text() and set(sheet[0]) == {
+        "item_id", "item_hash", "question", "answer_a", "answer_b", "finished_a", "finished_b"}
+    assert all(s["item_hash"] == item_hash(s["question"], s["answer_a"], s["answer_b"]) for s in sheet)
     for s, k in zip(sheet, key):
         assert {k["a_model"], k["b_model"]} == {"base", "sft"}
         good = "answer_a" if k["a_model"] == "sft" else "answer_b"
@@ -72,6 +74,7 @@ def test_compare_builds_blind_sheets(project):
     assert {k["a_model"] for k in key} == {"base", "sft"}  # A/B shuffled
     rows = list(csv.DictReader((d / "sheet.csv").open(encoding="utf-8-sig")))
     assert [r["item_id"] for r in rows] == ids() and rows[0]["choice"] == ""
+    assert [r["item_hash"] for r in rows] == [s["item_hash"] for s in sheet]  # a filled-in copy carries the hashes
     assert (project / "data/compare/sft_vs_teacher/key.jsonl").exists()
     before = (d / "sheet.jsonl").read_bytes(), (d / "key.jsonl").read_bytes()
     write_params(project / "params.yaml", {"compare": {"pairs": ["base_vs_sft"]}})
@@ -107,8 +110,10 @@ def test_judge_and_winrate_then_a_human_file(project, tiny_base):
     assert jm["judges"] == ["rubric", "tiny"] and jm["pairs"]["base_vs_sft"]["tiny"]["calls"] == 8
     assert "hits" not in jm["pairs"]["base_vs_sft"]["tiny"]  # metrics do not depend on the cache state
     key = {k["item_id"]: k for k in read_jsonl(project / "data/compare/base_vs_sft/key.jsonl")}
+    hashes = {s["item_id"]: s["item_hash"] for s in read_jsonl(project / "data/compare/base_vs_sft/sheet.jsonl")}
     for rec in read_jsonl(jdir / "judge-rubric.jsonl"):  # the rubric prefers sft everywhere
         assert rec["choice"] == ("A" if key[rec["item_id"]]["a_model"] == "sft" else "B")
+        assert rec["item_hash"] == hashes[rec["item_id"]] and rec["annotator_type"] == "judge"  # bound, and a judge
 
     run(winrate)
     metrics_path = project / "metrics/compare_base_vs_sft.json"
@@ -124,6 +129,7 @@ def test_judge_and_winrate_then_a_human_file(project, tiny_base):
     assert m["win_rate"]["sft"] == m["judges"]["judge-rubric"]["models"]["sft"]["win_rate"] and m["n_sheet_items"] == 4
     assert m["verdict"]["verdict"] == "judge not validated" and m["verdict"]["n"] == 4
     assert m["multiple_testing"]["m"] == 1 and m["multiple_testing"]["adjusted"] is False
+    assert m["stale_rows"] == {f"data/judgments/base_vs_sft/judge-{n}.jsonl": 0 for n in ("rubric", "tiny")}
     summary = json.loads((project / "metrics/winrate.json").read_text())
     assert summary["pairs"]["base_vs_sft"]["verdict"] == m["verdict"] and summary["validation_found"] is False
     with open(project / "plots/compare_strengths.csv") as f:
@@ -159,7 +165,7 @@ def test_judge_and_winrate_then_a_human_file(project, tiny_base):
 
     # a human row about an item that is not on the sheet: one clean line naming the file
     with human.open("a", newline="", encoding="utf-8") as f:
-        f.write('"zz-unknown","q","a","b","A","Better",""\r\n')
+        f.write('"zz-unknown","q","a","b","A","Better","","0123456789abcdef"\r\n')
     out = fails(winrate)
     assert "alice.csv" in out and "zz-unknown" in out
 
@@ -176,3 +182,159 @@ def test_winrate_without_any_annotation_is_a_clean_error(project):
     run(compare)
     run(judge, ["--prompt", PROMPT])
     assert "no annotations for base_vs_sft" in fails(winrate)
+
+
+# --------------------------------------------------------------------------- annotations bound to what was shown
+
+SHEET = "data/compare/base_vs_sft/sheet.jsonl"
+ALICE = "data/annotations/base_vs_sft/alice.jsonl"
+
+
+@pytest.fixture()
+def judged(project):
+    """compare + the rubric judge done: winrate can run."""
+    run(compare)
+    run(judge, ["--prompt", PROMPT])
+    return project
+
+
+def _key(root):
+    return {k["item_id"]: k for k in read_jsonl(root / "data/compare/base_vs_sft/key.jsonl")}
+
+
+def _votes(root, prefer="base", **extra):
+    """One row per sheet item for ``prefer``, bound to the item as the sheet shows it now."""
+    key = _key(root)
+    return [{"item_id": s["item_id"], "item_hash": s["item_hash"],
+             "choice": "A" if key[s["item_id"]]["a_model"] == prefer else "B", "strength": "Better", **extra}
+            for s in read_jsonl(root / SHEET)]
+
+
+def _winrate(root):
+    r = run(winrate)
+    return json.loads((root / "metrics/compare_base_vs_sft.json").read_text()), r.stderr
+
+
+def test_stale_human_rows_are_not_counted_and_are_reported(judged):
+    """A/B order (compare.seed) or an answer changes after annotation: those votes no longer count, per file."""
+    from sciexplain.annotations import _ab_swap
+
+    _write(judged / ALICE, _votes(judged, "base"))  # alice prefers base everywhere, on the sheet of seed 0
+    m, err = _winrate(judged)
+    assert m["humans"]["models"]["base"]["wins"] == 4 and m["stale_rows"][ALICE] == 0 and "another version" not in err
+
+    # a seed that flips the A/B order of some items, not all
+    seed = next(s for s in range(1, 100) if 0 < sum(_ab_swap(s, i) != _ab_swap(0, i) for i in ids()) < 4)
+    flipped = sum(_ab_swap(seed, i) != _ab_swap(0, i) for i in ids())
+    write_params(judged / "params.yaml", {"compare": {"seed": seed}})
+    run(compare)
+    run(judge, ["--prompt", PROMPT])
+    m, err = _winrate(judged)
+    assert m["stale_rows"][ALICE] == flipped  # the old A/B votes would now name the other model
+    assert m["humans"]["models"]["base"]["wins"] == 4 - flipped and m["humans"]["n_items"] == 4 - flipped
+    assert m["annotators"]["alice"]["n"] == 4 - flipped
+    warning = [line for line in err.splitlines() if ALICE in line]
+    assert len(warning) == 1 and f"{flipped} of 4 rows" in warning[0] and "not counted" in warning[0]
+
+    # regenerated answers: the item whose answer changed is stale too
+    gen = judged / "data/generations/sft/eval.jsonl"
+    recs = read_jsonl(gen)
+    recs[0]["answer"] += " Revised."
+    _write(gen, recs)
+    run(compare)
+    run(judge, ["--prompt", PROMPT])
+    m, _ = _winrate(judged)
+    assert m["stale_rows"][ALICE] == flipped + (0 if _ab_swap(seed, "q00") != _ab_swap(0, "q00") else 1)
+    assert m["stale_rows"]["data/judgments/base_vs_sft/judge-rubric.jsonl"] == 0  # the judge judged the new sheet
+
+    # the annotator re-annotates on the current sheet: nothing is stale any more
+    _write(judged / ALICE, _votes(judged, "base"))
+    m, _ = _winrate(judged)
+    assert m["stale_rows"][ALICE] == 0 and m["humans"]["models"]["base"]["wins"] == 4
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_old_files_without_hashes_are_an_error_until_migrated(judged, fmt):
+    from sciexplain.annotations import _cli
+
+    path = judged / f"data/annotations/base_vs_sft/alice.{fmt}"
+    rows = [{k: v for k, v in r.items() if k != "item_hash"} for r in _votes(judged, "base")]
+    if fmt == "csv":
+        path.parent.mkdir(parents=True)
+        with path.open("w", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=["item_id", "choice", "strength"])
+            w.writeheader()
+            w.writerows(rows)
+    else:
+        _write(path, rows)
+    before = path.read_bytes()
+    r = CliRunner().invoke(winrate.main, [])
+    assert r.exit_code == 1 and len(r.stderr.strip().splitlines()) == 1, r.output
+    rel = f"data/annotations/base_vs_sft/alice.{fmt}"
+    assert f"{rel}, line {2 if fmt == 'csv' else 1}, field 'item_hash'" in r.stderr
+    assert f"python -m sciexplain.annotations migrate --sheet {SHEET} {rel}" in r.stderr
+    assert not (judged / "metrics/compare_base_vs_sft.json").exists()
+
+    # the migration asks first; "no" changes nothing
+    r = CliRunner().invoke(_cli(), ["migrate", "--sheet", SHEET, rel], input="n\n")
+    assert r.exit_code != 0 and path.read_bytes() == before
+    r = CliRunner().invoke(_cli(), ["migrate", "--sheet", SHEET, rel], input="y\n")
+    assert r.exit_code == 0 and "4 rows stamped" in r.output, r.output
+    m, _ = _winrate(judged)
+    assert m["human_annotators"] == ["alice"] and m["humans"]["models"]["base"]["wins"] == 4
+    assert m["stale_rows"][rel] == 0
+    assert not list(path.parent.glob(".*"))  # the migration's temp file went elsewhere and is gone
+
+
+def test_judges_and_humans_are_told_apart_by_a_field_not_the_file_name(judged):
+    from sciexplain import preferences as prefs
+
+    # a person whose file happens to be named judge-x.jsonl is a person; a judge's file in the human folder a judge
+    _write(judged / "data/annotations/base_vs_sft/judge-x.jsonl", _votes(judged, "base"))
+    _write(judged / "data/annotations/base_vs_sft/robo.jsonl", _votes(judged, "sft", annotator_type="judge"))
+    m, _ = _winrate(judged)
+    assert m["human_annotators"] == ["judge-x"] and m["humans"]["models"]["base"]["wins"] == 4
+    assert m["judge_annotators"] == ["judge-rubric", "robo"] and m["annotators"]["robo"]["kind"] == "judge"
+    assert m["annotators"]["judge-x"]["kind"] == "human"
+
+    data = prefs.read_pair_annotations("base_vs_sft", judged / "data/compare",
+                                       [judged / "data/annotations", (judged / "data/judgments", "judge")])
+    assert data["judges"] == {"robo", "judge-rubric"}
+    humans = prefs.annotation_pairs("base_vs_sft", data, str, "drop", annotators="humans")
+    assert {p["source"] for p in humans} == {"base_vs_sft/judge-x"} and {p["judge"] for p in humans} == {None}
+    judges = prefs.annotation_pairs("base_vs_sft", data, str, "drop", annotators="judges")
+    assert {p["judge"] for p in judges} == {"robo", "rubric"}
+
+    # one file, two kinds of rows: an error naming file, line and field
+    rows = _votes(judged, "base")
+    rows[2]["annotator_type"] = "judge"
+    _write(judged / "data/annotations/base_vs_sft/judge-x.jsonl", rows)
+    out = fails(winrate)
+    assert "judge-x.jsonl, line 3, field 'annotator_type'" in out
+
+
+def test_reward_model_reads_only_current_rows(judged):
+    from sciexplain import preferences as prefs
+
+    rows = _votes(judged, "base")
+    rows[1]["item_hash"] = "0" * 16  # annotated on another version of item q01
+    _write(judged / ALICE, rows)
+    data = prefs.read_pair_annotations("base_vs_sft", judged / "data/compare", [judged / "data/annotations"])
+    assert sorted(data["annotations"]["alice"]) == ["q00", "q02", "q03"]
+    assert data["stale_rows"] == {str(judged / ALICE): 1}
+    assert len(prefs.annotation_pairs("base_vs_sft", data, str, "drop", annotators="humans")) == 3
+
+
+def test_skipped_annotation_files_are_each_named_with_a_reason(judged):
+    root = judged / "data/annotations"
+    _write(root / "base_vs_sft/alice.jsonl", _votes(judged, "base"))
+    skipped = {"base_vs_sft/bob.JSONL": "lower case", "base_vs_sft/carol.json": "one JSON object per line",
+               "base_vs_sft/dave.xlsx": "save it as CSV", "base_vs_sft/round2/erin.jsonl": "sub-folders",
+               "sft_vs_base/frank.jsonl": "base_vs_sft reversed", "gina.jsonl": "go in"}
+    for name in skipped:
+        _write(root / name, _votes(judged, "sft"))
+    m, err = _winrate(judged)
+    assert m["human_annotators"] == ["alice"] and m["humans"]["models"]["base"]["wins"] == 4
+    for name, why in skipped.items():
+        lines = [line for line in err.splitlines() if f"data/annotations/{name}:" in line]
+        assert len(lines) == 1 and why in lines[0] and lines[0].startswith("warning: "), (name, err)

@@ -121,7 +121,7 @@ def test_a_human_annotation_file_updates_stats_without_regenerating(tiny_repo):
     sheet = [json.loads(line) for line in (repo / "data/compare/base_vs_sft/sheet.jsonl").read_text().splitlines()]
     human = repo / "data/annotations/base_vs_sft/alice.csv"
     human.parent.mkdir(parents=True, exist_ok=True)
-    human.write_text("item_id,choice,strength\n" + "".join(f"{r['item_id']},A,Better\n" for r in sheet))
+    human.write_text("item_id,choice,strength,item_hash\n" + "".join(f"{r['item_id']},A,Better,{r['item_hash']}\n" for r in sheet))
     try:
         out = _run(["dvc", "repro"], repo).stdout
         ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from sciexplain import preferences as prefs
+from sciexplain.annotations import sheet_hashes
 from sciexplain.io import DataError, UserError, stable_id
 from sciexplain.models import load_tokenizer
 from sciexplain.reward import (ChatEncoder, chat_prompt, RewardScorer, check_pooling, constant_loss, encode_pairs,
@@ -236,13 +237,15 @@ def compare_dirs(tmp_path):
     _jsonl(tmp_path / "compare/base_vs_sft/key.jsonl", KEY)
     d = tmp_path / "annotations/base_vs_sft"
     d.mkdir(parents=True)
+    h = sheet_hashes(SHEET)  # every annotation row is bound to the sheet item it was made on
     with open(d / "alice.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["item_id", "choice", "strength", "comment"])
-        w.writerows([["i1", "A", "Significantly better", ""], ["i2", "B", "better", ""], ["i3", "", "Unsure", ""]])
+        w.writerow(["item_id", "choice", "strength", "comment", "item_hash"])
+        w.writerows([["i1", "A", "Significantly better", "", h["i1"]], ["i2", "B", "better", "", h["i2"]],
+                     ["i3", "", "Unsure", "", h["i3"]]])
     _jsonl(tmp_path / "judgments/base_vs_sft/judge-rubric.jsonl",
-           [{"item_id": "i1", "choice": "A", "strength": "Slightly better"},
-            {"item_id": "i2", "choice": "A", "strength": "Better"}])
+           [{"item_id": "i1", "item_hash": h["i1"], "choice": "A", "strength": "Slightly better", "annotator_type": "judge"},
+            {"item_id": "i2", "item_hash": h["i2"], "choice": "A", "strength": "Better", "annotator_type": "judge"}])
     return tmp_path
 
 

@@ -13,6 +13,7 @@ import torch
 from click.testing import CliRunner
 
 from conftest import read_jsonl, write_params
+from sciexplain.annotations import item_hash
 from sciexplain.io import stable_id
 from stages import reward_model
 
@@ -75,13 +76,15 @@ def project(workdir, tiny_base):
         a, b = (GOOD.format(q=q), POOR) if sft_is_a else (POOR, GOOD.format(q=q))
         sheet.append({"item_id": item, "question": q, "answer_a": a, "answer_b": b})
         key.append({"item_id": item, "a_model": "sft" if sft_is_a else "base", "b_model": "base" if sft_is_a else "sft"})
-        good = "A" if sft_is_a else "B"
-        human.append(f"{item},{good},{'Better' if n else 'Unsure'},")
-        judge.append({"item_id": item, "choice": good, "strength": "Significantly better"})
+        good, h = "A" if sft_is_a else "B", item_hash(q, a, b)  # rows are bound to the sheet item they judge
+        human.append(f"{item},{good},{'Better' if n else 'Unsure'},,{h}")
+        judge.append({"item_id": item, "item_hash": h, "choice": good, "strength": "Significantly better",
+                      "annotator_type": "judge"})
     _write(workdir / "data/compare/base_vs_sft/sheet.jsonl", sheet)
     _write(workdir / "data/compare/base_vs_sft/key.jsonl", key)
     (workdir / "data/annotations/base_vs_sft").mkdir(parents=True)
-    (workdir / "data/annotations/base_vs_sft/alice.csv").write_text("item_id,choice,strength,comment\n" + "\n".join(human) + "\n")
+    (workdir / "data/annotations/base_vs_sft/alice.csv").write_text("item_id,choice,strength,comment,item_hash\n"
+                                                                  + "\n".join(human) + "\n")
     _write(workdir / "data/judgments/base_vs_sft/judge-rubric.jsonl", judge)
     train, test = human_split()
     _write(workdir / "data/human_pairs/train.jsonl", train)

@@ -214,9 +214,12 @@ def test_annotation_page_serves_only_the_annotators_share(tmp_path):
         assert a["assigned"] == len(plan["assigned"]["bob"]) and a["sheet_items"] == 12 and a["overlap_items"] == 3
         assert a["annotators"] == ["alice", "bob", "carol", "dave"] and a["annotator"] == "bob"
         other = next(i for i in ids if i not in plan["assigned"]["bob"])
-        status, data = call("POST", "/api/annotate", {"item_id": other, "choice": "A", "strength": "Better"})
+        h = {s["item_id"]: s["item_hash"] for s in sheet}  # a vote carries the hash of what was shown
+        status, data = call("POST", "/api/annotate", {"item_id": other, "item_hash": h[other], "choice": "A",
+                                                      "strength": "Better"})
         assert status == 400 and "not assigned to 'bob'" in data["error"]
-        status, _ = call("POST", "/api/annotate", {"item_id": plan["assigned"]["bob"][0], "choice": "A", "strength": "Better"})
+        mine = plan["assigned"]["bob"][0]
+        status, _ = call("POST", "/api/annotate", {"item_id": mine, "item_hash": h[mine], "choice": "A", "strength": "Better"})
         assert status == 200
     finally:
         server.shutdown()
