@@ -13,7 +13,8 @@ not declare may be missing, so a trimmed params file still drives a single stage
 :func:`check_stage` for the stage it is called from, so every stage stops on a bad value before it loads a model.
 
     python -m sciexplain.params_schema                         # check params.yaml (exit 1 with one line if bad)
-    python -m sciexplain.params_schema other.yaml --stage teacher
+    python -m sciexplain.params_schema other.yaml --stage teacher  # only what stage teacher declares
+    python -m sciexplain.params_schema tweak.yaml --onto params.yaml  # a partial file merged onto params.yaml
 """
 from __future__ import annotations
 
@@ -25,7 +26,6 @@ import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
-from annotated_types import Ge, Gt, Le, Lt
 from pydantic import (AfterValidator, AllowInfNan, BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Strict, Tag,
                       ValidationError, WrapValidator, field_validator, model_validator)
 from pydantic_core import PydanticCustomError
@@ -89,8 +89,7 @@ def _bounds(ge=None, gt=None, le=None, lt=None) -> tuple[str, list]:
         text = f" {'<=' if le is not None else '<'} {b}"
     else:
         text = ""
-    cons = [c for c, v in ((Ge, ge), (Gt, gt), (Le, le), (Lt, lt)) if v is not None]
-    return text, [c(v) for c, v in zip(cons, [v for v in (ge, gt, le, lt) if v is not None])]
+    return text, [Field(**{k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if v is not None})]
 
 
 def Num(*, ge=None, gt=None, le=None, lt=None, null: bool = False):
@@ -421,7 +420,7 @@ class RubricParams(Section):
     target_hi: Count() = 250
     max_words: Count() = 600
     long_floor: Num(ge=0, le=1) = 0.6
-    weights: _leaf(Optional[dict[Literal[_RUBRIC_WEIGHTS], Annotated[float, Strict(), AllowInfNan(False), Ge(0)]]],
+    weights: _leaf(Optional[dict[Literal[_RUBRIC_WEIGHTS], Annotated[float, Strict(), AllowInfNan(False), Field(ge=0)]]],
                    "a mapping of " + ", ".join(_RUBRIC_WEIGHTS) + " -> a number >= 0, or null") = None
     rep_gamma: Num(ge=0) = 1.0
     len_gamma: Num(ge=0) = 0.5
@@ -937,25 +936,41 @@ def check_for_caller(params: dict, where: str, module: str | None, params_path=N
 
 # --------------------------------------------------------------------------- the command line
 
+def merge(base: dict, overlay: dict) -> dict:
+    """``base`` updated by ``overlay``: mappings merge key by key, anything else (lists, scalars) replaces."""
+    out = dict(base)
+    for key, value in overlay.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    ap = argparse.ArgumentParser(prog="python -m sciexplain.params_schema", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m sciexplain.params_schema",
+                                 description="Check a params file against the schema: 'ok', or one line naming the "
+                                             "first bad key (exit 1).")
     ap.add_argument("params", nargs="?", default="params.yaml", help="params file (default params.yaml)")
     ap.add_argument("--stage", action="append", help="check only what this dvc.yaml stage declares (repeatable)")
+    ap.add_argument("--onto", metavar="BASE", help="PARAMS is a partial file (an overlay): merge it onto BASE first")
     args = ap.parse_args(argv)
     try:
         params = load_params(args.params)
         where = args.params
+        if args.onto:
+            if not isinstance(params, dict):
+                raise ParamsError(f"{where}: an overlay must be a mapping of sections")
+            params = merge(load_params(args.onto), params)
+            where = f"{args.onto} + {args.params}"
         if args.stage:
-            check_stage(params, args.stage, where, _dvc_yaml(args.params))
+            try:
+                check_stage(params, args.stage, where, _dvc_yaml(args.onto or args.params))
+            except KeyError as e:
+                raise ParamsError(e.args[0]) from None
         else:
             check_file(params, where)
     except UserError as e:
         print(f"Error: {e}", file=sys.stderr)
-        return 1
-    except KeyError as e:
-        print(f"Error: {e.args[0]}", file=sys.stderr)
         return 1
     print(f"{where}: ok" + (f" (stage {', '.join(args.stage)})" if args.stage else ""))
     return 0

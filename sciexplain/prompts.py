@@ -58,8 +58,15 @@ def load_system_prompt(prompts_dir: str | Path = "prompts", plan: str = "full") 
 def load_few_shot(prompts_dir: str | Path = "prompts", k: int | None = None, plan: str = "full") -> list[dict]:
     """The few-shot examples (question, plan, answer; ``plan_short`` needed for ``plan: short``)."""
     required = ("question", "answer") + {"full": ("plan",), "short": ("plan_short",), "none": ()}[check_plan(plan)]
-    examples = read_jsonl(Path(prompts_dir) / "few_shot.jsonl", required=required)
-    return examples[:k] if k is not None else examples
+    path = Path(prompts_dir) / "few_shot.jsonl"
+    examples = read_jsonl(path, required=required)
+    if k is None:
+        return examples
+    # examples[:k] would read -1 as "all but one" and 5 of 3 as 3: refuse both rather than send another count
+    if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= len(examples):
+        raise DataError("params.yaml", None, "teacher.few_shot",
+                        f"expected an integer in [0, {len(examples)}] (the examples in {path}), got {k!r}")
+    return examples[:k]
 
 
 def demonstration(example: dict, plan: str = "full") -> str:

@@ -33,6 +33,12 @@ def select(scored: list[dict], *, threshold: float | None = None, quantile: floa
            min_gap: float = 0.0, require_finished: bool = True) -> dict:
     """Per question: the best candidate if its reward passes the threshold; the best-vs-worst pair if the gap
     reaches ``min_gap``. Ties in reward go to the lower sample index (deterministic)."""
+    if not isinstance(require_finished, bool):  # "no" is truthy: it would mean true
+        raise DataError("params.yaml", None, "select.require_finished", f"expected true or false, got {require_finished!r}")
+    for key, value in (("threshold", threshold), ("quantile", quantile), ("min_gap", min_gap)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise DataError("params.yaml", None, f"select.{key}",
+                            f"expected a number{' or null' if key != 'min_gap' else ''}, got {value!r}")
     empty = sum(1 for r in scored if not str(r.get("answer") or "").strip())
     scored = [r for r in scored if str(r.get("answer") or "").strip()]  # an empty answer never wins or loses
     groups = group_by_question(scored)

@@ -1,0 +1,456 @@
+"""params.yaml has a typed schema (sciexplain/params_schema.py): bad values stop a stage at its start with one line
+naming the file, the key path, what is allowed and what was given."""
+from __future__ import annotations
+
+import copy
+import inspect
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT
+
+from sciexplain import params_schema as ps
+from sciexplain.cli import read_params
+from sciexplain.io import DataError, UserError
+
+PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
+BAD_DIR = ROOT / "tests" / "data" / "bad" / "params"
+DELETE = object()
+
+
+def _set(params: dict, dotted: str, value) -> dict:
+    """A copy of ``params`` with ``dotted`` (``a.b.0.c``: list items by index) set to ``value`` (or deleted)."""
+    out = copy.deepcopy(params)
+    node = out
+    *parents, last = dotted.split(".")
+    for part in parents:
+        node = node[int(part)] if isinstance(node, list) else node[part]
+    if value is DELETE:
+        del node[last]
+    elif isinstance(node, list):
+        node[int(last)] = value
+    else:
+        node[last] = value
+    return out
+
+
+def _error(params: dict, stage=None, where="params.yaml") -> str:
+    with pytest.raises(ps.ParamsError) as e:
+        if stage is None:
+            ps.check_file(params, where)
+        else:
+            ps.check_stage(params, stage, where)
+    msg = str(e.value)
+    assert "\n" not in msg, msg
+    return msg
+
+
+# --------------------------------------------------------------------------- good files
+
+def test_params_yaml_is_valid():
+    assert ps.check_file(PARAMS) is PARAMS
+    assert ps.problems(PARAMS) == []
+
+
+def test_study_overlay_applied_the_dvc_way_is_valid():
+    from sciexplain.overlay import flatten
+
+    overlay = yaml.safe_load((ROOT / "configs" / "study.yaml").read_text())
+    params = copy.deepcopy(PARAMS)
+    for dotted, value in flatten(params, overlay):  # what `dvc exp run -S key=value` sets, key by key
+        params = _set(params, dotted, value)
+    assert params["teacher"]["backend"] == "batch-export" and params["prepare"]["splits"]["eval"] == 100
+    assert ps.problems(params) == []
+    # and merged as a plain overlay (python -m sciexplain.params_schema configs/study.yaml --onto params.yaml)
+    assert ps.problems(ps.merge(PARAMS, overlay)) == []
+
+
+def test_tiny_repro_params_are_valid():
+    tiny = yaml.safe_load((ROOT / "tests" / "fixtures" / "tiny_params.yaml").read_text())
+    assert ps.problems(ps.merge(PARAMS, tiny)) == []
+
+
+def test_every_key_dvc_yaml_declares_is_in_the_schema():
+    stages = ps._stages(str(ROOT / "dvc.yaml"))
+    assert {"teacher", "prepare", "answer_base", "sft", "rs", "evaluate"} <= set(stages)
+    for name, spec in stages.items():
+        for key in spec["params"] or []:
+            model = ps.SECTIONS.get(key.split(".")[0])
+            assert model is not None, f"{name}: {key}"
+            for part in key.split(".")[1:]:
+                assert model is not None and part in model.model_fields, f"stage {name}: {key} not in the schema"
+                model = ps._inner_model(model.model_fields[part].annotation)
+
+
+def test_optional_repetition_penalty_defaults_to_off():
+    for section in ("teacher", "generate", "sample"):
+        params = _set(PARAMS, f"{section}.repetition_penalty", DELETE) \
+            if "repetition_penalty" in PARAMS[section] else PARAMS
+        assert ps.problems(params) == []
+        model = ps.SECTIONS[section].model_validate(params[section])
+        assert model.repetition_penalty == 1.0
+        assert ps.problems(_set(PARAMS, f"{section}.repetition_penalty", 1.3)) == []
+
+
+# --------------------------------------------------------------------------- bad values, one line each
+
+BAD = [
+    # (dotted key to set, value, key path the message names, a fragment of the message)
+    ("prepare.min_question_tokens", "4", "prepare.min_question_tokens", "expected an integer >= 0, got '4'"),
+    ("prepare.sources.0", {"type": "bank", "path": "data/raw/questions.jsonl", "min_score": 2},
+     "prepare.sources[0].min_score", "unknown key; allowed: type, path"),
+    ("prepare.sources.0", {"type": "qa", "path": "x.csv", "question_field": 3},
+     "prepare.sources[0].question_field", "got 3"),
+    ("prepare.sources.0", {"type": "forum", "path": "x.csv"}, "prepare.sources[0].type",
+     "expected one of bank, stackexchange, qa, got 'forum'"),
+    ("prepare.sources", [], "prepare.sources", "non-empty list"),
+    ("prepare.splits.rs", DELETE, "prepare.splits.rs", "missing; expected an integer >= 1"),
+    ("prepare.splits.test", 3, "prepare.splits.test", "unknown key; allowed: sft, rm, rs, eval"),
+    ("prepare.min_question_tokens", 100, "prepare.min_question_tokens", "at most max_question_tokens (96)"),
+    ("teacher.temperature", "hot", "teacher.temperature", "expected a number >= 0, got 'hot'"),
+    ("teacher.temperature", float("nan"), "teacher.temperature", "got nan"),
+    ("teacher.min_words", "30", "teacher.min_words", "expected an integer >= 0, got '30'"),
+    ("teacher.unfinished", "keep", "teacher.unfinished", "expected one of trim, drop, got 'keep'"),
+    ("teacher.few_shot", -1, "teacher.few_shot", "expected an integer >= 0, got -1"),
+    ("teacher.plan", "long", "teacher.plan", "one of full, short, none"),
+    ("teacher.backend", "hf", "teacher.backend", "one of local, vllm, openai, batch-export, batch-import"),
+    ("teacher.backend", "batch-export", "teacher.batch_file", "needs a Batch API file"),
+    ("teacher.splits", ["sft", "train"], "teacher.splits", "(sft, rm, rs, eval)"),
+    ("teacher.seed", True, "teacher.seed", "got true"),
+    ("teacher.repetition_penalty", 0.5, "teacher.repetition_penalty", "expected a number >= 1.0, got 0.5"),
+    ("generate.repetition_penalty", "1.2", "generate.repetition_penalty", "got '1.2'"),
+    ("sample.repetition_penalty", 0.9, "sample.repetition_penalty", ">= 1.0"),
+    ("sample.top_p", 0, "sample.top_p", "expected a number in (0, 1], got 0"),
+    ("sample.n", 0, "sample.n", "an integer >= 1"),
+    ("select.threshold", "high", "select.threshold", "expected a number or null, got 'high'"),
+    ("select.require_finished", "no", "select.require_finished", "expected true or false, got 'no'"),
+    ("select.threshold", 0.5, "select.quantile", "not both"),
+    ("judge.panel.0.type", "oracle", "judge.panel[0].type", "expected one of rubric, llm, got 'oracle'"),
+    ("judge.panel", [{"name": "rubric", "type": "rubric"}, {"name": "gpt", "type": "llm", "backend": "openai"}],
+     "judge.panel[1].model", "missing"),
+    ("judge.panel", [{"name": "r", "type": "rubric"}, {"name": "r", "type": "rubric"}], "judge.panel[1].name",
+     "duplicate judge name 'r'"),
+    ("judge.panel", [{"name": "l", "type": "llm", "backend": "local", "model": "gpt"}], "judge.panel[0].model",
+     "unknown key"),
+    ("judge.panel", [{"name": "l", "type": "llm", "backend": "tgi"}], "judge.panel[0].backend",
+     "one of local, vllm, openai"),
+    ("judge.panel.0.params", {"t_unsure": 0.2, "t_slight": 0.1}, "judge.panel[0].params.t_slight",
+     "t_unsure <= t_slight"),
+    ("judge.panel", "rubric", "judge.panel", "a list of judge specs"),
+    ("validate.sources.0.type", "xml", "validate.sources[0].type", "one of pairs, stackexchange"),
+    ("validate.sources.0", {"type": "pairs", "path": "p.jsonl", "min_score_gap": 3},
+     "validate.sources[0].min_score_gap", "unknown key; allowed: type, path"),
+    ("validate.test_fraction", 1.0, "validate.test_fraction", "in (0, 1)"),
+    ("validate.bootstrap", 0, "validate.bootstrap", ">= 1"),
+    ("dpo.loss_type", ["sigmoid", "sigmod"], "dpo.loss_type", "or a non-empty list of them"),
+    ("dpo.beta", 0, "dpo.beta", "> 0"),
+    ("model.quantize_4bit", "yes", "model.quantize_4bit", "one of auto, true, false, got 'yes'"),
+    ("engine.backend", "tgi", "engine.backend", "one of local, vllm, openai"),
+    ("engine.served_names", {"sft": 3}, "engine.served_names", "model name -> served name"),
+    ("vllm.gpu_memory_utilization", 1.5, "vllm.gpu_memory_utilization", "in (0, 1]"),
+    ("vllm.enforce_eager", "false", "vllm.enforce_eager", "true or false"),
+    ("ppo.guard.max_kl", "0.2", "ppo.guard.max_kl", "a number > 0 or null, got '0.2'"),
+    ("ppo.guard.max_kll", 0.3, "ppo.guard.max_kll", "unknown key; allowed: max_kl, min_distinct3"),
+    ("ppo.vllm_mode", "remote", "ppo.vllm_mode", "one of colocate, server"),
+    ("ppo.num_generations", 1, "ppo.num_generations", ">= 2"),
+    ("reward_model.lora.layers", 0, "reward_model.lora.layers", "an integer >= 1 or null, got 0"),
+    ("reward_model.unsure", "sometimes", "reward_model.unsure", "one of drop, keep"),
+    ("reward_model.allow_unvalidated", "yes", "reward_model.allow_unvalidated", "true or false"),
+    ("reward_model.rubric", {"t_better": 2}, "reward_model.rubric.t_better", "in [0, 1], got 2"),
+    ("reward_model.sources", ["base-sft"], "reward_model.sources", "'x_vs_y'"),
+    ("sft.lora.target_modules", [], "sft.lora.target_modules", "a list of module names"),
+    ("sft.learning_rate", "5e-5", "sft.learning_rate", "expected a number > 0, got '5e-5'"),
+    ("sft.data", "teachers", "sft.data", "one of teacher, forum or a .jsonl file"),
+    ("sft.val_fraction", 1, "sft.val_fraction", "in [0, 1)"),
+    ("rs.epochs", 1.5, "rs.epochs", "an integer >= 1"),
+    ("compare.pairs", ["base_sft"], "compare.pairs", "'x_vs_y'"),
+    ("evaluate.pairs", ["rs_vs_rs"], "evaluate.pairs", "'x_vs_y'"),
+    ("evaluate.models", [], "evaluate.models", "non-empty list"),
+    ("score.batch_size", 0, "score.batch_size", ">= 1"),
+    ("base_model.source", "", "base_model.source", "got ''"),
+    ("train.launcher", None, "train.launcher", "got null"),
+    ("teachr", {"temperature": 0.5}, "teachr", "unknown section"),
+    ("teacher", "x", "teacher", "expected a mapping with keys backend, model"),
+]
+
+
+def _stage_for(path: str) -> str | None:
+    """The first dvc.yaml stage that declares ``path`` (or its section), if any."""
+    for name, spec in ps._stages(str(ROOT / "dvc.yaml")).items():
+        if spec["params"] and ps._covered(path, spec["params"]) and path.split(".")[0].split("[")[0] in \
+                {k.split(".")[0] for k in spec["params"]}:
+            return name
+    return None
+
+
+@pytest.mark.parametrize("key, value, path, fragment", BAD, ids=[f"{b[0]}={b[1]!r}"[:60] for b in BAD])
+def test_bad_value_is_one_line_naming_the_key(key, value, path, fragment):
+    params = _set(PARAMS, key, value)
+    msg = _error(params)
+    assert msg.startswith(f"params.yaml: {path}: "), msg
+    assert fragment in msg, msg
+    stage = _stage_for(path)
+    if stage is not None:  # the stage that declares the key stops on it too
+        assert _error(params, stage).startswith(f"params.yaml: {path}: ")
+
+
+def test_the_table_is_big_enough_and_covers_the_issue():
+    assert len(BAD) >= 25
+    keys = {(k, repr(v)) for k, v, _, _ in BAD}
+    for case in [("prepare.min_question_tokens", "'4'"), ("teacher.temperature", "'hot'"),
+                 ("select.threshold", "'high'"), ("teacher.min_words", "'30'"), ("teacher.unfinished", "'keep'"),
+                 ("teacher.few_shot", "-1"), ("select.require_finished", "'no'")]:
+        assert case in keys, case
+    assert any(k == "prepare.splits.rs" and v is DELETE for k, v, _, _ in BAD)
+
+
+def test_several_bad_values_name_the_first_and_count_the_rest():
+    params = _set(_set(_set(PARAMS, "teacher.temperature", "hot"), "teacher.top_p", 2), "select.min_gap", "x")
+    msg = _error(params)
+    assert msg.startswith("params.yaml: teacher.temperature: ") and "(and 2 more: teacher.top_p, select.min_gap)" in msg
+
+
+def test_a_value_that_is_not_yaml_mapping_is_one_line():
+    assert _error([1, 2]).startswith("params.yaml: <file>: expected a mapping of sections")
+
+
+# --------------------------------------------------------------------------- the bad-input corpus
+
+def _corpus() -> list[Path]:
+    return sorted(BAD_DIR.glob("*.yaml"))
+
+
+def _header(path: Path) -> dict:
+    head = {}
+    for line in path.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        key, _, value = line[1:].strip().partition(":")
+        if key.strip() in ("expect", "stage"):
+            head[key.strip()] = value.strip()
+    return head
+
+
+def test_corpus_is_documented_and_big_enough():
+    files = _corpus()
+    assert len(files) >= 12
+    assert (BAD_DIR / "README.md").exists()
+    for f in files:
+        assert "expect" in _header(f), f"{f.name}: no '# expect: <key>' line"
+
+
+@pytest.mark.parametrize("path", _corpus(), ids=lambda p: p.stem)
+def test_bad_params_corpus(path):
+    head = _header(path)
+    data = yaml.safe_load(path.read_text())
+    if "stage" in head:
+        msg = _error(data, head["stage"], where=path.name)
+    else:
+        msg = _error(ps.merge(PARAMS, data), where=path.name)
+    assert f"{path.name}: {head['expect']}: " in msg, msg
+
+
+def test_corpus_from_the_command_line():
+    bad = BAD_DIR / "teacher_temperature_word.yaml"
+    r = subprocess.run([sys.executable, "-m", "sciexplain.params_schema", str(bad), "--onto", "params.yaml"],
+                       cwd=ROOT, capture_output=True, text=True, env=_env())
+    assert r.returncode == 1 and r.stdout == "", r
+    assert r.stderr.strip().splitlines() == [
+        f"Error: params.yaml + {bad}: teacher.temperature: expected a number >= 0, got 'hot'"]
+    r = subprocess.run([sys.executable, "-m", "sciexplain.params_schema", str(BAD_DIR / "prepare_splits_missing_rs.yaml"),
+                        "--stage", "prepare"], cwd=ROOT, capture_output=True, text=True, env=_env())
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1 and "prepare.splits.rs: missing" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "sciexplain.params_schema"], cwd=ROOT, capture_output=True, text=True,
+                       env=_env())
+    assert r.returncode == 0 and r.stdout.strip() == "params.yaml: ok", r
+
+
+# --------------------------------------------------------------------------- what a stage checks
+
+def test_a_stage_checks_only_the_sections_it_declares():
+    bad_teacher = _set(PARAMS, "teacher.temperature", "hot")
+    assert ps.check_stage(bad_teacher, "compare") is bad_teacher  # compare does not read teacher
+    assert "teacher.temperature" in _error(bad_teacher, "teacher")
+    assert "teacher.temperature" in _error(bad_teacher, "evaluate")  # evaluate declares the whole teacher section
+
+
+def test_a_partial_params_file_drives_one_stage():
+    only = {"compare": {"pairs": ["base_vs_sft"], "seed": 0}}
+    assert ps.check_stage(only, "compare") is only
+    assert _error(only, "teacher").startswith("params.yaml: model: missing")
+    # score declares reward_model.allow_unvalidated alone: the rest of reward_model may be absent ...
+    score = {"model": {"quantize_4bit": "auto"}, "score": {"batch_size": 8}, "reward_model": {"allow_unvalidated": True}}
+    assert ps.check_stage(score, "score") is score
+    # ... but what is present is checked, and a declared key may not be missing
+    assert "reward_model.unsure: expected one of drop, keep" in _error(
+        _set(score, "reward_model.unsure", "sometimes"), "score")
+    assert _error(_set(score, "reward_model.allow_unvalidated", DELETE), "score").startswith(
+        "params.yaml: reward_model.allow_unvalidated: missing; expected true or false")
+    # a stage that declares a whole section needs all of it
+    assert "teacher.min_words: missing" in _error(_set(PARAMS, "teacher.min_words", DELETE), "evaluate")
+
+
+def test_stage_names_and_modules(tmp_path):
+    dvc = ROOT / "dvc.yaml"
+    assert ps.stages_of_module("stages.teacher", [], dvc) == ["teacher"]
+    assert ps.stages_of_module("stages.answer", ["--model-name", "sft"], dvc) == [
+        "answer_base", "answer_sft", "answer_rs", "answer_dpo"]  # same params: all of them
+    rs_argv = "--section rs --base models/base --data data/rs/selected.jsonl --init-adapter models/sft".split()
+    assert ps.stages_of_module("stages.sft", rs_argv, dvc) == ["rs"]
+    assert ps.stages_of_module("stages.sft", ["--section", "sft"], dvc) == ["sft"]
+    assert ps.stages_of_module("stages.sft", [], dvc) == ["sft", "rs"]  # unknown: both
+    assert ps.stages_of_module("stages.not_a_stage", [], dvc) == []
+    assert ps.declared_keys("winrate", dvc) == []
+
+    # foreach / matrix stages (name@key) and the `- params.yaml: [...]` form
+    other = tmp_path / "dvc.yaml"
+    other.write_text(yaml.safe_dump({"stages": {
+        "answer": {"foreach": ["base", "sft"], "do": {"cmd": "python -m stages.answer --model-name ${item}",
+                                                      "params": ["generate.seed", "engine.backend"]}},
+        "train": {"matrix": {"section": ["sft", "rs"]}, "cmd": "python -m stages.sft --section ${item.section}",
+                  "params": [{"params.yaml": ["sft.seed", "rs.seed"]}]},
+        "everything": {"cmd": "python -m stages.evaluate", "params": [{"params.yaml": None}]},
+    }}))
+    ps._stages.cache_clear()
+    assert ps.declared_keys("answer@base", other) == ["generate.seed", "engine.backend"]
+    assert ps.declared_keys("train@sft", other) == ["sft.seed", "rs.seed"]
+    assert ps.declared_keys("everything", other) is None
+    assert ps.stages_of_module("stages.answer", [], other) == ["answer"]
+    bad = _set(PARAMS, "generate.seed", -1)
+    with pytest.raises(ps.ParamsError, match=r"generate\.seed: expected an integer >= 0, got -1"):
+        ps.check_stage(bad, "answer@sft", dvc_path=other)
+    with pytest.raises(ps.ParamsError, match=r"params\.yaml: train: missing"):  # the whole file: train is required
+        ps.check_stage({k: v for k, v in PARAMS.items() if k != "train"}, "everything", dvc_path=other)
+    with pytest.raises(KeyError):
+        ps.declared_keys("nope", other)
+
+
+def test_read_params_knows_its_calling_stage(tmp_path):
+    f = tmp_path / "params.yaml"
+    f.write_text(yaml.safe_dump(_set(PARAMS, "teacher.temperature", "hot")))
+    ns = {"__name__": "stages.compare", "path": str(f)}
+    exec("from sciexplain.cli import read_params\nout = read_params(path)", ns)  # as stages/compare.py calls it
+    assert ns["out"]["compare"] == PARAMS["compare"]
+    ns = {"__name__": "stages.teacher", "path": str(f)}
+    with pytest.raises(ps.ParamsError, match=r"^.*params\.yaml: teacher\.temperature: expected a number >= 0, got 'hot'$"):
+        exec("from sciexplain.cli import read_params\nread_params(path)", ns)
+    with pytest.raises(ps.ParamsError, match="teacher.temperature"):  # no stage calls: the whole file
+        read_params(str(f))
+    assert read_params(str(f), stage="compare")["compare"] == PARAMS["compare"]
+    with pytest.raises(ps.ParamsError, match="teacher.temperature"):
+        read_params(str(f), stage=["compare", "teacher"])
+    with pytest.raises(UserError, match="no stage 'nope'"):
+        read_params(str(f), stage="nope")
+
+
+# --------------------------------------------------------------------------- stages stop before any work
+
+def _env() -> dict:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+
+
+def _run_stage(tmp_path: Path, module: str, params: dict, *args: str) -> subprocess.CompletedProcess:
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return subprocess.run([sys.executable, "-m", module, "--params", "bad.yaml", *args], cwd=tmp_path,
+                          capture_output=True, text=True, env=_env(), timeout=300)
+
+
+def test_prepare_stage_exits_1_with_one_line_and_writes_nothing(tmp_path):
+    r = _run_stage(tmp_path, "stages.prepare", _set(PARAMS, "prepare.min_question_tokens", "4"),
+                   "--base", str(ROOT / "models" / "base"), "--out", "data/prepared", "--metrics", "metrics/prepare.json")
+    out = (r.stdout + r.stderr).strip().splitlines()
+    assert r.returncode == 1, r
+    assert out == ["Error: bad.yaml: prepare.min_question_tokens: expected an integer >= 0, got '4'"], out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]
+
+
+def test_teacher_stage_stops_before_generating(tmp_path):
+    r = _run_stage(tmp_path, "stages.teacher", _set(PARAMS, "teacher.min_words", "30"),
+                   "--base", "no-model-here", "--out", "gen/teacher", "--cache", "cache/t.jsonl",
+                   "--metrics", "metrics/teacher.json")
+    out = (r.stdout + r.stderr).strip().splitlines()
+    assert r.returncode == 1 and out == ["Error: bad.yaml: teacher.min_words: expected an integer >= 0, got '30'"], out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]
+
+
+def test_the_rs_round_of_stages_sft_checks_the_rs_section(tmp_path):
+    r = _run_stage(tmp_path, "stages.sft", _set(PARAMS, "rs.learning_rate", "1e-4"), "--section", "rs",
+                   "--base", "no-model-here", "--data", "none.jsonl", "--out", "models/rs", "--metrics", "m.json",
+                   "--live", "live", "--scratch", "scratch")
+    out = (r.stdout + r.stderr).strip().splitlines()
+    assert r.returncode == 1 and out == ["Error: bad.yaml: rs.learning_rate: expected a number > 0, got '1e-4'"], out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]
+
+
+# --------------------------------------------------------------------------- the schema agrees with the code
+
+def test_allowed_values_match_the_modules_that_use_them():
+    from sciexplain import data, generation, human_pairs, judges, preferences, prompts, rubric
+    from sciexplain.dpo import LOSS_TYPES
+    from sciexplain.ppo import VLLM_MODES
+
+    assert set(ps.SPLITS) == set(data.SPLITS)
+    assert ps.PLAN_MODES == prompts.PLAN_MODES
+    assert ps.ENGINE_BACKENDS == generation.BACKENDS
+    assert ps.UNSURE_MODES == preferences.UNSURE_MODES
+    assert ps.LOSS_TYPES == LOSS_TYPES and ps.VLLM_MODES == VLLM_MODES
+    assert ps._JUDGE_TYPES == judges.JUDGE_TYPES and ps._NAME_RE == judges._NAME_RE.pattern
+    for kind, model in (("bank", ps.BankSource), ("stackexchange", ps.StackExchangeSource), ("qa", ps.QASource)):
+        assert set(model.model_fields) == {"type", "path"} | data.SOURCE_KEYS[kind], kind
+    assert set(ps.HumanStackExchangeSource.model_fields) == {"type", "path"} | set(human_pairs.SE_DEFAULTS)
+    common = judges._COMMON_KEYS | set(judges._LLM_DEFAULTS)
+    for backend, model in (("local", ps.LocalLLMJudgeSpec), ("vllm", ps.VllmLLMJudgeSpec),
+                           ("openai", ps.OpenAILLMJudgeSpec)):
+        assert set(model.model_fields) == common | set(judges._BACKEND_DEFAULTS[backend]), backend
+    assert set(ps.RubricJudgeSpec.model_fields) == judges._RUBRIC_KEYS
+    sig = inspect.signature(rubric.RubricJudge.__init__).parameters
+    fields = ps.RubricParams.model_fields
+    assert set(fields) == set(sig) - {"self"}
+    assert {k: f.default for k, f in fields.items()} == {k: p.default for k, p in sig.items() if k != "self"}
+    assert ps._RUBRIC_WEIGHTS == tuple(rubric.RubricJudge.DEFAULT_WEIGHTS)
+
+
+@pytest.mark.parametrize("params", [
+    {}, {"t_unsure": 0.2, "t_slight": 0.1}, {"min_words": 70}, {"target_hi": 600}, {"long_floor": 1.5},
+    {"weights": {"structure": 0, "coherence": 0, "clarity": 0, "register": 0}}, {"rep_gamma": -1},
+    {"unfinished_factor": 1.0}, {"t_better": 1.0, "t_slight": 1.0, "t_unsure": 1.0}, {"weights": {"beauty": 1}},
+])
+def test_rubric_params_accepted_exactly_when_rubric_judge_accepts_them(params):
+    from sciexplain.rubric import RubricJudge
+
+    try:
+        RubricJudge(**params)
+        judge_ok = True
+    except ValueError:
+        judge_ok = False
+    assert (ps.problems(_set(PARAMS, "reward_model.rubric", params)) == []) == judge_ok, params
+
+
+# --------------------------------------------------------------------------- fixed where the value is used
+
+def test_few_shot_count_is_checked_where_the_examples_are_read():
+    from sciexplain.prompts import load_few_shot
+
+    n = len(load_few_shot(ROOT / "prompts", None, "none"))
+    assert len(load_few_shot(ROOT / "prompts", n, "none")) == n
+    assert load_few_shot(ROOT / "prompts", 0, "none") == []
+    for k in (-1, n + 1, "2", True):
+        with pytest.raises(DataError, match=r"teacher\.few_shot.*expected an integer in \[0, %d\]" % n):
+            load_few_shot(ROOT / "prompts", k, "none")
+
+
+def test_select_refuses_values_with_another_meaning():
+    from sciexplain.selection import select
+
+    rows = [{"id": "q", "question": "q?", "answer": f"a{i}", "reward": float(i), "sample": i, "finished": i == 0}
+            for i in range(2)]
+    assert select(rows, require_finished=True, min_gap=0.0)["selected"][0]["answer"] == "a0"
+    for kwargs, key in (({"require_finished": "no"}, "select.require_finished"),
+                        ({"threshold": "high"}, "select.threshold"), ({"min_gap": "0.1"}, "select.min_gap")):
+        with pytest.raises(DataError, match=key.replace(".", r"\.")):
+            select(rows, **kwargs)
