@@ -34,6 +34,7 @@ answer per item and a crash leaves the previous complete file. Writers of a file
 """
 from __future__ import annotations
 
+import base64
 import csv
 import hashlib
 import io
@@ -99,12 +100,14 @@ def warn_stderr(message: str) -> None:
 
 
 def item_hash(question: str, answer_a: str, answer_b: str) -> str:
-    """What an annotator saw, as 16 hex digits: sha256 of the question and both answers in their A/B order.
+    """What an annotator saw, as 16 characters: the first 80 bits of sha256 of the question and both answers in
+    their A/B order, in lower-case base32 (a-z, 2-7: a spreadsheet never reads it as a number, as it would
+    ``1234567e89012345``).
 
     The one function every writer and reader of sheets and annotations uses; exact text (no normalisation),
     so any change to a shown text or to the A/B order gives another hash."""
     payload = json.dumps(["sciexplain-item/1", question, answer_a, answer_b], ensure_ascii=False)
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
+    return base64.b32encode(hashlib.sha256(payload.encode("utf-8")).digest()[:10]).decode("ascii").lower()
 
 
 def sheet_hashes(sheet: Iterable[Mapping]) -> dict[str, str]:

@@ -257,6 +257,7 @@ def test_read_annotation_dir(tmp_path, capsys):
 def test_item_hash_is_what_was_shown():
     h = item_hash("Why?", "one", "two")
     assert len(h) == 16 and h == item_hash("Why?", "one", "two")
+    assert set(h) <= set("abcdefghijklmnopqrstuvwxyz234567")  # a spreadsheet never takes it for a number
     assert len({h, item_hash("Why?", "two", "one"), item_hash("Why ?", "one", "two"), item_hash("Why?", "one", "two ")}) == 4
     assert item_hash("a", "b\u0000c", "d") != item_hash("a", "b", "\u0000cd")  # no ambiguous joins
 
