@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from .generation import GenRequest, GenResult, SamplingParams, request_seed
-from .io import DataError, write_jsonl
+from .io import DataError, UserError, write_jsonl
 
 __all__ = ["custom_id", "parse_custom_id", "request_body", "export_batch", "import_batch", "CHAT_URL"]
 
@@ -35,6 +35,9 @@ def parse_custom_id(cid: str) -> tuple[str, int]:
 
 
 def request_body(request: GenRequest, sampling: SamplingParams, model: str, max_tokens_field: str = "max_tokens") -> dict:
+    if sampling.repetition_penalty != 1.0:
+        raise UserError(f"repetition_penalty {sampling.repetition_penalty} is not an OpenAI Batch API field: "
+                        "set it to 1.0 for the batch backends")
     return {
         "model": model,
         "messages": request.message_dicts(),

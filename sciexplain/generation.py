@@ -64,9 +64,13 @@ class SamplingParams:
     temperature: float = 0.0  # 0 = greedy
     top_p: float = 1.0
     seed: int = 0
+    repetition_penalty: float = 1.0  # > 1 discourages tokens already in the prompt or answer (1.0: off)
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if d["repetition_penalty"] == 1.0:  # off: the cache keys of answers generated before the knob existed hold
+            del d["repetition_penalty"]
+        return d
 
 
 @dataclass(frozen=True)

@@ -119,6 +119,8 @@ class LocalBackend:
         enc = {k: v.to(self.lm.device) for k, v in enc.items()}
         kwargs = dict(max_new_tokens=sampling.max_new_tokens, eos_token_id=self.stops, pad_token_id=tok.pad_token_id,
                       do_sample=False, temperature=None, top_p=None, top_k=None)
+        if sampling.repetition_penalty != 1.0:  # applied before SeededSampler (transformers runs its own processors first)
+            kwargs["repetition_penalty"] = float(sampling.repetition_penalty)
         if sampling.temperature > 0:
             seeds = [self.request_seed(requests[r[2]], sampling) for r in rows]
             kwargs["logits_processor"] = LogitsProcessorList([SeededSampler(seeds, sampling.temperature, sampling.top_p)])

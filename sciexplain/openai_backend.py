@@ -137,7 +137,7 @@ class OpenAIBackend:
 
     # -- one call ----------------------------------------------------------------------------------
     def _params(self, req: GenRequest, sampling: SamplingParams) -> dict:
-        return {
+        params = {
             "model": self.model,
             "messages": req.message_dicts(),
             self.max_tokens_field: int(sampling.max_new_tokens),
@@ -145,6 +145,11 @@ class OpenAIBackend:
             "top_p": float(sampling.top_p),
             "seed": self.request_seed(req, sampling),
         }
+        if sampling.repetition_penalty != 1.0:
+            # not an OpenAI API field: vLLM's server reads `repetition_penalty`, llama.cpp's `repeat_penalty`
+            params["extra_body"] = {"repetition_penalty": float(sampling.repetition_penalty),
+                                    "repeat_penalty": float(sampling.repetition_penalty)}
+        return params
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         delay = min(self.retry_max_delay, self.retry_base_delay * (2**attempt)) * random.uniform(0.5, 1.0)

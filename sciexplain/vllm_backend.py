@@ -111,6 +111,7 @@ class VLLMBackend:
             for start, n in sample_runs(list(by_sample)):
                 if greedy:  # every sample of a greedy decode is the same: ask once, copy
                     sp = self._vllm.SamplingParams(n=1, temperature=0.0, max_tokens=sampling.max_new_tokens,
+                                                   repetition_penalty=sampling.repetition_penalty,
                                                    stop_token_ids=self.stops)
                     prompts.append({"prompt_token_ids": list(ids)})
                     params.append(sp)
@@ -118,6 +119,7 @@ class VLLMBackend:
                     continue
                 sp = self._vllm.SamplingParams(
                     n=n, temperature=sampling.temperature, top_p=sampling.top_p, max_tokens=sampling.max_new_tokens,
+                    repetition_penalty=sampling.repetition_penalty,
                     seed=request_seed(sampling.seed, rid, start), stop_token_ids=self.stops)
                 prompts.append({"prompt_token_ids": list(ids)})
                 params.append(sp)

@@ -31,7 +31,8 @@ def main(model_name, base_dir, adapter, prepared, splits, out_dir, cache_path, m
 
     p = read_params(params_path)
     sampling = SamplingParams(max_new_tokens=get(p, "generate.max_new_tokens"), temperature=get(p, "generate.temperature"),
-                              top_p=get(p, "generate.top_p"), seed=get(p, "generate.seed"))
+                              top_p=get(p, "generate.top_p"), seed=get(p, "generate.seed"),
+                              repetition_penalty=get(p, "generate.repetition_penalty"))
     names = [s.strip() for s in splits.split(",") if s.strip()]
     questions = {s: read_jsonl(Path(prepared) / f"{s}.jsonl") for s in names}
     backend = engine_backend(p, model_name, base_dir, adapter, batch_size=get(p, "generate.batch_size"))

@@ -27,7 +27,8 @@ def main(base_dir, adapter, model_name, questions, out_path, cache_path, metrics
     p = read_params(params_path)
     n = get(p, "sample.n")
     sampling = SamplingParams(max_new_tokens=get(p, "sample.max_new_tokens"), temperature=get(p, "sample.temperature"),
-                              top_p=get(p, "sample.top_p"), seed=get(p, "sample.seed"))
+                              top_p=get(p, "sample.top_p"), seed=get(p, "sample.seed"),
+                              repetition_penalty=get(p, "sample.repetition_penalty"))
     backend = engine_backend(p, model_name, base_dir, adapter, batch_size=get(p, "sample.batch_size"))
     records, summary = answer_questions(backend, read_jsonl(questions), sampling, cache_path, model_name, n_samples=n,
                                         desc=f"sample x{n}")

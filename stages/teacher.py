@@ -56,7 +56,8 @@ def main(prepared, base_dir, prompts_dir, out_dir, cache_path, metrics_path, stu
     system = prompts.load_system_prompt(prompts_dir, plan)
     shots = prompts.load_few_shot(prompts_dir, get(p, "teacher.few_shot"), plan)
     sampling = SamplingParams(max_new_tokens=get(p, "teacher.max_new_tokens"), temperature=get(p, "teacher.temperature"),
-                              top_p=get(p, "teacher.top_p"), seed=get(p, "teacher.seed"))
+                              top_p=get(p, "teacher.top_p"), seed=get(p, "teacher.seed"),
+                              repetition_penalty=get(p, "teacher.repetition_penalty"))
     splits = get(p, "teacher.splits")
     questions = {s: read_jsonl(Path(prepared) / f"{s}.jsonl") for s in splits}
     requests = [GenRequest.from_messages(q["id"], prompts.teacher_messages(q["question"], system, shots, plan))
@@ -113,11 +114,12 @@ def main(prepared, base_dir, prompts_dir, out_dir, cache_path, metrics_path, stu
         "finished_fraction": round(sum(r.finished for r in results) / max(n, 1), 4),
         "empty_fraction": round(drops["empty"] / max(n, 1), 4),
         "max_new_tokens": sampling.max_new_tokens,
-        "tokens_per_s": tokens_per_s, "cache": cache_stats,
         "vs_student": check_student(out.get("sft"), student_path, validation_path, base_dir, judge_prompt, judge_cache,
                                     get(p, "judge.panel"), get(p, "teacher.seed")),
     }
     write_json(metrics_path, metrics)
+    # run-time counters go to the log only: a fully cached rerun must leave the metrics unchanged
+    click.echo(f"teacher: cache {cache_stats or '-'}; {tokens_per_s or '-'} tokens/s", err=True)
     click.echo(f"teacher: {sum(kept.values())}/{n} answers kept; filtered {metrics['filtered']}; "
                f"{metrics['finished_fraction']:.0%} finished within {sampling.max_new_tokens} tokens")
 

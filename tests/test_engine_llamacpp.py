@@ -142,7 +142,8 @@ def test_teacher_stage_on_llamacpp(teacher_project, proxy, llama):
     sft = read_jsonl(teacher_project / "data/generations/teacher/sft.jsonl")
     assert [x["id"] for x in sft] == ["q0", "q1"] and sft[0]["source"] == "openai:base"
     m = json.loads((teacher_project / "metrics/teacher.json").read_text())
-    assert m["answers"] == 3 and m["backend"] == "openai" and m["cache"]["misses"] == 3
+    assert m["answers"] == 3 and m["backend"] == "openai"
+    assert "cache" not in m and "tokens_per_s" not in m  # run-time counters stay out of DVC metrics
     # a rerun is answered from the cache: nothing reaches the engine
     r = CliRunner().invoke(teacher.main, [])
     assert r.exit_code == 0, r.output

@@ -162,7 +162,8 @@ class _FakeLLM:
 
 
 class _FakeSamplingParams:
-    def __init__(self, n=1, temperature=1.0, top_p=1.0, max_tokens=16, seed=None, stop_token_ids=None):
+    def __init__(self, n=1, temperature=1.0, top_p=1.0, max_tokens=16, seed=None, stop_token_ids=None,
+                 repetition_penalty=1.0):  # vllm.SamplingParams has it, default 1.0
         self.n, self.temperature, self.top_p, self.max_tokens, self.seed = n, temperature, top_p, max_tokens, seed
         self.stop_token_ids = stop_token_ids
 

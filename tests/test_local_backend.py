@@ -78,3 +78,19 @@ def test_a_sample_does_not_depend_on_its_batch_mates(backend):
     assert alone.text == by_key[("q0", 1)]
     mixed = backend.generate([_reqs(3)[i] for i in (14, 4, 0)], sp)  # other batch, other order
     assert [r.text for r in mixed] == [by_key[("q4", 2)], by_key[("q1", 1)], by_key[("q0", 0)]]
+
+
+def test_repetition_penalty_changes_sampling_and_off_keeps_cache_keys(backend):
+    """repetition_penalty > 1 reaches generate (the answers change); 1.0 is off: the same answers as before the
+    knob existed and the same cache key (SamplingParams.as_dict leaves it out)."""
+    from sciexplain.cache import backend_cache_key as request_key
+
+    plain = SamplingParams(max_new_tokens=16, temperature=0.0)
+    off = SamplingParams(max_new_tokens=16, temperature=0.0, repetition_penalty=1.0)
+    strong = SamplingParams(max_new_tokens=16, temperature=0.0, repetition_penalty=3.0)
+    base = backend.generate(_reqs(), plain)
+    assert [r.text for r in backend.generate(_reqs(), off)] == [r.text for r in base]
+    assert [r.text for r in backend.generate(_reqs(), strong)] != [r.text for r in base]
+    assert "repetition_penalty" not in off.as_dict() and strong.as_dict()["repetition_penalty"] == 3.0
+    r = _reqs()[0]
+    assert request_key(backend, r, plain) == request_key(backend, r, off) != request_key(backend, r, strong)

@@ -223,3 +223,18 @@ def test_a_malformed_200_reply_is_one_clear_line(raw_server, body):
         backend.generate(reqs(1), SamplingParams())
     msg = str(e.value)
     assert "\n" not in msg and raw_server["url"] in msg and "'id0'" in msg
+
+
+def test_repetition_penalty_goes_in_the_body_only_when_on(server):
+    """Not an OpenAI API field: sent (as vLLM's and llama.cpp's names) only when set; the Batch API refuses it."""
+    from sciexplain.batch_api import request_body
+    from sciexplain.io import UserError
+
+    be = make_backend(server)
+    be.generate(reqs(1), SamplingParams(max_new_tokens=5))
+    assert "repetition_penalty" not in server.bodies[-1] and "repeat_penalty" not in server.bodies[-1]
+    be.generate(reqs(1, prefix="r"), SamplingParams(max_new_tokens=5, repetition_penalty=1.1))
+    assert server.bodies[-1]["repetition_penalty"] == 1.1 and server.bodies[-1]["repeat_penalty"] == 1.1
+    assert "repetition_penalty" not in request_body(reqs(1)[0], SamplingParams(), "m")
+    with pytest.raises(UserError, match="repetition_penalty 1.1 is not an OpenAI Batch API field"):
+        request_body(reqs(1)[0], SamplingParams(repetition_penalty=1.1), "m")
