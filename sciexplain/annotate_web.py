@@ -487,6 +487,9 @@ class Handler(BaseHTTPRequestHandler):
             return self._error(status, str(e))
         except RecursionError:
             return self._error(HTTPStatus.BAD_REQUEST, "record nested too deeply")
+        except OSError as e:  # disk full, permissions: not saved, and the page says so
+            return self._error(HTTPStatus.INTERNAL_SERVER_ERROR, f"could not save to {self.app.out_path}: "
+                               f"{e.strerror or e}")
         self._json(200, {"ok": True, "record": {k: rec[k] for k in ("choice", "strength", "comment")},
                          "item_id": rec["item_id"]})
 

@@ -572,3 +572,17 @@ def test_kill_9_mid_stream_loses_no_acknowledged_save(tmp_path):
     assert all(f"removed {work_dir(out) / name}" in err for name in left), (left, err)
     print(f"kill -9 after {n_acked_at_kill} acknowledged saves ({len(acked)} in all, {len(on_disk)} on disk, "
           f"{len(left)} temp files left and removed at restart)")
+
+
+def test_a_failed_write_is_reported_not_acknowledged(served, monkeypatch):
+    import sciexplain.annotate_web as web
+
+    _, port, out = served
+
+    def full(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(web, "append_annotation", full)
+    resp, data = request(port, "POST", "/api/annotate", {"item_id": "q1", "item_hash": H["q1"], "choice": "A",
+                                                         "strength": "Better"})
+    assert resp.status == 500 and "No space left on device" in json.loads(data)["error"] and not out.exists()
