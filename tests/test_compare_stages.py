@@ -338,3 +338,38 @@ def test_skipped_annotation_files_are_each_named_with_a_reason(judged):
     for name, why in skipped.items():
         lines = [line for line in err.splitlines() if f"data/annotations/{name}:" in line]
         assert len(lines) == 1 and why in lines[0] and lines[0].startswith("warning: "), (name, err)
+
+
+def test_evaluate_counts_only_current_human_rows(workdir, monkeypatch):
+    """The evaluate stage reads people's files on its eval sheets the same way: stale rows left out, counted."""
+    import sciexplain.reward
+    from stages import evaluate
+    from test_verdict_reporting import _generations
+
+    class FakeScorer:
+        def __init__(self, *a, **k):
+            pass
+
+        def score(self, questions, answers, batch_size=1, progress=False):
+            return [len(a.split()) / 100 for a in answers]
+
+    monkeypatch.setattr(sciexplain.reward, "RewardScorer", FakeScorer)
+    _generations(workdir)  # (two teacher answers dropped: teacher is not in this comparison)
+    metrics = workdir / "metrics"
+    metrics.mkdir()
+    for name, obj in (("select", {}), ("base_model", {"source": "tiny"}), ("reward_model", {"validation": {"cleared": True}}),
+                      ("teacher", {}), ("validate", {}), ("winrate", {})):
+        (metrics / f"{name}.json").write_text(json.dumps(obj))
+    write_params(workdir / "params.yaml", {"evaluate": {"models": ["base", "sft"], "pairs": ["sft_vs_base"], "examples": 1,
+                                                        "bootstrap_resamples": 50, "max_questions": None},
+                                           "judge": {"panel": [{"name": "rubric", "type": "rubric"}]}})
+    run(evaluate, ["--base", "unused", "--reward", "unused"])
+    sheet = read_jsonl(workdir / "data/eval_sheets/eval_sft_vs_base/sheet.jsonl")
+    rows = [{"item_id": s["item_id"], "item_hash": s["item_hash"], "choice": "A", "strength": "Better"} for s in sheet]
+    rows[0]["item_hash"] = "a" * 16  # made on another version of this item
+    human = "data/annotations/eval_sft_vs_base/alice.jsonl"
+    _write(workdir / human, rows)
+    r = run(evaluate, ["--base", "unused", "--reward", "unused"])
+    win = json.loads((metrics / "eval_winrates.json").read_text())["sft_vs_base"]
+    assert win["stale_rows"] == {human: 1} and win["annotators"]["alice"]["n"] == len(sheet) - 1
+    assert win["headline_source"] == "humans" and f"{human}: 1 of {len(sheet)} rows" in r.stderr
