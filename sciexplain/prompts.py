@@ -133,6 +133,8 @@ def clean_teacher_answer(raw: str, finished: bool, min_words: int, unfinished: s
     ``unfinished``: ``drop`` an answer cut by max_new_tokens, or ``trim`` it to its last complete sentence
     (small local teachers rarely stop on their own within budget).
     """
+    if unfinished not in ("trim", "drop"):
+        raise ValueError(f"teacher.unfinished: expected 'trim' or 'drop', got {unfinished!r}")
     answer, _ = extract_answer(raw)
     answer, _ = strip_meta(answer)
     if not answer:

@@ -85,3 +85,11 @@ def test_plan_param_checked(tmp_path):
     assert prompts.load_few_shot(tmp_path, plan="none")[0]["answer"] == "a"
     with pytest.raises(DataError, match="field 'plan_short'"):
         prompts.load_few_shot(tmp_path, plan="short")
+
+
+def test_clean_teacher_answer_refuses_an_unknown_unfinished_rule():
+    """`keep` once acted as drop: any value but trim or drop is an error, whoever calls."""
+    from sciexplain.prompts import clean_teacher_answer
+
+    with pytest.raises(ValueError, match="teacher.unfinished: expected 'trim' or 'drop', got 'keep'"):
+        clean_teacher_answer("An answer that was cut off in the middle of", False, 1, "keep")
