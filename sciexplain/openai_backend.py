@@ -18,8 +18,11 @@
   the model name in :attr:`cache_id`, so a retrained adapter served under the same name is asked again.
 * Up to ``max_concurrency`` calls run at once in a thread pool. ``generate(..., on_result=cb)``
   calls ``cb(index, result)`` on the calling thread as soon as each call finishes (this is how
-  :func:`sciexplain.cache.generate_cached` caches per response). If one call fails for good, no new
-  call is started, the calls in flight are finished (and reported), then the error is raised.
+  :func:`sciexplain.cache.generate_cached` caches per response), and the next call starts only after
+  ``cb`` returned: at any moment at most ``max_concurrency`` calls are sent and not yet recorded, so a
+  process killed at any point loses (and a rerun asks, and a paid API bills, again) at most that many
+  (tests/test_faults.py). If one call fails for good, no new call is started, the calls in flight are
+  finished (and reported), then the error is raised.
 """
 from __future__ import annotations
 
@@ -249,22 +252,35 @@ class OpenAIBackend:
         results: list[GenResult | None] = [None] * len(requests)
         stop = threading.Event()
         error: BaseException | None = None
-        pool = ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(requests)), thread_name_prefix="openai")
+        width = min(self.max_concurrency, len(requests))
+        pool = ThreadPoolExecutor(max_workers=width, thread_name_prefix="openai")
+        queue = iter(enumerate(requests))
+        futures: dict[Future, int] = {}
+        todo: set[Future] = set()
+
+        def start_next() -> None:
+            # At most `width` calls are sent and not yet reported: a call is started only when another one has been
+            # handed to on_result (i.e. cached). A crash therefore loses at most max_concurrency answered calls.
+            if stop.is_set():
+                return
+            nxt = next(queue, None)
+            if nxt is not None:
+                fut = pool.submit(self._call, nxt[1], sampling, stop)
+                futures[fut] = nxt[0]
+                todo.add(fut)
+
         try:
-            futures: dict[Future, int] = {pool.submit(self._call, r, sampling, stop): i for i, r in enumerate(requests)}
-            todo = set(futures)
+            for _ in range(width):
+                start_next()
             while todo:
-                done, todo = wait(todo, return_when=FIRST_COMPLETED)
+                done, _ = wait(todo, return_when=FIRST_COMPLETED)
                 for fut in done:
-                    if fut.cancelled():
-                        continue
+                    todo.discard(fut)
                     exc = fut.exception()
                     if exc is not None:
                         if error is None:
                             error = exc
                             stop.set()  # start nothing new; calls in flight still finish and are reported
-                            for f in todo:
-                                f.cancel()
                         continue
                     res = fut.result()
                     if res is None:
@@ -273,6 +289,7 @@ class OpenAIBackend:
                     results[i] = res
                     if on_result is not None:  # also after an error: a finished call is never thrown away
                         on_result(i, res)
+                    start_next()  # this call's slot is free only now that it is recorded
         except BaseException:  # e.g. Ctrl-C or a failing on_result: stop at once, drop what is in flight
             stop.set()
             pool.shutdown(wait=False, cancel_futures=True)
