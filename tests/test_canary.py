@@ -120,7 +120,8 @@ def test_no_api_key_in_any_output_cache_dvc_file_or_log(tmp_path, tiny_base):
         # the teacher's Batch API export (stops with exit 1 after writing the file, by design)
         batch_params = repo / "params_batch.yaml"
         shutil.copy(repo / "params.yaml", batch_params)
-        write_params(batch_params, {"teacher": {"backend": "batch-export", "batch_file": "data/batch/teacher_requests.jsonl"}})
+        write_params(batch_params, {"teacher": {"backend": "batch-export", "batch_file": "data/batch/teacher_requests.jsonl",
+                                                "repetition_penalty": 1.0}})  # the Batch API has no such field
         r = _run([sys.executable, "-m", "stages.teacher", "--params", "params_batch.yaml"], repo,
                  logs / "teacher-batch-export.log", env, ok=False)
         assert r.returncode == 1 and "Batch API requests" in r.stderr, r.stderr[-2000:]
@@ -147,8 +148,12 @@ def test_no_api_key_in_any_output_cache_dvc_file_or_log(tmp_path, tiny_base):
     assert (repo / "data/cache/teacher.jsonl").exists() and (repo / "data/judgments/base_vs_sft/judge-gpt.jsonl").exists()
 
     roots = [repo / p for p in SEARCHED if (repo / p).exists()]
+    assert {p.name for p in roots} >= {"data", "models", "metrics", ".dvc", "logs", "dvc.lock"}
     files, hits = find_canaries(roots, list(canaries.values()))
-    print(f"\ncanary: {files} files searched under {', '.join(p.name for p in roots)}; {len(hits)} hold a key; "
-          f"server saw {len(set(server.auth))} distinct Authorization headers over {len(server.auth)} calls")
+    everything, hits_anywhere = find_canaries([repo], list(canaries.values()))  # params, dvc.yaml, code copies too
+    print(f"\ncanary: {files} files searched under {', '.join(p.name for p in roots)} ({everything} in the whole "
+          f"project); {len(hits) + len(hits_anywhere)} hold a key; the server saw {len(set(server.auth))} distinct "
+          f"Authorization headers over {len(server.auth)} calls")
     assert files >= 50, f"only {files} files searched"
     assert not hits, f"API keys leaked into {len(hits)} of {files} files: {hits[:10]}"
+    assert not hits_anywhere, f"API keys leaked into {hits_anywhere[:10]}"
