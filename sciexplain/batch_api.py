@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from .generation import GenRequest, GenResult, SamplingParams, request_seed
-from .io import DataError, UserError, write_jsonl
+from .io import DataError, UserError, iter_jsonl, type_name, write_jsonl
 
 __all__ = ["custom_id", "parse_custom_id", "request_body", "export_batch", "import_batch", "CHAT_URL"]
 
@@ -76,7 +76,7 @@ def _get(obj, field: str, path, lineno: int, kind: type | tuple, name: str):
         raise DataError(path, lineno, name, "missing")
     value = obj[field]
     if not isinstance(value, kind) or isinstance(value, bool) and kind is int:
-        raise DataError(path, lineno, name, f"expected {getattr(kind, '__name__', kind)}, got {type(value).__name__}")
+        raise DataError(path, lineno, name, f"expected {type_name(kind)}, got {type(value).__name__}")
     return value
 
 
@@ -97,65 +97,58 @@ def import_batch(path: str | os.PathLike, requests: Sequence[GenRequest] | None 
         raise DataError(path, None, None, "file not found")
     results: list[GenResult] = []
     where: dict[tuple[str, int], int] = {}
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            try:
-                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
-            except UnicodeDecodeError as e:
-                raise DataError(path, lineno, None, f"not valid UTF-8 (byte {e.start})") from None
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(path, lineno, None, f"invalid JSON: {e.msg}") from None
-            if not isinstance(rec, dict):
-                raise DataError(path, lineno, None, "a line must be a JSON object")
-            cid = _get(rec, "custom_id", path, lineno, str, "custom_id")
-            if not cid.strip():
-                raise DataError(path, lineno, "custom_id", "empty")
-            if rec.get("error"):
-                raise DataError(path, lineno, "error", f"request {cid!r} failed: {_error_text(rec['error'])}")
-            resp = _get(rec, "response", path, lineno, dict, "response")
-            status = _get(resp, "status_code", path, lineno, int, "response.status_code")
-            body = _get(resp, "body", path, lineno, dict, "response.body")
-            if status != 200:
-                raise DataError(
-                    path, lineno, "response.status_code", f"request {cid!r} got HTTP {status}: {_error_text(body.get('error'))}"
-                )
-            choices = _get(body, "choices", path, lineno, list, "response.body.choices")
-            if not choices or not isinstance(choices[0], dict):
-                raise DataError(path, lineno, "response.body.choices", "empty")
-            message = _get(choices[0], "message", path, lineno, dict, "response.body.choices[0].message")
-            content = message.get("content")
-            if content is None:
-                content = ""
-            if not isinstance(content, str):
-                raise DataError(path, lineno, "response.body.choices[0].message.content", "expected a string")
-            finish = choices[0].get("finish_reason")
-            usage = body.get("usage") or {}
-            if not isinstance(usage, dict):
-                raise DataError(path, lineno, "response.body.usage", "expected an object")
-            tokens = {}
-            for name in ("prompt_tokens", "completion_tokens"):
-                value = usage.get(name, 0) or 0
-                if not isinstance(value, int) or isinstance(value, bool):
-                    raise DataError(path, lineno, f"response.body.usage.{name}", "expected an integer")
-                tokens[name] = value
-            rid, sample = parse_custom_id(cid)
-            if (rid, sample) in where:
-                raise DataError(path, lineno, "custom_id", f"duplicate {cid!r} (first on line {where[(rid, sample)]})")
-            where[(rid, sample)] = lineno
-            results.append(
-                GenResult(
-                    id=rid,
-                    sample=sample,
-                    text=content,
-                    finished=finish == "stop",
-                    extra={"finish_reason": finish, "custom_id": cid},
-                    **tokens,
-                )
+    for lineno, rec in iter_jsonl(path, what="line"):
+        if "response" not in rec and "error" not in rec and {"method", "url", "body"} <= set(rec):
+            raise DataError(path, lineno, "response", "a Batch API input line (custom_id, method, url, body), not an "
+                            "output line: give the batch's output file (its output_file_id)")
+        cid = _get(rec, "custom_id", path, lineno, str, "custom_id")
+        if not cid.strip():
+            raise DataError(path, lineno, "custom_id", "empty")
+        if rec.get("error"):
+            raise DataError(path, lineno, "error", f"request {cid!r} failed: {_error_text(rec['error'])}")
+        resp = _get(rec, "response", path, lineno, dict, "response")
+        status = _get(resp, "status_code", path, lineno, int, "response.status_code")
+        body = _get(resp, "body", path, lineno, dict, "response.body")
+        if status != 200:
+            raise DataError(
+                path, lineno, "response.status_code", f"request {cid!r} got HTTP {status}: {_error_text(body.get('error'))}"
             )
+        choices = _get(body, "choices", path, lineno, list, "response.body.choices")
+        if not choices or not isinstance(choices[0], dict):
+            raise DataError(path, lineno, "response.body.choices", "empty")
+        message = _get(choices[0], "message", path, lineno, dict, "response.body.choices[0].message")
+        content = message.get("content")
+        if content is None:
+            content = ""
+        if not isinstance(content, str):
+            raise DataError(path, lineno, "response.body.choices[0].message.content",
+                            f"expected a string, got {type(content).__name__}")
+        finish = choices[0].get("finish_reason")
+        usage = body.get("usage") or {}
+        if not isinstance(usage, dict):
+            raise DataError(path, lineno, "response.body.usage", "expected an object")
+        tokens = {}
+        for name in ("prompt_tokens", "completion_tokens"):
+            value = usage.get(name, 0) or 0
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise DataError(path, lineno, f"response.body.usage.{name}", "expected an integer")
+            tokens[name] = value
+        rid, sample = parse_custom_id(cid)
+        if (rid, sample) in where:
+            raise DataError(path, lineno, "custom_id", f"duplicate {cid!r} (first on line {where[(rid, sample)]})")
+        where[(rid, sample)] = lineno
+        results.append(
+            GenResult(
+                id=rid,
+                sample=sample,
+                text=content,
+                finished=finish == "stop",
+                extra={"finish_reason": finish, "custom_id": cid},
+                **tokens,
+            )
+        )
+    if not results:
+        raise DataError(path, None, None, "file is empty")
     if requests is None:
         return results
     by_key = {(r.id, r.sample): r for r in results}
@@ -166,9 +159,13 @@ def import_batch(path: str | os.PathLike, requests: Sequence[GenRequest] | None 
             missing.append(custom_id(req))
         else:
             ordered.append(res)
-    if missing:
-        raise DataError(path, None, "custom_id", f"{len(missing)} requests have no answer, e.g. {missing[:3]}")
     if by_key:
-        extra = [r.extra["custom_id"] for r in by_key.values()]
-        raise DataError(path, None, "custom_id", f"{len(extra)} answers match no request, e.g. {extra[:3]}")
+        extra = sorted(by_key.values(), key=lambda r: where[(r.id, r.sample)])
+        cid = extra[0].extra["custom_id"]
+        raise DataError(path, where[(extra[0].id, extra[0].sample)], "custom_id",
+                        f"{cid!r} matches no request of this run: {len(extra)} answers match no request, e.g. "
+                        f"{[r.extra['custom_id'] for r in extra[:3]]} (an output of another batch?)")
+    if missing:
+        raise DataError(path, f"request {missing[0]!r}", "custom_id",
+                        f"no answer in the file: {len(missing)} requests have no answer, e.g. {missing[:3]}")
     return ordered

@@ -13,14 +13,14 @@ from __future__ import annotations
 import csv
 import hashlib
 import html
+import io
 import re
-import xml.etree.ElementTree as ET
 from collections import Counter
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
 
-from .io import DataError, normalize_text, read_jsonl, stable_id
+from .io import DataError, normalize_text, read_jsonl_lines, stable_id
 
 SPLITS = ("eval", "rs", "rm", "sft")
 MAX_BODY_CHARS = 100_000  # a post body longer than this is dropped and counted (a dump's longest are ~60k)
@@ -173,43 +173,132 @@ def _record(question: str, domain: str, source: str, answer: str | None = None, 
 
 def load_bank(path: str | Path, drops: Drops) -> list[dict]:
     out = []
-    for i, rec in enumerate(read_jsonl(path, required=("question", "domain")), 1):
+    for line, rec in read_jsonl_lines(path, required=("question", "domain")):
         if not isinstance(rec["question"], str):
-            raise DataError(path, f"record {i}", "question", "must be a string")
+            raise DataError(path, line, "question", f"must be a string, got {type(rec['question']).__name__}")
         out.append(_record(rec["question"], str(rec["domain"]), "bank", None))
     return out
 
 
+class PostRow(dict):
+    """A ``<row>`` of a Posts.xml: its attributes (XML-unescaped) and ``line``, where it starts in the file."""
+
+    line: int | None = None
+
+
+def _where(row) -> tuple[int | str, str]:
+    """(the record an error names: the row's line, else its Id; what to add to the message)."""
+    line = getattr(row, "line", None)
+    if line is not None:
+        return line, f" (row Id={row['Id']})" if row.get("Id") is not None else ""
+    return f"row Id={row.get('Id', '?')}", ""
+
+
 def _int_attr(path, row, name, required=True):
     value = row.get(name)
+    where, rid = _where(row)
     if value is None:
         if required:
-            raise DataError(path, f"row Id={row.get('Id', '?')}", name, "missing attribute")
+            raise DataError(path, where, name, f"missing attribute{rid}")
         return None
     try:
         return int(value)
     except ValueError:
-        raise DataError(path, f"row Id={row.get('Id', '?')}", name, f"not an integer: {value!r}") from None
+        raise DataError(path, where, name, f"not an integer: {value!r}{rid}") from None
+
+
+_NOT_XML = {b"7z\xbc\xaf\x27\x1c": "a 7z archive", b"\x1f\x8b": "a gzip file", b"PK\x03\x04": "a zip archive",
+            b"BZh": "a bzip2 file", b"\xfd7zXZ\x00": "an xz file", b"\x28\xb5\x2f\xfd": "a zstd file"}
+_CHUNK = 1 << 20
+
+
+def _line_bytes(path: Path, lineno: int) -> bytes:
+    with open(path, "rb") as f:
+        for i, raw in enumerate(f, 1):
+            if i == lineno:
+                return raw
+    return b""
 
 
 def iter_post_rows(path: str | Path):
     """Yield ``(row, post_id, post_type)`` for every ``<row>`` of a data-dump Posts.xml (attributes XML-unescaped,
-    Body still HTML); a missing/empty file or malformed XML raises :class:`DataError` naming the line."""
+    Body still HTML; ``row`` is a :class:`PostRow`, which knows its line), streaming. Every row needs integer
+    ``Id`` and ``PostTypeId``; a question or answer (PostTypeId 1 or 2) also a ``Body`` and an integer ``Score``,
+    an answer an integer ``ParentId``. Anything else -- a missing or empty file, an archive or binary data,
+    malformed XML, bytes that are not UTF-8, a DOCTYPE (DTDs and entities, e.g. "billion laughs" or external
+    entities, are refused: a dump has none), a root element other than ``<posts>`` -- raises
+    :class:`DataError` naming the line and, where one is to blame, the attribute."""
+    from xml.parsers import expat
+
     path = Path(path)
     if not path.exists():
         raise DataError(path, None, None, "file not found")
+    if path.is_dir():
+        raise DataError(path, None, None, "is a folder, not a Posts.xml file")
     if path.stat().st_size == 0:
         raise DataError(path, None, None, "file is empty")
-    try:
-        for _event, el in ET.iterparse(str(path), events=("end",)):
-            if el.tag != "row":
-                continue
-            row = dict(el.attrib)
-            el.clear()
-            yield row, _int_attr(path, row, "Id"), _int_attr(path, row, "PostTypeId")
-    except ET.ParseError as e:
-        line, col = e.position
-        raise DataError(path, line, None, f"malformed XML at column {col}: {e.msg if hasattr(e, 'msg') else e}") from None
+    parser = expat.ParserCreate()
+    parser.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
+    pending: list[PostRow] = []
+    depth = [0]
+
+    def start(tag, attrs):
+        depth[0] += 1
+        if depth[0] == 1 and tag != "posts":
+            raise DataError(path, parser.CurrentLineNumber, None,
+                            f"root element is <{tag}>, not <posts>: is this a Stack Exchange Posts.xml?")
+        if depth[0] == 2 and tag == "row":
+            row = PostRow(attrs)
+            row.line = parser.CurrentLineNumber
+            pending.append(row)
+
+    def end(tag):
+        depth[0] -= 1
+
+    def doctype(name, *args):
+        raise DataError(path, parser.CurrentLineNumber, None, f"a DOCTYPE declaration (<!DOCTYPE {name} ...>): DTDs and "
+                        "entity declarations are refused (a Stack Exchange dump has none)")
+
+    parser.StartElementHandler, parser.EndElementHandler = start, end
+    parser.StartDoctypeDeclHandler = doctype
+    parser.EntityDeclHandler = lambda name, *args: doctype(name)
+    with open(path, "rb") as f:
+        first = True
+        while True:
+            chunk = f.read(_CHUNK)
+            if first:
+                first = False
+                for magic, what in _NOT_XML.items():
+                    if chunk.startswith(magic):
+                        raise DataError(path, None, None, f"{what}, not XML: extract the Posts.xml inside it first")
+                if b"\x00" in chunk[:4096] and not chunk.startswith((b"\xff\xfe", b"\xfe\xff")):  # not UTF-16
+                    line = chunk[:chunk.index(b"\x00")].count(b"\n") + 1
+                    raise DataError(path, line, None, "binary data, not XML (a NUL byte)")
+            try:
+                parser.Parse(chunk, not chunk)
+            except expat.ExpatError as e:
+                raw = _line_bytes(path, e.lineno)
+                try:
+                    raw.decode("utf-8")
+                except UnicodeDecodeError as u:
+                    if e.code == expat.errors.codes[expat.errors.XML_ERROR_INVALID_TOKEN]:
+                        raise DataError(path, e.lineno, None,
+                                        f"not valid UTF-8 (byte {u.start + 1} of the line): save the file as UTF-8") from None
+                problem = expat.ErrorString(e.code)
+                if not chunk and depth[0] > 0:
+                    problem = f"{problem}: the file ends before the root element is closed (cut off?)"
+                raise DataError(path, e.lineno, None, f"malformed XML at column {e.offset + 1}: {problem}") from None
+            for row in pending:
+                post_id, kind = _int_attr(path, row, "Id"), _int_attr(path, row, "PostTypeId")
+                if kind in (1, 2):
+                    if row.get("Body") is None:
+                        raise DataError(path, row.line, "Body", f"missing attribute (row Id={post_id})")
+                    _int_attr(path, row, "Score")
+                    _int_attr(path, row, "ParentId" if kind == 2 else "AcceptedAnswerId", required=kind == 2)
+                yield row, post_id, kind
+            pending.clear()
+            if not chunk:
+                return
 
 
 def load_stackexchange(path: str | Path, drops: Drops, min_score: int = 1, domain: str | None = None,
@@ -223,6 +312,7 @@ def load_stackexchange(path: str | Path, drops: Drops, min_score: int = 1, domai
         if kind in (1, 2):
             rows.append((row, post_id, kind))
     dup = {i for i, c in id_count.items() if c > 1}
+    question_ids = {post_id for _row, post_id, kind in rows if kind == 1}
     questions: dict[int, dict] = {}
     answers: dict[int, list[dict]] = {}
     any_question = False
@@ -240,6 +330,9 @@ def load_stackexchange(path: str | Path, drops: Drops, min_score: int = 1, domai
             parent = _int_attr(path, row, "ParentId")
             if parent in dup:
                 drops.add("answer_of_duplicate_question")
+                continue
+            if parent not in question_ids:  # e.g. a dump cut to a subset: its question is not in the file
+                drops.add("answer_without_question")
                 continue
             answers.setdefault(parent, []).append(row)
     if not any_question:
@@ -275,44 +368,71 @@ def load_stackexchange(path: str | Path, drops: Drops, min_score: int = 1, domai
     return out
 
 
+def _csv_rows(path: Path, needed: tuple[str, ...]) -> list[tuple[int, dict]]:
+    """``(line, row)`` of a CSV file with a header row (a record's line is where it starts); the ``needed``
+    columns must be in the header. Checks encoding, NUL bytes, quoting (strict) and the number of fields."""
+    if not path.exists():
+        raise DataError(path, None, None, "file not found")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise DataError(path, line, None, "not valid UTF-8: save the file as CSV UTF-8") from None
+    if "\x00" in text:
+        raise DataError(path, text[:text.index("\x00")].count("\n") + 1, None, "a NUL byte: binary data, not CSV text")
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    header, rows, start = None, [], 1
+    try:
+        for row in reader:
+            line, start = start, reader.line_num + 1
+            if not any(cell.strip() for cell in row):
+                continue
+            if header is None:
+                header = row
+                for name in needed:
+                    if name not in header:
+                        raise DataError(path, line, name, f"missing column (columns: {', '.join(header)})")
+                continue
+            if len(row) > len(header):
+                raise DataError(path, line, None, f"{len(row)} fields but the header has {len(header)} (an unquoted comma?)")
+            if len(row) < len(header):
+                raise DataError(path, line, header[len(row)], "missing: the row has fewer fields than the header")
+            rows.append((line, dict(zip(header, row))))
+    except csv.Error as e:
+        if "unexpected end of data" in str(e):
+            raise DataError(path, start, None, "bad CSV: a quote opened here is never closed") from None
+        raise DataError(path, reader.line_num, None, f"bad CSV: {e}") from None
+    if header is None:
+        raise DataError(path, None, None, "file is empty")
+    if not rows:
+        raise DataError(path, None, None, "file has a header but no rows")
+    return rows
+
+
+def _text_field(path, line, rec: dict, name: str, required: bool) -> str | None:
+    value = rec.get(name)
+    if value is None and name not in rec and required:
+        raise DataError(path, line, name, f"missing (the record has: {', '.join(sorted(rec)) or 'no fields'})")
+    if value is not None and not isinstance(value, str):
+        raise DataError(path, line, name, f"must be a string, got {type(value).__name__}")
+    if required and not (value or "").strip():
+        raise DataError(path, line, name, "missing or empty")
+    return value
+
+
 def load_qa(path: str | Path, drops: Drops, question_field: str = "question", answer_field: str | None = "answer",
             domain_field: str | None = None, domain: str | None = None) -> list[dict]:
-    """Q/A pairs from CSV (header row) or JSONL."""
+    """Q/A pairs from CSV (header row) or JSONL; a bad record raises :class:`DataError` naming its line and field."""
     path = Path(path)
     if path.suffix.lower() == ".csv":
-        if not path.exists():
-            raise DataError(path, None, None, "file not found")
-        try:
-            text = path.read_text(encoding="utf-8-sig")
-        except UnicodeDecodeError as e:
-            raise DataError(path, f"byte {e.start}", None, "not valid UTF-8") from None
-        reader = csv.DictReader(text.splitlines(keepends=True))
-        if not reader.fieldnames:
-            raise DataError(path, None, None, "file is empty")
-        for needed in (question_field, answer_field, domain_field):
-            if needed and needed not in reader.fieldnames:
-                raise DataError(path, 1, needed, f"missing column (columns: {', '.join(reader.fieldnames)})")
-        rows = []
-        for r in reader:
-            if None in r:  # more fields than the header
-                raise DataError(path, reader.line_num, None, f"{len(reader.fieldnames) + len(r[None])} fields but the "
-                                f"header has {len(reader.fieldnames)} (an unquoted comma?)")
-            short = [k for k, v in r.items() if v is None]
-            if short:
-                raise DataError(path, reader.line_num, short[0], f"missing: the row has fewer fields than the header")
-            rows.append((reader.line_num, r))
-        if not rows:
-            raise DataError(path, None, None, "file has a header but no rows")
+        rows = _csv_rows(path, tuple(f for f in (question_field, answer_field, domain_field) if f))
     else:
-        rows = [(i, r) for i, r in enumerate(read_jsonl(path, required=(question_field,)), 1)]
+        rows = read_jsonl_lines(path)
     out = []
-    for where, r in rows:
-        q = r.get(question_field)
-        if not isinstance(q, str) or not q.strip():
-            raise DataError(path, f"record {where}", question_field, "missing or empty")
-        a = r.get(answer_field) if answer_field else None
-        if a is not None and not isinstance(a, str):
-            raise DataError(path, f"record {where}", answer_field, "must be a string")
+    for line, r in rows:
+        q = _text_field(path, line, r, question_field, required=True)
+        a = _text_field(path, line, r, answer_field, required=False) if answer_field else None
         dom = (r.get(domain_field) if domain_field else None) or domain or path.stem
         out.append(_record(q, str(dom).lower().replace(" ", "_"), f"qa:{path.name}", clean_text(a) if a and a.strip() else None))
     return out

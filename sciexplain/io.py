@@ -133,35 +133,67 @@ def read_json(path: str | os.PathLike) -> Any:
         raise DataError(path, e.lineno, None, f"invalid JSON: {e.msg}") from None
 
 
-def read_jsonl(path: str | os.PathLike, required: Iterable[str] = (), allow_empty: bool = False) -> list[dict]:
-    """Read a JSONL file; every record must be an object holding the ``required`` fields (non-empty)."""
+_KIND_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false", dict: "an object",
+               list: "a list"}
+
+
+def type_name(kind: type | tuple) -> str:
+    """``a string``, ``an integer``, ``an object``, ...: a type as an error message says it."""
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join(_KIND_NAMES.get(k, k.__name__) for k in kinds)
+
+
+def iter_jsonl(path: str | os.PathLike, what: str = "record") -> Iterator[tuple[int, Any]]:
+    """``(line number, parsed JSON value)`` of every non-blank line of a JSONL file. A UTF-8 BOM at the start is
+    accepted; a BOM further down (files concatenated), bytes that are not UTF-8, invalid JSON, a last line cut off
+    before its newline (a file still being written) and a value that is not a JSON object raise :class:`DataError`
+    naming the line. ``what`` names a line's value in that last message ("a record must be a JSON object")."""
     path = Path(path)
-    required = tuple(required)
     if not path.exists():
         raise DataError(path, None, None, "file not found")
-    records = []
+    if path.is_dir():
+        raise DataError(path, None, None, "is a folder, not a JSONL file")
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, 1):
             try:
                 line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
             except UnicodeDecodeError as e:
-                raise DataError(path, lineno, None, f"not valid UTF-8 (byte {e.start})") from None
+                raise DataError(path, lineno, None, f"not valid UTF-8 (byte {e.start + 1} of the line)") from None
+            if line.startswith("\ufeff"):
+                raise DataError(path, lineno, None, "a UTF-8 BOM inside the file (were files concatenated?)")
             if not line.strip():
                 continue
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError as e:
-                raise DataError(path, lineno, None, f"invalid JSON: {e.msg}") from None
+                if not raw.endswith(b"\n") and not f.read(1):
+                    raise DataError(path, lineno, None, "invalid JSON: the last line is cut off (no newline at its end: "
+                                    "was the file still being written?)") from None
+                raise DataError(path, lineno, None, f"invalid JSON: {e.msg} (column {e.colno})") from None
             if not isinstance(rec, dict):
-                raise DataError(path, lineno, None, "a record must be a JSON object")
-            for field in required:
-                value = rec.get(field)
-                if value is None or (isinstance(value, str) and not value.strip()):
-                    raise DataError(path, lineno, field, "missing or empty")
-            records.append(rec)
+                raise DataError(path, lineno, None, f"a {what} must be a JSON object, got {type(rec).__name__}")
+            yield lineno, rec
+
+
+def read_jsonl_lines(path: str | os.PathLike, required: Iterable[str] = (), allow_empty: bool = False) -> list[tuple[int, dict]]:
+    """``(line number, record)`` of a JSONL file (see :func:`iter_jsonl`); every record must hold the
+    ``required`` fields (non-empty)."""
+    required = tuple(required)
+    records = []
+    for lineno, rec in iter_jsonl(path):
+        for field in required:
+            value = rec.get(field)
+            if value is None or (isinstance(value, str) and not value.strip()):
+                raise DataError(path, lineno, field, "missing or empty")
+        records.append((lineno, rec))
     if not records and not allow_empty:
         raise DataError(path, None, None, "file is empty")
     return records
+
+
+def read_jsonl(path: str | os.PathLike, required: Iterable[str] = (), allow_empty: bool = False) -> list[dict]:
+    """Read a JSONL file; every record must be an object holding the ``required`` fields (non-empty)."""
+    return [rec for _, rec in read_jsonl_lines(path, required, allow_empty)]
 
 
 def load_params(path: str | os.PathLike = "params.yaml") -> dict:

@@ -17,7 +17,6 @@ from sciexplain.io import write_json, write_jsonl
 @stage
 def main(base_dir, out_dir, metrics_path, params_path):
     from sciexplain import data
-    from sciexplain.models import load_tokenizer
 
     p = read_params(params_path)
     drops = data.Drops()
@@ -30,6 +29,8 @@ def main(base_dir, out_dir, metrics_path, params_path):
     eval_records = None
     if eval_file:
         eval_records = data.dedupe(data.load_qa(eval_file, data.Drops(), answer_field=None, domain="eval"), data.Drops())
+
+    from sciexplain.models import load_tokenizer  # torch: imported once every source has been read and checked
 
     tok = load_tokenizer(base_dir)
     n_tokens = lambda text: len(tok(text, add_special_tokens=False)["input_ids"])  # noqa: E731
