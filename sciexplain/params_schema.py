@@ -350,6 +350,9 @@ class TeacherParams(Section):
         if self.backend in ("batch-export", "batch-import") and not self.batch_file:
             raise _at("batch_file", "the {backend} backend needs a Batch API file, got {got}",
                       backend=self.backend, got=self.batch_file)
+        if self.backend in ("batch-export", "batch-import") and self.repetition_penalty != 1.0:
+            raise _at("repetition_penalty", "the {backend} backend cannot send it (not an OpenAI Batch API field): "
+                      "expected 1.0, got {got}", backend=self.backend, got=self.repetition_penalty)
         return self
 
 

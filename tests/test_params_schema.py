@@ -454,3 +454,12 @@ def test_select_refuses_values_with_another_meaning():
                         ({"threshold": "high"}, "select.threshold"), ({"min_gap": "0.1"}, "select.min_gap")):
         with pytest.raises(DataError, match=key.replace(".", r"\.")):
             select(rows, **kwargs)
+
+
+def test_batch_backends_refuse_a_repetition_penalty_before_any_work():
+    """The Batch API has no such field: the schema says so at the stage's start, not after an export."""
+    bad = _set(_set(_set(PARAMS, "teacher.backend", "batch-export"), "teacher.batch_file", "b.jsonl"),
+               "teacher.repetition_penalty", 1.1)
+    msg = _error(bad, stage="teacher")
+    assert msg.startswith("params.yaml: teacher.repetition_penalty: ") and "expected 1.0, got 1.1" in msg
+    ps.check_stage(_set(bad, "teacher.repetition_penalty", 1.0), "teacher", "params.yaml")

@@ -74,7 +74,7 @@ def test_teacher_filters_are_counted(project):
 
 
 def test_teacher_batch_export_then_import(project):
-    write_params(project / "params.yaml", {"teacher": {"backend": "batch-export", "batch_file": "batch_in.jsonl"}})
+    write_params(project / "params.yaml", {"teacher": {"backend": "batch-export", "batch_file": "batch_in.jsonl", "repetition_penalty": 1.0}})
     r = CliRunner().invoke(teacher.main, [])
     assert r.exit_code == 1 and "wrote 4 Batch API requests" in r.output
     requests = read_jsonl(project / "batch_in.jsonl")
