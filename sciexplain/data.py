@@ -392,7 +392,7 @@ def _csv_rows(path: Path, needed: tuple[str, ...]) -> list[tuple[int, dict]]:
                 header = row
                 for name in needed:
                     if name not in header:
-                        raise DataError(path, line, name, f"missing column (columns: {', '.join(header)})")
+                        raise DataError(path, line, name, f"missing column (columns: {', '.join(' '.join(c.split()) for c in header)})")
                 continue
             if len(row) > len(header):
                 raise DataError(path, line, None, f"{len(row)} fields but the header has {len(header)} (an unquoted comma?)")

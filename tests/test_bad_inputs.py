@@ -3,7 +3,8 @@ human preference pair files (``python -m stages.validate``), OpenAI Batch API ou
 (``python -m stages.teacher`` with ``teacher.backend: batch-import``).
 
 ``tests/data/bad/<kind>/`` holds one small file per case and ``cases.yaml``, the manifest: the stage it runs
-through, how the file is wired in (a params overlay, ``{file}`` standing for the case file's path in the project),
+through (a case may name another), how the file is wired in (a params overlay, ``{file}`` standing for the case
+file's path in the project),
 and for each error the record (``where``: ``line 3`` or ``request 'q2'``) and ``field`` the one-line message must
 name after the file, and words it must say; ``accepted`` cases run (exit 0) and count what they dropped.
 ``python tests/data/bad/make_input_cases.py`` regenerates the case files.
@@ -59,8 +60,13 @@ def _files_in_manifests_exist_and_every_file_is_a_case():
         assert files == listed, (kind, files ^ listed)
 
 
-def test_the_corpus():
+def test_the_corpus(tmp_path):
     _files_in_manifests_exist_and_every_file_is_a_case()
+    subprocess.run([sys.executable, str(BAD / "make_input_cases.py"), str(tmp_path)], check=True)
+    made = {str(p.relative_to(tmp_path)): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert made == {k: (BAD / k).read_bytes() for k in made}, "make_input_cases.py and the case files differ"
+    assert set(made) == {str(p.relative_to(BAD)) for kind in KINDS for p in (BAD / kind).rglob("*")
+                         if p.is_file() and p.name != "cases.yaml"}
     counts = {kind: len(MANIFEST[kind].get("errors") or {}) for kind in KINDS}
     print(f"bad-input corpus: {sum(counts.values())} error cases {counts}, {len(ACCEPTED)} accepted")
     assert sum(counts.values()) >= 32 and all(n >= 6 for n in counts.values())
@@ -89,7 +95,8 @@ def _base_params(stage: str) -> dict:
     if stage == "validate":
         return {"validate": {"bootstrap": 20, "test_fraction": 0.5},
                 "judge": {"panel": [{"name": "rubric", "type": "rubric"}]}}
-    return {"teacher": {"backend": "batch-import", "model": "gpt-test", "splits": ["sft"], "min_words": 5}}
+    return {"teacher": {"backend": "batch-import", "model": "gpt-test", "splits": ["sft"], "min_words": 5,
+                        "repetition_penalty": 1.0}}  # the Batch API has no such field
 
 
 def _wire(root: Path, kind: str, name: str, overlay: dict) -> None:
@@ -139,12 +146,16 @@ _results: dict[str, dict] = {}
 _good: dict[str, dict] = {}
 
 
+def _stage(kind: str, spec: dict) -> str:
+    return spec.get("stage") or MANIFEST[kind]["stage"]
+
+
 def _one_case(template: Path, work: Path, kind: str, name: str, spec: dict) -> dict:
     shutil.copytree(template, work)
     shutil.copy(BAD / kind / name, work / CASE_DIR / name)
     _wire(work, kind, name, spec.get("params") or MANIFEST[kind]["params"])
     before = _snapshot(work)
-    r = _run(MANIFEST[kind]["stage"], work)
+    r = _run(_stage(kind, spec), work)
     return {"rc": r.returncode, "stdout": r.stdout, "stderr": r.stderr, "before": before, "after": _snapshot(work),
             "work": work}
 
@@ -153,13 +164,18 @@ def _kind_results(kind: str, base: Path) -> dict:
     """Every case of ``kind``, run four at a time (the stages mostly wait on imports)."""
     with _lock:
         if kind not in _results:
-            stage = MANIFEST[kind]["stage"]
-            if stage not in _templates:
-                _templates[stage] = _template(stage, base)
             m = MANIFEST[kind]
-            cases = {**(m.get("errors") or {}), **(m.get("accepted") or {})}
+            cases = {name: spec or {} for name, spec in {**(m.get("errors") or {}), **(m.get("accepted") or {})}.items()}
+            for stage in sorted({_stage(kind, spec) for spec in cases.values()}):
+                if stage not in _templates:
+                    try:
+                        _templates[stage] = _template(stage, base)
+                    except Exception as e:  # every case of the stage fails with this, not with a half-made template
+                        _templates[stage] = e
+                if isinstance(_templates[stage], Exception):
+                    raise _templates[stage]
             with ThreadPoolExecutor(max_workers=4) as pool:
-                futures = {name: pool.submit(_one_case, _templates[stage], base / kind / name, kind, name, spec or {})
+                futures = {name: pool.submit(_one_case, _templates[_stage(kind, spec)], base / kind / name, kind, name, spec)
                            for name, spec in cases.items() if name not in _good}
                 _results[kind] = {name: f.result() for name, f in futures.items()}
             _results[kind].update({name: _good[name] for name in cases if name in _good})

@@ -1,11 +1,12 @@
 """Regenerate the bad-input case files of tests/test_bad_inputs.py: run from the repo root with
-``python tests/data/bad/make_input_cases.py``. It writes the files only; each folder's ``cases.yaml`` (the manifest:
+``python tests/data/bad/make_input_cases.py [OUT]`` (default: this folder). It writes the files only; each folder's ``cases.yaml`` (the manifest:
 stage, params wiring, and the line/record and field each error must name) is written by hand -- keep the two in step.
 
 Folders: ``posts/`` (Stack Exchange Posts.xml, prepare), ``qa/`` (CSV/JSONL question sources, prepare),
 ``pairs/`` (human preference pair files, validate), ``batch/`` (OpenAI Batch API output files, teacher batch-import).
 """
 import json
+import sys
 from pathlib import Path
 
 OUT = Path(__file__).resolve().parent
@@ -77,6 +78,9 @@ def make_posts():
     put("posts/archive_7z.xml", b"7z\xbc\xaf\x27\x1c\x00\x04" + bytes(64))
     put("posts/not_utf8.xml", posts(Q1).encode("utf-8") .replace(b"Why blue", b"Pourquoi bleu \xe9"))
     put("posts/no_questions.xml", posts(A2))
+    # through validate (human pairs from votes): the same reader, the same one-line errors
+    put("posts/validate_score_not_integer.xml", posts(Q1, A2, '  <row Id="3" PostTypeId="2" ParentId="1" Score="n/a" '
+                                                      'Body="&lt;p&gt;Because of the sea.&lt;/p&gt;" />\n'))
 
 
 # --------------------------------------------------------------------------- Q/A sources (prepare, qa)
@@ -205,8 +209,14 @@ def make_batch():
         {"custom_id": "q1", "method": "POST", "url": "/v1/chat/completions", "body": {"model": "gpt-test"}}))
 
 
-if __name__ == "__main__":
+def main(out: Path = OUT) -> None:
+    global OUT
+    OUT = Path(out)
     make_posts()
     make_qa()
     make_pairs()
     make_batch()
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]) if len(sys.argv) > 1 else OUT)
