@@ -14,7 +14,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup repro test test-fast test-slow bench browser clean-venv
+.PHONY: setup repro test test-fast test-slow bench browser check-params clean-venv
 
 setup: $(STAMP) $(ENGINE_STAMP)
 
@@ -55,6 +55,12 @@ test-fast: setup
 
 bench: setup
 	$(PY) -m bench.run
+
+# Every key of params.yaml, and the study overlay applied onto it, against the typed schema (each stage also
+# checks its own keys when it starts, before any work).
+check-params: setup
+	$(PY) -m sciexplain.params_schema params.yaml
+	$(PY) -m sciexplain.params_schema configs/study.yaml --onto params.yaml
 
 clean-venv:
 	rm -rf $(VENV)
