@@ -1,0 +1,64 @@
+"""LoRA SFT throughput (the sft stage's own ``train_sft``, TRL SFTTrainer) against the matmul peak.
+
+FLOPs per trained token for LoRA: forward 2N + the backward pass through the frozen base for the activations'
+gradients 2N (the base's weight gradients are not computed) = 4N, N = parameters. Padding waste: the share of
+pad tokens in the batches, random order vs length-grouped.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import random
+
+from .common import flops_per_token, matmul_peak_gflops
+
+
+def records(n: int) -> list[dict]:
+    out = []
+    for path in sorted(glob.glob("data/generations/teacher/sft.jsonl")):
+        out += [json.loads(l) for l in open(path)]
+    out = [r for r in out if r.get("keep", True) and r.get("answer")]
+    if not out:
+        out = [{"id": f"b{i}", "question": f"Why does thing {i} happen?", "answer": "Because of a mechanism. " * (5 + i % 30)}
+               for i in range(n)]
+    return out[:n]
+
+
+def pad_share(lengths: list[int], batch: int, grouped: bool, seed: int = 0) -> float:
+    order = sorted(lengths) if grouped else random.Random(seed).sample(lengths, len(lengths))
+    real = padded = 0
+    for i in range(0, len(order), batch):
+        b = order[i:i + batch]
+        real += sum(b)
+        padded += max(b) * len(b)
+    return 1 - real / padded
+
+
+def run(base_dir: str, n: int = 16, batch_size: int = 4, max_length: int = 448) -> dict:
+    import tempfile
+
+    import torch
+
+    from sciexplain.models import load_causal_lm, load_tokenizer
+    from sciexplain.sft import to_conversations, train_sft
+
+    recs = records(n)
+    tok = load_tokenizer(base_dir)
+    lengths = [min(max_length, len(tok.apply_chat_template(c["prompt"] + c["completion"], tokenize=True,
+                                                           return_dict=False)))
+               for c in to_conversations(recs)]
+    per_token = 2 * flops_per_token(load_causal_lm(base_dir))  # 4N
+    peak = matmul_peak_gflops(threads=torch.get_num_threads())
+    with tempfile.TemporaryDirectory() as scratch:
+        m = train_sft(base_dir, recs, [], None, epochs=1, batch_size=batch_size, max_length=max_length,
+                      scratch_dir=scratch, lora={"r": 16, "alpha": 64, "dropout": 0.1,
+                                                 "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj",
+                                                                    "gate_proj", "up_proj", "down_proj"]})
+    tps = m["train_tokens_per_s"]
+    share = tps * per_token / (peak * 1e9)
+    print(f"  training: {tps:.1f} tokens/s = {share:.1%} of the {peak:.0f} GFLOP/s matmul peak", flush=True)
+    return {"examples": len(recs), "train_tokens": m["train_tokens"], "train_seconds": m["train_seconds"],
+            "tokens_per_s": round(tps, 1), "flops_per_token": per_token, "matmul_peak_gflops": round(peak, 1),
+            "share_of_peak": round(share, 3), "target_share_of_peak": 0.6,
+            "pad_share_random_order": round(pad_share(lengths, batch_size, False), 3),
+            "pad_share_length_grouped": round(pad_share(lengths, batch_size, True), 3)}
