@@ -7,7 +7,6 @@ sends, so batch answers and live answers are interchangeable (e.g. ``ResponseCac
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Iterable, Sequence
