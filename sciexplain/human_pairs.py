@@ -207,7 +207,8 @@ def _pair_rows(path: Path):
         try:
             text = path.read_bytes().decode("utf-8-sig")
         except UnicodeDecodeError as e:
-            raise DataError(path, f"byte {e.start}", None, "not valid UTF-8") from None
+            line = path.read_bytes()[:e.start].count(b"\n") + 1
+            raise DataError(path, line, None, f"not valid UTF-8 (byte {e.start})") from None
         reader = csv.reader(io.StringIO(text, newline=""), strict=True)
         header, start, n = None, 1, 0
         try:
@@ -258,6 +259,8 @@ def read_pair_file(path: str | Path, drops: Drops) -> list[dict]:
                                 + (" (a tie is not a preference pair)" if str(strength).strip().lower() == "unsure" else ""))
             strength, margin = label, round(float(STRENGTH_MARGIN[label]), 4)
         elif margin is not None:
+            if isinstance(margin, bool):  # float(True) is 1.0: a flag is not a margin
+                raise DataError(path, line, "margin", f"must be a number, got {json.dumps(margin)}")
             try:
                 margin = float(margin)
             except (TypeError, ValueError):

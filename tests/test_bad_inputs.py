@@ -39,14 +39,8 @@ STAGES = {"prepare": "stages.prepare", "validate": "stages.validate", "teacher":
 WATCHED = ("data", "metrics", "models")
 CASE_DIR = "data/raw/bad"
 
-# pair files are parsed in sciexplain/human_pairs.py (another engineer's file right now): a case it still gets
-# wrong is a strict xfail naming the fix, so it turns into a failure the day the fix lands
-XFAIL = {
-    ("pairs", "margin_bool.jsonl"): "human_pairs.read_pair_file: float(True) makes a JSON boolean margin 1.0; "
-                                    "refuse bool (isinstance(margin, bool)) like any other non-number",
-    ("pairs", "not_utf8.csv"): "human_pairs._pair_rows: a CSV that is not UTF-8 names 'byte N', not the line; "
-                               "report line = data[:e.start].count(b'\\n') + 1 as sciexplain.data.load_qa does",
-}
+# a case the code still gets wrong would be a strict xfail naming the fix (none today)
+XFAIL: dict = {}
 
 ERRORS = [(kind, name) for kind in KINDS for name in sorted(MANIFEST[kind].get("errors") or {})]
 ACCEPTED = [(kind, name) for kind in KINDS for name in sorted(MANIFEST[kind].get("accepted") or {})]
