@@ -508,8 +508,11 @@ def split(records: list[dict], sizes: dict, seed: int, eval_records: list[dict] 
         if name not in SPLITS:
             raise DataError("params.yaml", "prepare.splits", name, f"unknown split (known: {', '.join(SPLITS)})")
     for name in SPLITS:
+        if name not in sizes and not (name == "eval" and eval_records is not None):
+            # a missing split once became an empty file that a later stage read as "no questions"
+            raise DataError("params.yaml", "prepare.splits", name, "missing split size; every split needs one")
         n = sizes.get(name, 0)
-        if not isinstance(n, int) or n < 0:
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
             raise DataError("params.yaml", "prepare.splits", name, f"size must be a non-negative integer, not {n!r}")
     pool = sorted(records, key=lambda r: _order_key(seed, r["id"]))
     out: dict[str, list[dict]] = {}

@@ -136,6 +136,17 @@ def test_split_too_large_and_external_eval():
     assert not {r["id"] for r in ext} & {r["id"] for n in ("sft", "rm", "rs") for r in s[n]}
 
 
+def test_split_refuses_a_missing_or_boolean_size():
+    """A missing prepare.splits.rs once wrote an empty rs file; every split needs its size (eval may come from
+    prepare.eval_file instead)."""
+    recs = _bank(20)
+    with pytest.raises(DataError, match="prepare.splits.*rs.*missing split size"):
+        data.split(recs, {"sft": 4, "rm": 2, "eval": 2}, seed=0)
+    with pytest.raises(DataError, match="non-negative integer, not True"):
+        data.split(recs, {"sft": 4, "rm": 2, "rs": True, "eval": 2}, seed=0)
+    assert data.split(recs, {"sft": 4, "rm": 2, "rs": 2}, seed=0, eval_records=recs[:2])["eval"]
+
+
 def test_question_bank_shipped_with_the_project():
     recs = data.load_bank(Path(__file__).parents[1] / "data/raw/questions.jsonl", data.Drops())
     assert len(recs) >= 400
