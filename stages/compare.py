@@ -102,6 +102,7 @@ def main(only, gen_dir, prepared_dir, split, out_dir, params_path):
     questions = read_jsonl(q_path, required=("id", "question"))
     questions = questions[:limit] if limit else questions
     ids = [q["id"] for q in questions]
+    text = {q["id"]: q["question"] for q in questions}
     answers = {m: kept_answers(Path(gen_dir) / m / f"{split}.jsonl", m, ids, q_path)
                for m in sorted({m for pair in models.values() for m in pair})}
 
@@ -110,7 +111,7 @@ def main(only, gen_dir, prepared_dir, split, out_dir, params_path):
     for pair, (m1, m2) in models.items():
         a1, a2 = answers[m1][0], answers[m2][0]
         sheet, key = build_sheet(
-            ({"item_id": i, "question": a1[i]["question"], "answer_1": a1[i]["answer"],
+            ({"item_id": i, "question": text[i], "answer_1": a1[i]["answer"],
               "answer_2": a2[i]["answer"], "model_1": m1, "model_2": m2,
               "finished_1": a1[i].get("finished"), "finished_2": a2[i].get("finished")}
              for i in ids if i in a1 and i in a2), seed=seed)
