@@ -4,7 +4,7 @@
     echo "How do vaccines work?" | python -m sciexplain.ask --model rs
     python -m sciexplain.ask --model dpo --export-merged exports/dpo-merged
 
-Models: base (models/base) or a LoRA adapter under models/<name> (sft, rs, dpo, ppo). The merge always
+Models: base (models/base) or a LoRA adapter under models/<name> (sft, rs, dpo, grpo). The merge always
 goes into the de-quantised fp32 base model, never into a 4-bit one (that collapses quality).
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ import click
 
 from .io import UserError
 
-MODELS = ("base", "sft", "rs", "dpo", "ppo")
+MODELS = ("base", "sft", "rs", "dpo", "grpo")
 
 
 def adapter_for(model: str, models_dir: str | Path = "models") -> Path | None:
@@ -24,7 +24,7 @@ def adapter_for(model: str, models_dir: str | Path = "models") -> Path | None:
         return None
     path = Path(models_dir) / model
     if not (path / "adapter_config.json").exists():
-        raise UserError(f"{path} holds no LoRA adapter: build it first (dvc repro {model if model != 'ppo' else 'ppo'})")
+        raise UserError(f"{path} holds no LoRA adapter: build it first (dvc repro {model})")
     return path
 
 

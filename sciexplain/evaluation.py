@@ -1,5 +1,5 @@
-"""The final evaluation: every model's eval answers scored by the reward model, reward statistics vs base,
-win rates with a verdict (humans where their files exist, each judge beside them), and the report's opening.
+"""The final evaluation: every model's eval answers (the ``rewards`` stages score them), reward statistics vs
+base, and the report's opening (warnings, one verdict per comparison of the ``winrate`` stages).
 
 Answers a stage's own filter dropped (a record with ``keep: false``, e.g. a teacher answer that came back
 empty or unfinished, with its ``drop_reason``) are not answers: they are left out of the reward statistics
@@ -11,8 +11,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Mapping, NamedTuple
 
-from .annotations import build_sheet
-from .comparisons import summarize
 from .io import DataError, read_jsonl
 from .stats import _pval, paired_wilcoxon, reward_summary
 from .verdicts import NOT_VALIDATED, holm
@@ -64,31 +62,6 @@ def reward_statistics(rewards: Mapping[str, Mapping[str, float]], baseline: str 
     adjusted = holm({m: e["wilcoxon"]["p_value"] for m, e in out.items() if e["wilcoxon"]})
     for m, p in adjusted.items():
         out[m]["wilcoxon"]["p_holm"] = _pval(p)
-    return out
-
-
-def pair_sheet(pair: str, answers: dict[str, dict[str, dict]], eval_ids: list[str], seed: int):
-    """The blind sheet + key of ``<x>_vs_<y>`` over the eval questions both models answered (kept answers);
-    each answer's ``finished`` flag (did it stop on its own?) goes along where the generation records it."""
-    if "_vs_" not in str(pair):
-        raise DataError("params.yaml", "evaluate.pairs", str(pair), "a pair is written <model>_vs_<model>")
-    a, b = pair.split("_vs_", 1)
-    for m in (a, b):
-        if m not in answers:
-            raise DataError("params.yaml", "evaluate.pairs", pair, f"model {m!r} is not in evaluate.models")
-    items = [{"item_id": i, "question": answers[a][i]["question"], "answer_1": answers[a][i]["answer"],
-              "answer_2": answers[b][i]["answer"], "model_1": a, "model_2": b,
-              "finished_1": answers[a][i].get("finished"), "finished_2": answers[b][i].get("finished")}
-             for i in eval_ids if i in answers[a] and i in answers[b]]
-    sheet, key = build_sheet(items, seed)
-    return sheet, {k["item_id"]: {"a_model": k["a_model"], "b_model": k["b_model"]} for k in key}
-
-
-def pair_winrate(pair: str, sheet: list[dict], key: dict, judges: dict, humans: dict,
-                 validation: Mapping | None = None, excluded: Mapping[str, int] | None = None) -> dict:
-    """:func:`sciexplain.comparisons.summarize` + how many eval questions each side's filter dropped."""
-    out = summarize(pair, sheet, key, judges, humans, validation)
-    out["excluded_dropped_answers"] = dict(excluded or {})
     return out
 
 

@@ -40,7 +40,7 @@ UNFINISHED_MODES = ("trim", "drop")                                     # stages
 TEACHER_BACKENDS = ("local", "vllm", "openai", "batch-export", "batch-import")
 ENGINE_BACKENDS = ("local", "vllm", "openai")                           # sciexplain.generation.BACKENDS
 UNSURE_MODES = ("drop", "keep")                                         # sciexplain.preferences.UNSURE_MODES
-VLLM_MODES = ("colocate", "server")                                     # sciexplain.ppo.VLLM_MODES
+VLLM_MODES = ("colocate", "server")                                     # sciexplain.grpo.VLLM_MODES
 LOSS_TYPES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
               "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")   # sciexplain.dpo.LOSS_TYPES
 SFT_DATA = ("teacher", "forum")                                         # stages/sft.py (or a .jsonl file)
@@ -403,8 +403,55 @@ class TrainParams(Section):
     launcher: Str(what="a launcher command (python, or accelerate launch ...)")
 
 
+_SPLITS = ("sft", "rm", "rs", "eval")
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+
+
+class AnswerModel(Section):
+    """One model of ``answer.models``: its LoRA adapter folder (``models/<name>``, the folder dvc.yaml declares for
+    ``answer@<name>``; null: the base model) and the splits it answers."""
+    adapter: Str(null=True, pattern=r"^models/[^/]+$", what="models/<name> (a LoRA adapter folder)")
+    splits: StrList(item=_SPLITS, what=f"a non-empty list of splits ({', '.join(_SPLITS)}) without duplicates",
+                    min_length=1)
+
+
+def _adapters_named(models):
+    if isinstance(models, dict):
+        for name, spec in models.items():
+            if not isinstance(name, str) or not re.match(_NAME, name) or "_vs_" in name:
+                raise PydanticCustomError("param", "a model name is letters, digits, _ . - (no '_vs_'), got {got}",
+                                          {"key": str(name), "got": _show(name)})
+            adapter = spec.get("adapter") if isinstance(spec, dict) else None
+            if isinstance(adapter, str) and adapter != f"models/{name}":
+                raise PydanticCustomError("param", "expected models/{name} (the folder dvc.yaml declares) or null, got {got}",
+                                          {"key": f"{name}.adapter", "name": name, "got": _show(adapter)})
+    return models
+
+
+class AnswerParams(Section):
+    models: Annotated[dict[str, AnswerModel], Field(min_length=1), BeforeValidator(_adapters_named)]
+
+
+def _pair_map(pairs):
+    """``{x_vs_y: [x, y]}``: each name a pair of two different models, its list the same two, in its order."""
+    if not isinstance(pairs, dict) or not pairs:
+        raise PydanticCustomError("param", "expected a non-empty mapping like {example}, got {got}",
+                                  {"example": "{sft_vs_base: [sft, base]}", "got": _show(pairs)})
+    for name, models in pairs.items():
+        try:
+            _pair(str(name))
+        except ValueError:
+            raise PydanticCustomError("param", "a pair is named x_vs_y with two different model names, got {got}",
+                                      {"key": str(name), "got": _show(name)}) from None
+        if models != str(name).split("_vs_"):
+            raise PydanticCustomError("param", "expected the pair's two models {want}, got {got}",
+                                      {"key": str(name), "want": _show(str(name).split("_vs_")), "got": _show(models)})
+    return pairs
+
+
 class CompareParams(Section):
-    pairs: PairList(min_length=1)
+    pairs: Annotated[dict[str, list[str]], BeforeValidator(_pair_map),
+                     Field(description="a mapping {x_vs_y: [x, y]} of the study's comparisons")]
     seed: Seed()
 
 
@@ -591,7 +638,6 @@ class SelectParams(Section):
 
 class EvaluateParams(Section):
     models: StrList(min_length=1, what="a non-empty list of model names without duplicates")
-    pairs: PairList()
     max_questions: Int(ge=1, null=True)
     bootstrap_resamples: Count()
     examples: Int(ge=0)
@@ -647,7 +693,7 @@ class DpoParams(Section):
     extra_pairs: Str(null=True, what="a JSONL file of {question, chosen, rejected} pairs")
 
 
-class PpoGuard(Section):
+class GrpoGuard(Section):
     max_kl: Num(gt=0, null=True)
     min_distinct3: Num(ge=0, le=1, null=True)
     max_code_fence_share: Num(ge=0, le=1, null=True)
@@ -655,7 +701,7 @@ class PpoGuard(Section):
     restore_last_good: Bool()
 
 
-class PpoParams(Section):
+class GrpoParams(Section):
     enabled: Bool()
     beta: Num(ge=0)
     learning_rate: Num(gt=0)
@@ -667,7 +713,7 @@ class PpoParams(Section):
     top_p: TopP()
     seed: Seed()
     score_batch_size: Count()
-    guard: PpoGuard
+    guard: GrpoGuard
     use_vllm: Bool()
     vllm_mode: OneOf(*VLLM_MODES)
     vllm_server_base_url: Str(null=True, what="a URL")
@@ -676,11 +722,13 @@ class PpoParams(Section):
 
 SECTIONS: dict[str, type[Section]] = {
     "base_model": BaseModelParams, "model": ModelParams, "prepare": PrepareParams, "engine": EngineParams,
-    "vllm": VllmParams, "teacher": TeacherParams, "generate": GenerateParams, "sft": SftParams,
+    "vllm": VllmParams, "teacher": TeacherParams, "answer": AnswerParams, "generate": GenerateParams, "sft": SftParams,
     "train": TrainParams, "compare": CompareParams, "judge": JudgeParams, "validate": ValidateParams,
     "sample": SampleParams, "score": ScoreParams, "select": SelectParams, "rs": RsParams,
-    "evaluate": EvaluateParams, "reward_model": RewardModelParams, "dpo": DpoParams, "ppo": PpoParams,
+    "evaluate": EvaluateParams, "reward_model": RewardModelParams, "dpo": DpoParams, "grpo": GrpoParams,
 }
+
+RENAMED = {"ppo": "renamed to grpo (the stage trains GRPO, standing in for the study's PPO): rename the section"}
 
 _TAGGED = {"<bank>": BankSource, "<qa>": QASource, "<pairs>": PairsSource, "<rubric>": RubricJudgeSpec,
            "<llm-local>": LocalLLMJudgeSpec, "<llm-vllm>": VllmLLMJudgeSpec, "<llm-openai>": OpenAILLMJudgeSpec}
@@ -761,7 +809,8 @@ def problems(params: Any, sections: list[str] | None = None, declared: list[str]
     out = []
     if sections is None:
         sections = list(SECTIONS)
-        out += [(str(k), f"unknown section; allowed: {', '.join(SECTIONS)}") for k in params if k not in SECTIONS]
+        out += [(str(k), RENAMED[k] if k in RENAMED else f"unknown section; allowed: {', '.join(SECTIONS)}")
+                for k in params if k not in SECTIONS]
     for section in sections:
         if section not in params:
             if _covered(section, declared):

@@ -18,7 +18,6 @@ Context schema (every top-level key is optional; a missing or empty section is o
           "multiple_testing": {"family", "m", "adjusted", "note", ...},
           "power": {"n", "detectable_win_rate", "alpha", "power"},
           "dropped": {model: {"n", "reasons"}}},
-      "compare_verdicts": metrics/winrate.json ({"pairs": {pair: {"verdict": {...}, ...}}, "multiple_testing"}),
       "judges_beside": {"sft vs base": comparisons.summarize(...) output, ...},   # each judge beside the headline
       "title": str,                         # default "Scientific explanations: study report"
       "baseline": str,                      # the reference model, default "base"
@@ -249,9 +248,8 @@ def _fmt_share(x: Any) -> str:
 def _opening_section(ctx: Mapping) -> list:
     """What the evidence supports, in plain words, before any table."""
     op = ctx.get("opening") or {}
-    compare = ((ctx.get("compare_verdicts") or {}).get("pairs")) or {}
     verdicts = op.get("verdicts") or []
-    if not (verdicts or compare or op.get("power")):
+    if not (verdicts or op.get("power")):
         return []
     out = [_h(2, "Verdicts")]
     if verdicts:
@@ -262,10 +260,6 @@ def _opening_section(ctx: Mapping) -> list:
                 line += " Each judge on its own: " + "; ".join(map(str, v["beside"])) + "."
             items.append(line)
         out += [_para("Final evaluation (eval questions):"), _list(items)]
-    if compare:
-        items = [f"{pair.replace('_vs_', ' vs ')}: {(c.get('verdict') or {}).get('verdict', DASH)}. "
-                 f"{(c.get('verdict') or {}).get('sentence', '')}" for pair, c in compare.items()]
-        out += [_para("Blind comparison sheets (compare stage):"), _list(items)]
     notes = []
     power = op.get("power") or {}
     if power.get("n") is not None:

@@ -1,4 +1,5 @@
-"""Stage answer_<model>: a model (base, or base + a LoRA adapter) answers the questions of some splits.
+"""Stage answer@<model>: a model of ``answer.models`` (base, or base + its LoRA adapter) answers the questions of
+its splits (``answer.models.<model>.splits``; ``--adapter`` / ``--splits`` override the params).
 
 Writes data/generations/<model>/<split>.jsonl: {id, question, model, sample, answer, completion_tokens,
 finished}. The model sees the bare question (the student prompt). Cached like every generation.
@@ -10,15 +11,15 @@ from pathlib import Path
 import click
 
 from sciexplain.cli import get, params_option, read_params, stage
-from sciexplain.io import read_jsonl, write_json, write_jsonl
+from sciexplain.io import DataError, read_jsonl, write_json, write_jsonl
 
 
 @click.command()
 @click.option("--model-name", required=True, help="name recorded in the outputs (base, sft, rs, dpo, ...)")
 @click.option("--base", "base_dir", default="models/base", show_default=True)
-@click.option("--adapter", default=None, help="LoRA adapter folder (none: the base model)")
+@click.option("--adapter", default=None, help="LoRA adapter folder (default: answer.models.<model>.adapter; none: the base model)")
 @click.option("--prepared", default="data/prepared", show_default=True)
-@click.option("--splits", default="eval", show_default=True, help="comma-separated split names")
+@click.option("--splits", default=None, help="comma-separated split names (default: answer.models.<model>.splits)")
 @click.option("--out", "out_dir", required=True, help="output folder, e.g. data/generations/sft")
 @click.option("--cache", "cache_path", default=None, help="response cache (default data/cache/answer-<model>.jsonl)")
 @click.option("--metrics", "metrics_path", default=None, help="metrics JSON (default metrics/answer_<model>.json)")
@@ -33,7 +34,11 @@ def main(model_name, base_dir, adapter, prepared, splits, out_dir, cache_path, m
     sampling = SamplingParams(max_new_tokens=get(p, "generate.max_new_tokens"), temperature=get(p, "generate.temperature"),
                               top_p=get(p, "generate.top_p"), seed=get(p, "generate.seed"),
                               repetition_penalty=get(p, "generate.repetition_penalty"))
-    names = [s.strip() for s in splits.split(",") if s.strip()]
+    spec = get(p, f"answer.models.{model_name}", None) or {}
+    if splits is None and not spec:
+        raise DataError(params_path, None, f"answer.models.{model_name}", "no such model: add it, or give --splits")
+    adapter = adapter if adapter is not None else spec.get("adapter")
+    names = [s.strip() for s in splits.split(",") if s.strip()] if splits is not None else list(spec["splits"])
     questions = {s: read_jsonl(Path(prepared) / f"{s}.jsonl") for s in names}
     backend = engine_backend(p, model_name, base_dir, adapter, batch_size=get(p, "generate.batch_size"))
     records, summary = answer_questions(backend, [q for s in names for q in questions[s]], sampling,

@@ -1,4 +1,5 @@
-"""Stage judge: the automatic judge panel (judge.panel) on every blind sheet in data/compare.
+"""Stage judge@<pair>: the automatic judge panel (judge.panel) on one blind sheet (``--pair``; without it, on every
+sheet in data/compare).
 
 Writes ``<out>/<pair>/judge-<name>.jsonl`` in the human annotation format (judges never see the key), every
 row bound to the sheet item it judged (``item_hash``) and marked ``"annotator_type": "judge"`` (readers tell
@@ -18,6 +19,7 @@ from sciexplain.judges import Panel
 
 
 @click.command()
+@click.option("--pair", "only", multiple=True, help="the pair(s) to judge (default: every <compare>/<pair>/ sheet)")
 @click.option("--compare", "compare_dir", default="data/compare", show_default=True, help="folder of <pair>/sheet.jsonl")
 @click.option("--base", "base_dir", default="models/base", show_default=True, help="model of local LLM judges")
 @click.option("--prompt", "prompt_path", default="prompts/judge.md", show_default=True, help="LLM judge prompt template")
@@ -26,35 +28,38 @@ from sciexplain.judges import Panel
 @click.option("--metrics", "metrics_path", default="metrics/judge.json", show_default=True)
 @params_option
 @stage
-def main(compare_dir, base_dir, prompt_path, cache_dir, out_dir, metrics_path, params_path):
+def main(only, compare_dir, base_dir, prompt_path, cache_dir, out_dir, metrics_path, params_path):
     p = read_params(params_path)
     panel = Panel(get(p, "judge.panel"), base_dir=base_dir, cache_dir=cache_dir, prompt_path=prompt_path)
-    sheets = sorted(d for d in Path(compare_dir).glob("*/sheet.jsonl"))
+    sheets = ([Path(compare_dir) / pair / "sheet.jsonl" for pair in only] if only
+              else sorted(d for d in Path(compare_dir).glob("*/sheet.jsonl")))
+    missing = [s for s in sheets if not s.exists()]
+    if missing:
+        raise DataError(missing[0], None, None, "no sheet: run the compare stage of this pair first")
     if not sheets:
         raise DataError(compare_dir, None, None, "no <pair>/sheet.jsonl found: run the compare stage first")
     if not panel.names:
         click.echo("judge.panel is empty: no judgments written", err=True)
 
     out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    out.mkdir(parents=True, exist_ok=True)
     metrics = {"judges": panel.names, "pairs": {}}
-    try:
-        for sheet_path in sheets:
-            pair = sheet_path.parent.name
-            sheet = read_sheet(sheet_path)
-            result = panel.judge(sheet, label=pair)
-            (tmp / pair).mkdir(parents=True, exist_ok=True)
+    for sheet_path in sheets:
+        pair = sheet_path.parent.name
+        sheet = read_sheet(sheet_path)
+        result = panel.judge(sheet, label=pair)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{pair}.", dir=out))
+        try:
             for name, annotations in result.items():
-                write_annotations(tmp / pair / f"judge-{name}.jsonl", annotations, sheet_hashes(sheet), JUDGE)
-            # cache hits/misses go to the log only: the metrics of a rerun must not change
-            cache = {n: f"{s.pop('hits')} cached, {s.pop('misses')} new" for n, s in result.stats.items() if "hits" in s}
-            metrics["pairs"][pair] = result.stats
-            click.echo(f"{pair}: {len(sheet)} items judged by {', '.join(panel.names) or 'nobody'}"
-                       + (f"; LLM calls: {cache}" if cache else ""))
-        replace_dir(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+                write_annotations(tmp / f"judge-{name}.jsonl", annotations, sheet_hashes(sheet), JUDGE)
+            replace_dir(tmp, out / pair)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        # cache hits/misses go to the log only: the metrics of a rerun must not change
+        cache = {n: f"{s.pop('hits')} cached, {s.pop('misses')} new" for n, s in result.stats.items() if "hits" in s}
+        metrics["pairs"][pair] = result.stats
+        click.echo(f"{pair}: {len(sheet)} items judged by {', '.join(panel.names) or 'nobody'}"
+                   + (f"; LLM calls: {cache}" if cache else ""))
     write_json(metrics_path, metrics)
 
 

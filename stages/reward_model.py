@@ -27,6 +27,9 @@ from sciexplain.io import DataError, write_json, write_jsonl
 @click.option("--human-pairs", "human_dir", default="data/human_pairs", show_default=True,
               help="train.jsonl (training) + test.jsonl (held out) from the validate stage")
 @click.option("--compare", "compare_root", default="data/compare", show_default=True, help="<pair>/sheet.jsonl + key.jsonl")
+@click.option("--pair", "declared_pairs", multiple=True,
+              help="the comparisons whose sheets this stage may read (dvc.yaml declares their folders as deps); "
+                   "default: every <compare>/<pair>/")
 @click.option("--annotations", "annotations_root", default="data/annotations", show_default=True, help="human files <pair>/<name>.{csv,jsonl}")
 @click.option("--judgments", "judgments_root", default="data/judgments", show_default=True,
               help="judge files <pair>/judge-<name>.jsonl (read only with reward_model.judge_labels)")
@@ -40,7 +43,7 @@ from sciexplain.io import DataError, write_json, write_jsonl
 @click.option("--scratch", "scratch_dir", default="scratch/reward", show_default=True, help="trainer scratch (not a DVC out)")
 @params_option
 @stage
-def main(base_dir, human_dir, compare_root, annotations_root, judgments_root, generations_root, rm_split, out_dir,
+def main(base_dir, human_dir, compare_root, declared_pairs, annotations_root, judgments_root, generations_root, rm_split, out_dir,
          pairs_dir, metrics_path, live_dir, scratch_dir, params_path):
     import time
     from collections import Counter
@@ -78,7 +81,9 @@ def main(base_dir, human_dir, compare_root, annotations_root, judgments_root, ge
     compare = Path(compare_root)
     roots = (annotations_root, (judgments_root, "judge")) if judge_labels else (annotations_root,)
     pair_data = {}
-    for d in sorted(compare.iterdir()) if compare.is_dir() else []:
+    folders = [compare / pair for pair in declared_pairs] if declared_pairs else \
+        (sorted(compare.iterdir()) if compare.is_dir() else [])
+    for d in folders:
         if (d / "sheet.jsonl").exists():
             data = prefs.read_pair_annotations(d.name, compare, roots)
             if data["annotations"]:
@@ -86,7 +91,10 @@ def main(base_dir, human_dir, compare_root, annotations_root, judgments_root, ge
     ann_pairs = []
     for pair in get(p, "reward_model.sources") or []:
         if pair not in pair_data:
-            raise DataError(compare / str(pair), None, "reward_model.sources", "no sheet.jsonl with annotation files for this pair")
+            why = ("no sheet.jsonl with annotation files for this pair" if not declared_pairs or pair in declared_pairs
+                   else f"the stage reads only {', '.join(declared_pairs)} (--pair; a comparison of models trained "
+                   "after the reward model cannot train it)")
+            raise DataError(compare / str(pair), None, "reward_model.sources", why)
         ann_pairs += prefs.annotation_pairs(pair, pair_data[pair], prompt_fn, unsure,
                                             "all" if judge_labels else "humans")
     # judge-labelled pairs: only when asked for

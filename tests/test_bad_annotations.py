@@ -67,12 +67,12 @@ def _winrate(cwd: Path) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def ran(tmp_path_factory) -> Path:
-    """The setup after one good run: metrics and plots exist, to be left alone by a failing run."""
+    """The setup after one good run: the metrics exist, to be left alone by a failing run."""
     root = tmp_path_factory.mktemp("setup")
     shutil.copytree(BAD / "setup", root, dirs_exist_ok=True)
     r = _winrate(root)
     assert r.returncode == 0, r.stderr
-    assert (root / "metrics/compare_base_vs_sft.json").exists() and (root / "plots/compare_strengths.csv").exists()
+    assert (root / "metrics/compare/base_vs_sft.json").exists()
     return root
 
 
@@ -114,7 +114,7 @@ def test_accepted_files_run_and_say_what_was_not_counted(ran, tmp_path, name):
         assert warnings == []
     else:
         assert len(warnings) == 1 and f"{PAIR}/{name}" in warnings[0] and warning in warnings[0], r.stderr
-    m = json.loads((work / "metrics/compare_base_vs_sft.json").read_text())
+    m = json.loads((work / "metrics/compare/base_vs_sft.json").read_text())
     assert m["human_annotators"] == humans
     if name == "bom.jsonl":
         assert m["annotators"]["bom"]["n"] == 3 and m["stale_rows"][f"{PAIR}/bom.jsonl"] == 0

@@ -2,7 +2,7 @@
 
 Every API key variable the pipeline reads is set to a canary string, and every openai path runs through its real
 stage command against a real local OpenAI-compatible server (tests/openai_server.py), by ``dvc repro`` in a small
-tmp project (the real dvc.yaml's stages that call a server: answer_base, answer_sft, sample on ``engine.backend:
+tmp project (the real dvc.yaml's stages that call a server: answer@base, answer@sft, sample on ``engine.backend:
 openai``; the teacher on ``openai``; an LLM judge on ``openai`` in ``judge.panel``, which the validate, teacher and
 judge stages run), then the teacher's Batch API export and a stage whose key the server rejects (the server's 401
 message quotes the key, as OpenAI's does). Every command's stdout and stderr go to log files. Then every file under
@@ -25,7 +25,8 @@ import yaml
 from conftest import ROOT, write_params
 from openai_server import FakeOpenAIServer, answer_text, verdict_reply
 
-STAGES = ["answer_base", "answer_sft", "validate", "teacher", "compare", "judge", "sample"]  # every one calls a server
+STAGES = ["answer", "validate", "teacher", "compare", "judge", "sample"]  # every one calls a server
+RUNS = ["answer@base", "answer@sft", "validate", "teacher", "compare@sft_vs_base", "judge@sft_vs_base", "sample"]
 SEARCHED = ["data", "models", "metrics", "reports", "plots", ".dvc", "logs", "dvc.lock"]
 ENGINE_KEY_ENV = "SCIEXPLAIN_ENGINE_API_KEY"
 
@@ -88,7 +89,11 @@ def _project(repo: Path, tiny_base: Path, server: FakeOpenAIServer) -> None:
                                             "source": "bank"}, sort_keys=True) + "\n" for r in recs))
     judge = {"name": "gpt", "type": "llm", "backend": "openai", "model": "judge-canary", "base_url": server.base_url,
              "api_key_env": "OPENAI_API_KEY", "max_concurrency": 4, "max_retries": 1, "max_new_tokens": 48}
+    write_params(repo / "params.yaml", {"answer": {"models": None}, "compare": {"pairs": None}})
     write_params(repo / "params.yaml", {
+        "answer": {"models": {"base": {"adapter": None, "splits": ["sft", "rm", "eval"]},
+                              "sft": {"adapter": "models/sft", "splits": ["rm", "eval"]}}},
+        "compare": {"pairs": {"sft_vs_base": ["sft", "base"]}},
         "engine": {"backend": "openai", "base_url": server.base_url, "api_key_env": ENGINE_KEY_ENV, "max_concurrency": 4,
                    "max_retries": 1},
         "teacher": {"backend": "openai", "model": "teacher-canary", "base_url": server.base_url,
@@ -113,7 +118,7 @@ def test_no_api_key_in_any_output_cache_dvc_file_or_log(tmp_path, tiny_base):
         _project(repo, tiny_base, server)
         _run(["dvc", "init", "--no-scm", "-q"], repo, logs / "dvc-init.log", env)
         out = _run(["dvc", "repro"], repo, logs / "dvc-repro.log", env).stdout
-        for name in STAGES:
+        for name in RUNS:
             assert f"Running stage '{name}'" in out, out[-3000:]
         _run(["dvc", "status"], repo, logs / "dvc-status.log", env)
 
@@ -143,9 +148,9 @@ def test_no_api_key_in_any_output_cache_dvc_file_or_log(tmp_path, tiny_base):
         assert f"Bearer {canary}" in server.auth, f"the server never received {var}'s key"
     assert server.total_served >= 40, server.total_served
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
-    assert set(lock["stages"]) == set(STAGES)
+    assert set(lock["stages"]) == set(RUNS)
     assert lock["stages"]["teacher"]["params"]["params.yaml"]["teacher.api_key_env"] == "OPENAI_API_KEY"  # a name only
-    assert (repo / "data/cache/teacher.jsonl").exists() and (repo / "data/judgments/base_vs_sft/judge-gpt.jsonl").exists()
+    assert (repo / "data/cache/teacher.jsonl").exists() and (repo / "data/judgments/sft_vs_base/judge-gpt.jsonl").exists()
 
     roots = [repo / p for p in SEARCHED if (repo / p).exists()]
     assert {p.name for p in roots} >= {"data", "models", "metrics", ".dvc", "logs", "dvc.lock"}

@@ -9,6 +9,12 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import ROOT, read_jsonl, write_params
+
+
+def set_pairs(path, *names):
+    """compare.pairs = exactly these pairs ({x_vs_y: [x, y]}; write_params would merge mappings)."""
+    write_params(path, {"compare": {"pairs": None}})
+    write_params(path, {"compare": {"pairs": {n: n.split("_vs_") for n in names}}})
 from sciexplain.annotations import item_hash
 from stages import compare, judge, winrate
 
@@ -36,8 +42,8 @@ def project(workdir):
                  "completion_tokens": 50, "finished": True} for i, q in zip(ids(), QUESTIONS) for s in (0, 1)]
         recs.append({**recs[0], "id": "not-in-eval"})  # ignored: not an eval question
         _write(workdir / f"data/generations/{model}/eval.jsonl", recs)
-    write_params(workdir / "params.yaml", {"compare": {"pairs": ["base_vs_sft"], "seed": 0},
-                                           "judge": {"panel": [{"name": "rubric", "type": "rubric"}]}})
+    set_pairs(workdir / "params.yaml", "base_vs_sft")
+    write_params(workdir / "params.yaml", {"compare": {"seed": 0}, "judge": {"panel": [{"name": "rubric", "type": "rubric"}]}})
     return workdir
 
 
@@ -59,7 +65,7 @@ def fails(cmd, args=()):
 
 
 def test_compare_builds_blind_sheets(project):
-    write_params(project / "params.yaml", {"compare": {"pairs": ["base_vs_sft", "sft_vs_teacher"]}})
+    set_pairs(project / "params.yaml", "base_vs_sft", "sft_vs_teacher")
     run(compare)
     d = project / "data/compare/base_vs_sft"
     sheet, key = read_jsonl(d / "sheet.jsonl"), read_jsonl(d / "key.jsonl")
@@ -76,11 +82,29 @@ def test_compare_builds_blind_sheets(project):
     assert [r["item_id"] for r in rows] == ids() and rows[0]["choice"] == ""
     assert [r["item_hash"] for r in rows] == [s["item_hash"] for s in sheet]  # a filled-in copy carries the hashes
     assert (project / "data/compare/sft_vs_teacher/key.jsonl").exists()
+    assert json.loads((d / "meta.json").read_text()) == {
+        "pair": "base_vs_sft", "models": ["base", "sft"], "split": "eval", "questions": 4, "items": 4,
+        "excluded_dropped_answers": {"base": 0, "sft": 0}}
     before = (d / "sheet.jsonl").read_bytes(), (d / "key.jsonl").read_bytes()
-    write_params(project / "params.yaml", {"compare": {"pairs": ["base_vs_sft"]}})
-    run(compare)
+    teacher = (project / "data/compare/sft_vs_teacher/sheet.jsonl").read_bytes()
+    run(compare, ["--pair", "base_vs_sft"])  # one pair (as compare@base_vs_sft runs): only its folder is written
     assert ((d / "sheet.jsonl").read_bytes(), (d / "key.jsonl").read_bytes()) == before  # deterministic
-    assert not (project / "data/compare/sft_vs_teacher").exists()  # a dropped pair does not linger
+    assert (project / "data/compare/sft_vs_teacher/sheet.jsonl").read_bytes() == teacher
+    assert "no such pair" in fails(compare, ["--pair", "rs_vs_base"])
+
+
+def test_compare_leaves_out_answers_their_stage_dropped(project):
+    """A teacher answer its own filter dropped (keep: false) is no answer: the item leaves the sheet, counted."""
+    path = project / "data/generations/teacher/eval.jsonl"
+    recs = read_jsonl(path)
+    recs[2].update(keep=False, drop_reason="empty")  # q01, sample 0
+    _write(path, recs)
+    set_pairs(project / "params.yaml", "sft_vs_teacher")
+    run(compare)
+    sheet = read_jsonl(project / "data/compare/sft_vs_teacher/sheet.jsonl")
+    assert [s["item_id"] for s in sheet] == [i for i in ids() if i != "q01"]
+    meta = json.loads((project / "data/compare/sft_vs_teacher/meta.json").read_text())
+    assert meta["questions"] == 4 and meta["excluded_dropped_answers"] == {"sft": 0, "teacher": 1}
 
 
 def test_compare_missing_answer_names_the_file(project):
@@ -90,9 +114,12 @@ def test_compare_missing_answer_names_the_file(project):
     assert "data/generations/sft/eval.jsonl" in out and "q02" in out
 
 
-@pytest.mark.parametrize("pairs, words", [(["base-sft"], "base-sft"), (["base_vs_base"], "base_vs_base"),
-                                          (["base_vs_rs"], "data/generations/rs/eval.jsonl")])
+@pytest.mark.parametrize("pairs, words", [({"base-sft": ["base", "sft"]}, "base-sft"),
+                                          ({"base_vs_base": ["base", "base"]}, "base_vs_base"),
+                                          ({"base_vs_sft": ["sft", "base"]}, "compare.pairs.base_vs_sft"),
+                                          ({"base_vs_rs": ["base", "rs"]}, "data/generations/rs/eval.jsonl")])
 def test_compare_bad_pairs(project, pairs, words):
+    write_params(project / "params.yaml", {"compare": {"pairs": None}})
     write_params(project / "params.yaml", {"compare": {"pairs": pairs}})
     assert words in fails(compare)
 
@@ -106,7 +133,7 @@ def test_judge_and_winrate_then_a_human_file(project, tiny_base):
     jdir = project / "data/judgments/base_vs_sft"
     assert sorted(p.name for p in jdir.iterdir()) == ["judge-rubric.jsonl", "judge-tiny.jsonl"]
     assert (project / "data/cache/judge/tiny.jsonl").exists()
-    jm = json.loads((project / "metrics/judge.json").read_text())
+    jm = json.loads((project / "metrics/judge.json").read_text())  # (judge@<pair> writes metrics/judge/<pair>.json)
     assert jm["judges"] == ["rubric", "tiny"] and jm["pairs"]["base_vs_sft"]["tiny"]["calls"] == 8
     assert "hits" not in jm["pairs"]["base_vs_sft"]["tiny"]  # metrics do not depend on the cache state
     key = {k["item_id"]: k for k in read_jsonl(project / "data/compare/base_vs_sft/key.jsonl")}
@@ -116,7 +143,7 @@ def test_judge_and_winrate_then_a_human_file(project, tiny_base):
         assert rec["item_hash"] == hashes[rec["item_id"]] and rec["annotator_type"] == "judge"  # bound, and a judge
 
     run(winrate)
-    metrics_path = project / "metrics/compare_base_vs_sft.json"
+    metrics_path = project / "metrics/compare/base_vs_sft.json"
     m = json.loads(metrics_path.read_text())
     assert m["judge_annotators"] == ["judge-rubric", "judge-tiny"] and m["human_annotators"] == []
     assert m["humans"] is None and m["judge_vs_humans"] is None and "all" not in m  # never pooled
@@ -128,14 +155,13 @@ def test_judge_and_winrate_then_a_human_file(project, tiny_base):
     assert m["headline_source"] == "judge-rubric" and (m["subject"], m["opponent"]) == ("sft", "base")
     assert m["win_rate"]["sft"] == m["judges"]["judge-rubric"]["models"]["sft"]["win_rate"] and m["n_sheet_items"] == 4
     assert m["verdict"]["verdict"] == "judge not validated" and m["verdict"]["n"] == 4
-    assert m["multiple_testing"]["m"] == 1 and m["multiple_testing"]["adjusted"] is False
+    assert "multiple_testing" not in m  # the report adjusts the pairs of the study as one family
+    assert m["power_at_eval_n"]["n"] == 4 and m["excluded_dropped_answers"] == {"base": 0, "sft": 0}
     assert m["stale_rows"] == {f"data/judgments/base_vs_sft/judge-{n}.jsonl": 0 for n in ("rubric", "tiny")}
-    summary = json.loads((project / "metrics/winrate.json").read_text())
-    assert summary["pairs"]["base_vs_sft"]["verdict"] == m["verdict"] and summary["validation_found"] is False
-    with open(project / "plots/compare_strengths.csv") as f:
-        plot = list(csv.DictReader(f))
-    assert {(r["pair"], r["who"], r["model"]) for r in plot} >= {("base_vs_sft", "judge-rubric", "sft")}
-    assert sum(int(r["votes"]) for r in plot if r["who"] == "judge-rubric" and r["model"] == "sft") == 4
+    from stages.report import strength_rows
+    plot = strength_rows("base_vs_sft", m)
+    assert {(r[1], r[2], r[3]) for r in plot} >= {("base_vs_sft", "judge-rubric", "sft")}
+    assert sum(r[5] for r in plot if r[2] == "judge-rubric" and r[3] == "sft") == 4
 
     # a human annotator who prefers base on every item, as a filled-in copy of sheet.csv
     sheet_csv = project / "data/compare/base_vs_sft/sheet.csv"
@@ -212,7 +238,7 @@ def _votes(root, prefer="base", **extra):
 
 def _winrate(root):
     r = run(winrate)
-    return json.loads((root / "metrics/compare_base_vs_sft.json").read_text()), r.stderr
+    return json.loads((root / "metrics/compare/base_vs_sft.json").read_text()), r.stderr
 
 
 def test_stale_human_rows_are_not_counted_and_are_reported(judged):
@@ -273,7 +299,7 @@ def test_old_files_without_hashes_are_an_error_until_migrated(judged, fmt):
     rel = f"data/annotations/base_vs_sft/alice.{fmt}"
     assert f"{rel}, line {2 if fmt == 'csv' else 1}, field 'item_hash'" in r.stderr
     assert f"python -m sciexplain.annotations migrate --sheet {SHEET} {rel}" in r.stderr
-    assert not (judged / "metrics/compare_base_vs_sft.json").exists()
+    assert not (judged / "metrics/compare/base_vs_sft.json").exists()
 
     # the migration asks first; "no" changes nothing
     r = CliRunner().invoke(_cli(), ["migrate", "--sheet", SHEET, rel], input="n\n")
@@ -340,11 +366,11 @@ def test_skipped_annotation_files_are_each_named_with_a_reason(judged):
         assert len(lines) == 1 and why in lines[0] and lines[0].startswith("warning: "), (name, err)
 
 
-def test_evaluate_counts_only_current_human_rows(workdir, monkeypatch):
-    """The evaluate stage reads people's files on its eval sheets the same way: stale rows left out, counted."""
+def test_the_report_reads_each_pairs_metrics_and_adjusts_the_family(judged, monkeypatch):
+    """rewards@<model> -> data/rewards, winrate@<pair> -> metrics/compare, then the report: stale human rows left
+    out and counted (per pair), the headline tests Holm-adjusted as one family in eval_winrates.json."""
     import sciexplain.reward
-    from stages import evaluate
-    from test_verdict_reporting import _generations
+    from stages import report, rewards
 
     class FakeScorer:
         def __init__(self, *a, **k):
@@ -354,22 +380,26 @@ def test_evaluate_counts_only_current_human_rows(workdir, monkeypatch):
             return [len(a.split()) / 100 for a in answers]
 
     monkeypatch.setattr(sciexplain.reward, "RewardScorer", FakeScorer)
-    _generations(workdir)  # (two teacher answers dropped: teacher is not in this comparison)
-    metrics = workdir / "metrics"
-    metrics.mkdir()
+    metrics = judged / "metrics"
+    metrics.mkdir(exist_ok=True)
     for name, obj in (("select", {}), ("base_model", {"source": "tiny"}), ("reward_model", {"validation": {"cleared": True}}),
-                      ("teacher", {}), ("validate", {}), ("winrate", {})):
+                      ("teacher", {}), ("validate", {})):
         (metrics / f"{name}.json").write_text(json.dumps(obj))
-    write_params(workdir / "params.yaml", {"evaluate": {"models": ["base", "sft"], "pairs": ["sft_vs_base"], "examples": 1,
-                                                        "bootstrap_resamples": 50, "max_questions": None},
-                                           "judge": {"panel": [{"name": "rubric", "type": "rubric"}]}})
-    run(evaluate, ["--base", "unused", "--reward", "unused"])
-    sheet = read_jsonl(workdir / "data/eval_sheets/eval_sft_vs_base/sheet.jsonl")
-    rows = [{"item_id": s["item_id"], "item_hash": s["item_hash"], "choice": "A", "strength": "Better"} for s in sheet]
+    write_params(judged / "params.yaml", {"evaluate": {"models": ["base", "sft"], "examples": 1,
+                                                       "bootstrap_resamples": 50, "max_questions": None}})
+    for m in ("base", "sft"):
+        run(rewards, ["--model", m, "--base", "unused", "--reward", "unused", "--out", f"data/rewards/{m}.json"])
+    rows = _votes(judged, "sft")
     rows[0]["item_hash"] = "a" * 16  # made on another version of this item
-    human = "data/annotations/eval_sft_vs_base/alice.jsonl"
-    _write(workdir / human, rows)
-    r = run(evaluate, ["--base", "unused", "--reward", "unused"])
-    win = json.loads((metrics / "eval_winrates.json").read_text())["sft_vs_base"]
-    assert win["stale_rows"] == {human: 1} and win["annotators"]["alice"]["n"] == len(sheet) - 1
-    assert win["headline_source"] == "humans" and f"{human}: 1 of {len(sheet)} rows" in r.stderr
+    _write(judged / ALICE, rows)
+    r = run(winrate, ["--pair", "base_vs_sft"])
+    assert f"{ALICE}: 1 of 4 rows" in r.stderr
+    r = run(report)
+    win = json.loads((metrics / "eval_winrates.json").read_text())["base_vs_sft"]
+    assert win["stale_rows"][ALICE] == 1 and win["annotators"]["alice"]["n"] == 3
+    assert win["headline_source"] == "humans" and win["multiple_testing"]["members"] == ["base_vs_sft"]
+    assert win["verdict"]["p_holm"] is not None
+    rewards_m = json.loads((metrics / "eval_rewards.json").read_text())
+    assert rewards_m["base"]["n"] == 4 and rewards_m["sft"]["wilcoxon"] is not None
+    assert (judged / "plots/compare_strengths.csv").read_text().startswith("bar,pair,who,model,strength,votes")
+    assert "base vs sft" in (judged / "reports/report.md").read_text()

@@ -77,7 +77,7 @@ def test_tiny_repro_params_are_valid():
 
 def test_every_key_dvc_yaml_declares_is_in_the_schema():
     stages = ps._stages(str(ROOT / "dvc.yaml"))
-    assert {"teacher", "prepare", "answer_base", "sft", "rs", "evaluate"} <= set(stages)
+    assert {"teacher", "prepare", "answer", "compare", "sft", "rs", "rewards", "report"} <= set(stages)
     for name, spec in stages.items():
         for key in spec["params"] or []:
             model = ps.SECTIONS.get(key.split(".")[0])
@@ -154,10 +154,10 @@ BAD = [
     ("engine.served_names", {"sft": 3}, "engine.served_names", "model name -> served name"),
     ("vllm.gpu_memory_utilization", 1.5, "vllm.gpu_memory_utilization", "in (0, 1]"),
     ("vllm.enforce_eager", "false", "vllm.enforce_eager", "true or false"),
-    ("ppo.guard.max_kl", "0.2", "ppo.guard.max_kl", "a number > 0 or null, got '0.2'"),
-    ("ppo.guard.max_kll", 0.3, "ppo.guard.max_kll", "unknown key; allowed: max_kl, min_distinct3"),
-    ("ppo.vllm_mode", "remote", "ppo.vllm_mode", "one of colocate, server"),
-    ("ppo.num_generations", 1, "ppo.num_generations", ">= 2"),
+    ("grpo.guard.max_kl", "0.2", "grpo.guard.max_kl", "a number > 0 or null, got '0.2'"),
+    ("grpo.guard.max_kll", 0.3, "grpo.guard.max_kll", "unknown key; allowed: max_kl, min_distinct3"),
+    ("grpo.vllm_mode", "remote", "grpo.vllm_mode", "one of colocate, server"),
+    ("grpo.num_generations", 1, "grpo.num_generations", ">= 2"),
     ("reward_model.lora.layers", 0, "reward_model.lora.layers", "an integer >= 1 or null, got 0"),
     ("reward_model.unsure", "sometimes", "reward_model.unsure", "one of drop, keep"),
     ("reward_model.allow_unvalidated", "yes", "reward_model.allow_unvalidated", "true or false"),
@@ -168,8 +168,11 @@ BAD = [
     ("sft.data", "teachers", "sft.data", "one of teacher, forum or a .jsonl file"),
     ("sft.val_fraction", 1, "sft.val_fraction", "in [0, 1)"),
     ("rs.epochs", 1.5, "rs.epochs", "an integer >= 1"),
-    ("compare.pairs", ["base_sft"], "compare.pairs", "'x_vs_y'"),
-    ("evaluate.pairs", ["rs_vs_rs"], "evaluate.pairs", "'x_vs_y'"),
+    ("compare.pairs", ["base_vs_sft"], "compare.pairs", "a non-empty mapping like {sft_vs_base: [sft, base]}"),
+    ("compare.pairs", {"base_sft": ["base", "sft"]}, "compare.pairs.base_sft", "x_vs_y"),
+    ("compare.pairs", {"rs_vs_base": ["base", "rs"]}, "compare.pairs.rs_vs_base", "the pair's two models ['rs', 'base']"),
+    ("answer.models.sft.adapter", "models/rs", "answer.models.sft.adapter", "expected models/sft"),
+    ("answer.models.sft.splits", ["train"], "answer.models.sft.splits", "a non-empty list of splits"),
     ("evaluate.models", [], "evaluate.models", "non-empty list"),
     ("score.batch_size", 0, "score.batch_size", ">= 1"),
     ("base_model.source", "", "base_model.source", "got ''"),
@@ -276,11 +279,11 @@ def test_a_stage_checks_only_the_sections_it_declares():
     bad_teacher = _set(PARAMS, "teacher.temperature", "hot")
     assert ps.check_stage(bad_teacher, "compare") is bad_teacher  # compare does not read teacher
     assert "teacher.temperature" in _error(bad_teacher, "teacher")
-    assert "teacher.temperature" in _error(bad_teacher, "evaluate")  # evaluate declares the whole teacher section
+    assert "teacher.temperature" in _error(bad_teacher, "report")  # report declares the whole teacher section
 
 
 def test_a_partial_params_file_drives_one_stage():
-    only = {"compare": {"pairs": ["base_vs_sft"], "seed": 0}}
+    only = {"compare": {"pairs": {"base_vs_sft": ["base", "sft"]}, "seed": 0}, "evaluate": {"max_questions": None}}
     assert ps.check_stage(only, "compare") is only
     assert _error(only, "teacher").startswith("params.yaml: model: missing")
     # score declares reward_model.allow_unvalidated alone: the rest of reward_model may be absent ...
@@ -292,14 +295,14 @@ def test_a_partial_params_file_drives_one_stage():
     assert _error(_set(score, "reward_model.allow_unvalidated", DELETE), "score").startswith(
         "params.yaml: reward_model.allow_unvalidated: missing; expected true or false")
     # a stage that declares a whole section needs all of it
-    assert "teacher.min_words: missing" in _error(_set(PARAMS, "teacher.min_words", DELETE), "evaluate")
+    assert "teacher.min_words: missing" in _error(_set(PARAMS, "teacher.min_words", DELETE), "report")
 
 
 def test_stage_names_and_modules(tmp_path):
     dvc = ROOT / "dvc.yaml"
     assert ps.stages_of_module("stages.teacher", [], dvc) == ["teacher"]
-    assert ps.stages_of_module("stages.answer", ["--model-name", "sft"], dvc) == [
-        "answer_base", "answer_sft", "answer_rs", "answer_dpo"]  # same params: all of them
+    assert ps.stages_of_module("stages.answer", ["--model-name", "sft"], dvc) == ["answer"]  # one foreach stage
+    assert ps.declared_keys("answer@sft", dvc)[0] == "answer.models"  # answer.models.${key}: its section's key
     rs_argv = "--section rs --base models/base --data data/rs/selected.jsonl --init-adapter models/sft".split()
     assert ps.stages_of_module("stages.sft", rs_argv, dvc) == ["rs"]
     assert ps.stages_of_module("stages.sft", ["--section", "sft"], dvc) == ["sft"]
@@ -392,7 +395,7 @@ def test_the_rs_round_of_stages_sft_checks_the_rs_section(tmp_path):
 def test_allowed_values_match_the_modules_that_use_them():
     from sciexplain import data, generation, human_pairs, judges, preferences, prompts, rubric
     from sciexplain.dpo import LOSS_TYPES
-    from sciexplain.ppo import VLLM_MODES
+    from sciexplain.grpo import VLLM_MODES
 
     assert set(ps.SPLITS) == set(data.SPLITS)
     assert ps.PLAN_MODES == prompts.PLAN_MODES

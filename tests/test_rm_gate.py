@@ -1,5 +1,5 @@
 """The reward model against people: losses, the held-out evaluation with baselines, and the gate every stage that
-uses the reward model passes (score, select, evaluate). No model: scorers here are plain functions."""
+uses the reward model passes (score, select, rewards). No model: scorers here are plain functions."""
 from __future__ import annotations
 
 import json
@@ -14,7 +14,7 @@ from sciexplain.io import DataError, UserError, stable_id
 from sciexplain.reward import constant_loss, pair_loss
 from sciexplain.reward_eval import heldout_eval
 from sciexplain.rm_gate import check, figure, require_validated, validation_block
-from stages import evaluate, score, select
+from stages import rewards, score, select
 
 
 # --------------------------------------------------------------------------- losses
@@ -174,7 +174,7 @@ def test_select_and_score_refuse_an_unvalidated_reward_model(workdir):
     assert json.loads((workdir / "metrics/select.json").read_text())["reward_model_cleared"] is True
 
 
-def test_evaluate_refuses_before_scoring(workdir):
+def test_rewards_refuses_before_scoring(workdir):
     q = {"id": "q1", "question": "Why?", "domain": "physics"}
     (workdir / "data/prepared").mkdir(parents=True)
     (workdir / "data/prepared/eval.jsonl").write_text(json.dumps(q) + "\n")
@@ -183,6 +183,8 @@ def test_evaluate_refuses_before_scoring(workdir):
         (workdir / f"data/generations/{m}/eval.jsonl").write_text(json.dumps({**q, "answer": "Because.", "sample": 0}) + "\n")
     _metrics(workdir, _block(), False)
     write_params(workdir / "params.yaml", {"evaluate": {"models": ["base", "sft"]}})
-    r = CliRunner().invoke(evaluate.main, ["--base", "nowhere", "--reward", "nowhere"])
+    r = CliRunner().invoke(rewards.main, ["--model", "sft", "--base", "nowhere", "--reward", "nowhere",
+                                          "--out", "data/rewards/sft.json"])
     assert r.exit_code == 1 and "Traceback" not in r.output, r.output
-    assert "accuracy 0.52" in r.output and "evaluate refuses" in r.output
+    assert "accuracy 0.52" in r.output and "rewards refuses" in r.output
+    assert not (workdir / "data/rewards").exists()

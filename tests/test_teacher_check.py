@@ -159,7 +159,8 @@ def test_compare_stage_carries_finished(workdir):
         d.mkdir(parents=True)
         d.joinpath("eval.jsonl").write_text("".join(json.dumps({"id": q["id"], "model": model, "sample": 0, "answer": model,
                                                                 "finished": finished}) + "\n" for q in prepared))
-    write_params(workdir / "params.yaml", {"compare": {"pairs": ["base_vs_sft"], "seed": 0}})
+    write_params(workdir / "params.yaml", {"compare": {"pairs": None}})
+    write_params(workdir / "params.yaml", {"compare": {"pairs": {"base_vs_sft": ["base", "sft"]}, "seed": 0}})
     r = CliRunner().invoke(compare.main, [])
     assert r.exit_code == 0, r.output
     sheet = read_jsonl(workdir / "data/compare/base_vs_sft/sheet.jsonl")

@@ -15,7 +15,7 @@ from sciexplain import report
 from sciexplain.annotate_web import assign_items, make_server
 from sciexplain.annotations import Annotation, build_sheet
 from sciexplain.comparisons import adjust_family, summarize
-from sciexplain.evaluation import (load_eval_answers, opening, pair_sheet, reward_model_warning, reward_statistics,
+from sciexplain.evaluation import (load_eval_answers, opening, reward_model_warning, reward_statistics,
                                    teacher_warning)
 from sciexplain.io import write_jsonl
 from sciexplain.stats import krippendorff_alpha, summarize_pair
@@ -262,8 +262,6 @@ def test_dropped_teacher_answers_are_excluded_and_counted(tmp_path):
     answers, dropped = load_eval_answers(tmp_path / "data/generations", ["base", "sft", "rs", "teacher"], ids)
     assert dropped["teacher"] == {"n": 2, "reasons": {"empty": 1, "unfinished": 1}, "ids": ["q01", "q04"]}
     assert dropped["base"]["n"] == 0 and sorted(answers["teacher"]) == ["q00", "q02", "q03", "q05"]
-    sheet, key = pair_sheet("rs_vs_teacher", answers, ids, 0)
-    assert [s["item_id"] for s in sheet] == ["q00", "q02", "q03", "q05"]  # never scored as answers
     rewards = {m: {i: float(k) + (m != "base") for k, i in enumerate(ids) if i in answers[m]} for m in answers}
     stats = reward_statistics(rewards)
     assert stats["teacher"]["n"] == 4 and stats["base"]["n"] == 6
@@ -330,11 +328,11 @@ def test_report_opens_with_verdicts_before_any_table(tmp_path):
     assert page.index('class="warning"') < page.index("<h1>") < page.index("<h2>Verdicts</h2>") < page.index("<table>")
 
 
-def test_evaluate_stage_end_to_end(workdir, monkeypatch):
-    """The stage on hand-made answers (reward model stubbed): dropped teacher answers out and counted,
-    verdicts in eval_winrates.json, the report opening with the warnings and verdicts."""
+def test_final_evaluation_stages_end_to_end(workdir, monkeypatch):
+    """compare, judge, winrate per pair, rewards per model (reward model stubbed), then the report: dropped teacher
+    answers out and counted, verdicts in eval_winrates.json, the report opening with the warnings and verdicts."""
     import sciexplain.reward
-    from stages import evaluate
+    from stages import compare, judge, report, rewards, winrate
 
     class FakeScorer:
         def __init__(self, *a, **k):
@@ -346,7 +344,8 @@ def test_evaluate_stage_end_to_end(workdir, monkeypatch):
     monkeypatch.setattr(sciexplain.reward, "RewardScorer", FakeScorer)
     ids = _generations(workdir)
     for m in ("dpo",):
-        write_jsonl(workdir / f"data/generations/{m}/eval.jsonl", read_jsonl(workdir / "data/generations/sft/eval.jsonl"))
+        write_jsonl(workdir / f"data/generations/{m}/eval.jsonl",
+                    [{**r, "model": m} for r in read_jsonl(workdir / "data/generations/sft/eval.jsonl")])
     metrics = workdir / "metrics"
     metrics.mkdir()
     (metrics / "select.json").write_text("{}")
@@ -354,16 +353,20 @@ def test_evaluate_stage_end_to_end(workdir, monkeypatch):
     (metrics / "reward_model.json").write_text(json.dumps({"validation": {"cleared": False}}))
     (metrics / "teacher.json").write_text(json.dumps({"vs_student": {"verdict": "cannot tell at this n"}}))
     (metrics / "validate.json").write_text(json.dumps(_validation(rubric=(0.44, 0.61))))
-    (metrics / "winrate.json").write_text(json.dumps({"pairs": {"base_vs_sft": {"verdict": {
-        "verdict": "judge not validated", "sentence": "the judge judge-rubric is not validated."}}}}))
-    write_params(workdir / "params.yaml", {"evaluate": {"models": ["base", "sft", "rs", "dpo", "teacher"],
-                                                        "pairs": ["sft_vs_base", "rs_vs_teacher"], "examples": 2,
+    write_params(workdir / "params.yaml", {"compare": {"pairs": None}})
+    write_params(workdir / "params.yaml", {"evaluate": {"models": ["base", "sft", "rs", "dpo", "teacher"], "examples": 2,
                                                         "bootstrap_resamples": 200, "max_questions": None},
+                                           "compare": {"pairs": {"sft_vs_base": ["sft", "base"], "rs_vs_teacher": ["rs", "teacher"]}},
+                                           "reward_model": {"allow_unvalidated": True},
                                            "judge": {"panel": [{"name": "rubric", "type": "rubric"}]}})
-    r = CliRunner().invoke(evaluate.main, ["--base", "unused", "--reward", "unused"])
-    assert r.exit_code == 0, r.output
-    rewards = json.loads((metrics / "eval_rewards.json").read_text())
-    assert rewards["teacher"]["n"] == 4 and rewards["teacher"]["dropped_by_filter"] == 2 and rewards["base"]["n"] == 6
+    prompt = str(Path(__file__).resolve().parents[1] / "prompts/judge.md")
+    for cmd, args in ((compare, []), (judge, ["--prompt", prompt]), (winrate, []),
+                      *((rewards, ["--model", m, "--base", "unused", "--reward", "unused", "--out", f"data/rewards/{m}.json"])
+                        for m in ("base", "sft", "rs", "dpo", "teacher")), (report, [])):
+        r = CliRunner().invoke(cmd.main, args)
+        assert r.exit_code == 0, (cmd.__name__, r.output)
+    rewards_m = json.loads((metrics / "eval_rewards.json").read_text())
+    assert rewards_m["teacher"]["n"] == 4 and rewards_m["teacher"]["dropped_by_filter"] == 2 and rewards_m["base"]["n"] == 6
     win = json.loads((metrics / "eval_winrates.json").read_text())
     assert win["rs_vs_teacher"]["n_sheet_items"] == 4 and win["rs_vs_teacher"]["excluded_dropped_answers"]["teacher"] == 2
     assert win["sft_vs_base"]["verdict"]["verdict"] == "judge not validated"
@@ -374,5 +377,5 @@ def test_evaluate_stage_end_to_end(workdir, monkeypatch):
     md = (workdir / "reports/report.md").read_text()
     lines = md.splitlines()
     assert lines[0].startswith("**Warning: the teacher is not shown") and "reward model did not clear" in lines[2]
-    assert md.index("## Verdicts") < md.index("|") and "base vs sft: judge not validated" in md
+    assert md.index("## Verdicts") < md.index("|") and "sft vs base: judge not validated" in md
     assert "teacher: 2 (empty 1, unfinished 1)" in md

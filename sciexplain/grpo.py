@@ -17,7 +17,7 @@ policy that *sampled* step t (the one before that step's update); on a stop the 
 passed (``restore_last_good``), or the starting adapter when the first step already fails.
 
 Rollouts: by default GRPOTrainer samples with ``model.generate`` (transformers). With ``vllm={"use_vllm": True, ...}``
-(params ``ppo.use_vllm``, ``ppo.vllm_mode``, ...) TRL 1.16 samples on vLLM instead: ``colocate`` runs a vLLM engine
+(params ``grpo.use_vllm``, ``grpo.vllm_mode``, ...) TRL 1.16 samples on vLLM instead: ``colocate`` runs a vLLM engine
 inside each training process (sharing the GPU, ``vllm_gpu_memory_utilization``), ``server`` talks to
 ``trl vllm-serve`` at ``vllm_server_base_url``; TRL merges the LoRA weights into the engine after each update.
 vLLM is an optional GPU dependency: asking for it without it installed (or without CUDA) stops with one line.
@@ -42,8 +42,8 @@ log = logging.getLogger(__name__)
 
 ALGORITHM = "grpo"
 DISABLED_FILE = "DISABLED"
-DISABLED_TEXT = ("RL fine-tuning (stage ppo) is disabled: ppo.enabled is false in params.yaml, so no policy was trained.\n"
-                 "Set ppo.enabled: true and run `dvc repro ppo` to train a GRPO policy here.\n")
+DISABLED_TEXT = ("RL fine-tuning (stage grpo) is disabled: grpo.enabled is false in params.yaml, so no policy was trained.\n"
+                 "Set grpo.enabled: true and run `dvc repro grpo` to train a GRPO policy here.\n")
 
 
 # --------------------------------------------------------------------------- measuring the samples
@@ -175,13 +175,13 @@ def vllm_kwargs(use_vllm: bool = False, vllm_mode: str = "colocate", vllm_server
     if not use_vllm:
         return {}
     if vllm_mode not in VLLM_MODES:
-        raise UserError(f"ppo.vllm_mode {vllm_mode!r}: choose colocate or server")
+        raise UserError(f"grpo.vllm_mode {vllm_mode!r}: choose colocate or server")
     if importlib.util.find_spec("vllm") is None:
-        raise UserError("ppo.use_vllm is true but vllm is not installed: pip install -r requirements-gpu.txt "
-                        "(vLLM needs a CUDA GPU), or set ppo.use_vllm: false to sample with transformers")
+        raise UserError("grpo.use_vllm is true but vllm is not installed: pip install -r requirements-gpu.txt "
+                        "(vLLM needs a CUDA GPU), or set grpo.use_vllm: false to sample with transformers")
     if not has_cuda():
-        raise UserError("ppo.use_vllm is true but no CUDA GPU is available (vLLM rollouts need one); "
-                        "set ppo.use_vllm: false")
+        raise UserError("grpo.use_vllm is true but no CUDA GPU is available (vLLM rollouts need one); "
+                        "set grpo.use_vllm: false")
     kw = {"use_vllm": True, "vllm_mode": vllm_mode}
     if vllm_mode == "server":
         if vllm_server_base_url:
@@ -216,10 +216,10 @@ def _first_last(logs: list[dict], key: str) -> tuple:
     return (vals[0], vals[-1]) if vals else (None, None)
 
 
-def train_ppo(base_dir, questions: list[str], out_dir, *, scorer, init_adapter, beta: float = 0.05,
+def train_grpo(base_dir, questions: list[str], out_dir, *, scorer, init_adapter, beta: float = 0.05,
               learning_rate: float = 5e-5, max_steps: int = 8, num_generations: int = 4, prompts_per_step: int = 2,
               max_completion_length: int = 128, temperature: float = 1.0, top_p: float = 1.0, seed: int = 0,
-              guard: dict | None = None, score_batch_size: int = 8, scratch_dir="scratch/ppo", live_dir=None,
+              guard: dict | None = None, score_batch_size: int = 8, scratch_dir="scratch/grpo", live_dir=None,
               quantize_4bit="auto", vllm: dict | None = None) -> dict:
     """GRPO from ``init_adapter`` on ``questions`` with ``scorer.score(questions, answers, batch_size)`` as the
     reward; save the policy adapter to ``out_dir`` (None: do not save). ``guard``: :class:`GuardCallback` kwargs;
@@ -294,7 +294,7 @@ def _round(metrics: dict) -> dict:
 
 
 def disabled_metrics() -> dict:
-    """metrics/ppo.json when ``ppo.enabled`` is false (same keys where they make sense, no numbers)."""
+    """metrics/grpo.json when ``grpo.enabled`` is false (same keys where they make sense, no numbers)."""
     return {"enabled": False, "algorithm": ALGORITHM, "steps_run": 0, "stopped_early": False, "stop_reason": None,
             "kl_final": None, "reward_mean_first": None, "reward_mean_last": None,
             "distinct3_first": None, "distinct3_last": None}

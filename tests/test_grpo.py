@@ -41,12 +41,12 @@ def sft_adapter(tiny_base, tmp_path_factory):
 
 
 def _run(tiny_base, sft_adapter, tmp_path, scorer=None, **kw):
-    from sciexplain.ppo import train_ppo
+    from sciexplain.grpo import train_grpo
 
     args = dict(beta=0.1, learning_rate=1e-2, max_steps=3, num_generations=4, prompts_per_step=1,
                 max_completion_length=12, seed=0, score_batch_size=3, scratch_dir=tmp_path / "scratch")
     args.update(kw)
-    return train_ppo(tiny_base, QUESTIONS, tmp_path / "ppo", scorer=scorer or StandInScorer(),
+    return train_grpo(tiny_base, QUESTIONS, tmp_path / "grpo", scorer=scorer or StandInScorer(),
                      init_adapter=sft_adapter, **args)
 
 
@@ -57,7 +57,7 @@ def _weights(path):
 
 
 def test_repetition_stats():
-    from sciexplain.ppo import repetition_stats
+    from sciexplain.grpo import repetition_stats
 
     spam = "```\nprint(1)\n```\n```\nprint(1)\n```"
     clean = "Ice floats because it is less dense.\nIn summary, the lattice is open."
@@ -70,7 +70,7 @@ def test_repetition_stats():
 
 
 def test_guard_check():
-    from sciexplain.ppo import GuardCallback
+    from sciexplain.grpo import GuardCallback
 
     g = GuardCallback(max_kl=0.2, min_distinct3=0.5, max_code_fence_share=0.3, max_repeated_line_share=None)
     assert g.check({"kl": 0.1, "repetition/distinct3": 0.9, "repetition/code_fence_share": 0.0}) is None
@@ -93,7 +93,7 @@ def test_grpo_trains_the_sft_adapter_with_the_scorer(tiny_base, sft_adapter, tmp
     assert len(scorer.calls) == 3 and all(len(q) == len(a) == 4 and b == 3 for q, a, b in scorer.calls)
     assert all(set(q) <= set(QUESTIONS) and len(set(q)) == 1 for q, _, _ in scorer.calls)
     assert all(isinstance(x, str) for _, a, _ in scorer.calls for x in a)
-    out = tmp_path / "ppo"
+    out = tmp_path / "grpo"
     assert sorted(p.name for p in out.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
     new, old = _weights(out), _weights(sft_adapter)
     assert set(new) == set(old) and any(not torch.equal(new[k], old[k]) for k in new)
@@ -105,7 +105,7 @@ def test_guard_stops_on_kl_and_restores_the_last_good_policy(tiny_base, sft_adap
     assert m["stopped_early"] and m["steps_run"] == 2 and m["stop_step"] == 2, m
     assert m["stop_reason"].startswith("KL to the reference") and m["guard"] == {"max_kl": 1e-9}
     assert m["policy_updates"] == 0  # step 2's KL judged the policy after update 1: back to the start
-    new, old = _weights(tmp_path / "ppo"), _weights(sft_adapter)
+    new, old = _weights(tmp_path / "grpo"), _weights(sft_adapter)
     assert all(torch.equal(new[k], old[k]) for k in new)
 
 
@@ -122,17 +122,17 @@ PPO_PARAMS = {"enabled": False, "beta": 0.1, "learning_rate": 0.01, "max_steps":
                         "max_repeated_line_share": None, "restore_last_good": True}}
 
 
-def test_ppo_stage_disabled_writes_the_disabled_outputs(workdir):
-    from stages import ppo
+def test_grpo_stage_disabled_writes_the_disabled_outputs(workdir):
+    from stages import grpo
 
-    write_params(workdir / "params.yaml", {"ppo": PPO_PARAMS})
-    r = CliRunner().invoke(ppo.main, ["--base", "nowhere", "--init-adapter", "nowhere", "--reward", "nowhere"])
+    write_params(workdir / "params.yaml", {"grpo": PPO_PARAMS})
+    r = CliRunner().invoke(grpo.main, ["--base", "nowhere", "--init-adapter", "nowhere", "--reward", "nowhere"])
     assert r.exit_code == 0, r.output
-    m = json.loads((workdir / "metrics/ppo.json").read_text())
+    m = json.loads((workdir / "metrics/grpo.json").read_text())
     assert m["enabled"] is False and m["steps_run"] == 0 and m["algorithm"] == "grpo"
-    assert [p.name for p in (workdir / "models/ppo").iterdir()] == ["DISABLED"]
-    assert "ppo.enabled" in (workdir / "models/ppo/DISABLED").read_text()
-    assert (workdir / "metrics/ppo/plots/metrics").is_dir()
+    assert [p.name for p in (workdir / "models/grpo").iterdir()] == ["DISABLED"]
+    assert "grpo.enabled" in (workdir / "models/grpo/DISABLED").read_text()
+    assert (workdir / "metrics/grpo/plots/metrics").is_dir()
 
 
 def _reward_metrics(workdir, cleared: bool) -> None:
@@ -144,30 +144,30 @@ def _reward_metrics(workdir, cleared: bool) -> None:
     (workdir / "metrics/reward_model.json").write_text(json.dumps({"validation": block}))
 
 
-def test_ppo_stage_enabled(workdir, tiny_base, sft_adapter, monkeypatch):
+def test_grpo_stage_enabled(workdir, tiny_base, sft_adapter, monkeypatch):
     import sciexplain.reward
-    from stages import ppo
+    from stages import grpo
 
     monkeypatch.setattr(sciexplain.reward, "RewardScorer", StandInScorer)
     (workdir / "data/prepared").mkdir(parents=True)
     (workdir / "data/prepared/rs.jsonl").write_text("".join(json.dumps({"id": f"q{i}", "question": q}) + "\n"
                                                             for i, q in enumerate(QUESTIONS)))
-    (workdir / "models/ppo").mkdir(parents=True)
-    (workdir / "models/ppo/DISABLED").write_text("old")
+    (workdir / "models/grpo").mkdir(parents=True)
+    (workdir / "models/grpo/DISABLED").write_text("old")
     _reward_metrics(workdir, cleared=False)
-    write_params(workdir / "params.yaml", {"ppo": dict(PPO_PARAMS, enabled=True), "reward_model": {"allow_unvalidated": False}})
-    r = CliRunner().invoke(ppo.main, ["--base", str(tiny_base), "--init-adapter", str(sft_adapter),
+    write_params(workdir / "params.yaml", {"grpo": dict(PPO_PARAMS, enabled=True), "reward_model": {"allow_unvalidated": False}})
+    r = CliRunner().invoke(grpo.main, ["--base", str(tiny_base), "--init-adapter", str(sft_adapter),
                                       "--reward", "models/reward"])
-    assert r.exit_code == 1 and "does not clear 0.5: ppo refuses to use it" in r.output, r.output
-    assert (workdir / "models/ppo/DISABLED").read_text() == "old"  # nothing touched
+    assert r.exit_code == 1 and "does not clear 0.5: grpo refuses to use it" in r.output, r.output
+    assert (workdir / "models/grpo/DISABLED").read_text() == "old"  # nothing touched
     _reward_metrics(workdir, cleared=True)
-    r = CliRunner().invoke(ppo.main, ["--base", str(tiny_base), "--init-adapter", str(sft_adapter),
+    r = CliRunner().invoke(grpo.main, ["--base", str(tiny_base), "--init-adapter", str(sft_adapter),
                                       "--reward", "models/reward"])
     assert r.exit_code == 0, r.output
-    m = json.loads((workdir / "metrics/ppo.json").read_text())
+    m = json.loads((workdir / "metrics/grpo.json").read_text())
     assert m["enabled"] is True and m["steps_run"] == 2 and m["reward_model"] == "models/reward"
     assert m["guard"]["max_code_fence_share"] == 0.5
-    assert sorted(p.name for p in (workdir / "models/ppo").iterdir()) == ["adapter_config.json",
+    assert sorted(p.name for p in (workdir / "models/grpo").iterdir()) == ["adapter_config.json",
                                                                           "adapter_model.safetensors"]
     assert not [p for p in (workdir / "models").iterdir() if p.name.startswith(".")]
 
@@ -175,26 +175,26 @@ def test_ppo_stage_enabled(workdir, tiny_base, sft_adapter, monkeypatch):
 def test_vllm_rollouts_are_off_by_default_and_map_to_grpo_config(monkeypatch):
     import importlib.util
 
-    from sciexplain import ppo
+    from sciexplain import grpo
     from sciexplain.io import UserError
 
-    assert ppo.vllm_kwargs() == {} and ppo.vllm_kwargs(use_vllm=False, vllm_mode="server") == {}
-    with pytest.raises(UserError, match="ppo.vllm_mode 'remote'"):
-        ppo.vllm_kwargs(use_vllm=True, vllm_mode="remote")
+    assert grpo.vllm_kwargs() == {} and grpo.vllm_kwargs(use_vllm=False, vllm_mode="server") == {}
+    with pytest.raises(UserError, match="grpo.vllm_mode 'remote'"):
+        grpo.vllm_kwargs(use_vllm=True, vllm_mode="remote")
     if importlib.util.find_spec("vllm") is None:  # this machine: a clear line, not TRL's ImportError mid-setup
-        with pytest.raises(UserError, match="ppo.use_vllm is true but vllm is not installed: pip install -r "
+        with pytest.raises(UserError, match="grpo.use_vllm is true but vllm is not installed: pip install -r "
                                             "requirements-gpu.txt"):
-            ppo.vllm_kwargs(use_vllm=True)
+            grpo.vllm_kwargs(use_vllm=True)
     # where vLLM and a GPU exist: TRL's GRPOConfig fields
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "vllm" else real_find_spec(name, *a))
-    monkeypatch.setattr(ppo, "has_cuda", lambda: False)
+    monkeypatch.setattr(grpo, "has_cuda", lambda: False)
     with pytest.raises(UserError, match="no CUDA GPU"):
-        ppo.vllm_kwargs(use_vllm=True)
-    monkeypatch.setattr(ppo, "has_cuda", lambda: True)
-    assert ppo.vllm_kwargs(use_vllm=True, vllm_gpu_memory_utilization=0.4) == {
+        grpo.vllm_kwargs(use_vllm=True)
+    monkeypatch.setattr(grpo, "has_cuda", lambda: True)
+    assert grpo.vllm_kwargs(use_vllm=True, vllm_gpu_memory_utilization=0.4) == {
         "use_vllm": True, "vllm_mode": "colocate", "vllm_gpu_memory_utilization": 0.4}
-    assert ppo.vllm_kwargs(use_vllm=True, vllm_mode="server", vllm_server_base_url="http://127.0.0.1:8000") == {
+    assert grpo.vllm_kwargs(use_vllm=True, vllm_mode="server", vllm_server_base_url="http://127.0.0.1:8000") == {
         "use_vllm": True, "vllm_mode": "server", "vllm_server_base_url": "http://127.0.0.1:8000"}
     from trl import GRPOConfig
 
@@ -202,18 +202,18 @@ def test_vllm_rollouts_are_off_by_default_and_map_to_grpo_config(monkeypatch):
     assert {"use_vllm", "vllm_mode", "vllm_server_base_url", "vllm_gpu_memory_utilization"} <= set(fields)
 
 
-def test_ppo_stage_vllm_missing_is_one_line(workdir, tiny_base, sft_adapter):
+def test_grpo_stage_vllm_missing_is_one_line(workdir, tiny_base, sft_adapter):
     import importlib.util
 
-    from stages import ppo
+    from stages import grpo
 
     if importlib.util.find_spec("vllm") is not None:
         pytest.skip("vllm is installed here")
     (workdir / "data/prepared").mkdir(parents=True)
     (workdir / "data/prepared/rs.jsonl").write_text(json.dumps({"id": "q0", "question": QUESTIONS[0]}) + "\n")
     _reward_metrics(workdir, cleared=True)
-    write_params(workdir / "params.yaml", {"ppo": dict(PPO_PARAMS, enabled=True, use_vllm=True)})
-    r = CliRunner().invoke(ppo.main, ["--base", str(tiny_base), "--init-adapter", str(sft_adapter),
+    write_params(workdir / "params.yaml", {"grpo": dict(PPO_PARAMS, enabled=True, use_vllm=True)})
+    r = CliRunner().invoke(grpo.main, ["--base", str(tiny_base), "--init-adapter", str(sft_adapter),
                                       "--reward", "nowhere"])
     assert r.exit_code == 1 and "Traceback" not in r.output and "vllm is not installed" in r.output, r.output
-    assert not (workdir / "models/ppo").exists()
+    assert not (workdir / "models/grpo").exists()
