@@ -38,8 +38,14 @@ def make_backend(kind: str, *, base_dir=None, adapter=None, quantize_4bit="auto"
                  model: str | None = None, base_url: str | None = None, api_key_env: str | None = "OPENAI_API_KEY",
                  max_concurrency: int = 8, max_retries: int = 6, timeout: float = 60,
                  max_tokens_field: str = "max_tokens", weights=None, vllm: Mapping | None = None,
-                 where: str = "backend") -> Backend:
-    """A backend of ``kind`` (``local`` | ``vllm`` | ``openai``). ``where`` names the param in errors."""
+                 gguf=None, where: str = "backend") -> Backend:
+    """A backend of ``kind`` (``local`` | ``vllm`` | ``openai`` | ``llamacpp``). ``where`` names the param in errors."""
+    if kind == "llamacpp":
+        from .llamacpp_backend import LlamaCppBackend
+
+        if adapter:
+            raise DataError("params.yaml", None, where, "the llamacpp backend serves no LoRA adapter: use local or vllm")
+        return LlamaCppBackend(gguf or "embedded")
     if kind == "local":
         from .local_backend import LocalBackend
 

@@ -37,7 +37,7 @@ from .io import UserError, load_params
 SPLITS = ("sft", "rm", "rs", "eval")                                     # sciexplain.data.SPLITS
 PLAN_MODES = ("full", "short", "none")                                  # sciexplain.prompts.PLAN_MODES
 UNFINISHED_MODES = ("trim", "drop")                                     # stages/teacher.py
-TEACHER_BACKENDS = ("local", "vllm", "openai", "batch-export", "batch-import")
+TEACHER_BACKENDS = ("llamacpp", "local", "vllm", "openai", "batch-export", "batch-import")
 ENGINE_BACKENDS = ("local", "vllm", "openai")                           # sciexplain.generation.BACKENDS
 UNSURE_MODES = ("drop", "keep")                                         # sciexplain.preferences.UNSURE_MODES
 VLLM_MODES = ("colocate", "server")                                     # sciexplain.grpo.VLLM_MODES
@@ -330,6 +330,7 @@ class TeacherParams(Section):
     max_retries: Int(ge=0)
     batch_file: Str(null=True, what="a Batch API file path")
     weights: PathOrPaths(null=True)
+    gguf: Str(null=True, what="a .gguf file path or 'embedded'") = "embedded"
     splits: StrList(item=SPLITS, min_length=1, what="a non-empty list of splits (sft, rm, rs, eval) without duplicates")
     plan: OneOf(*PLAN_MODES)
     few_shot: Int(ge=0)

@@ -1,7 +1,8 @@
 """Stage teacher: answers written under the quality-metrics prompt (plan removed, filtered), per split.
 
-Backends (sciexplain/backends.py): ``local`` (a transformers model, default the base model itself: context
-distillation, offline), ``vllm`` (the same model on vLLM's offline engine, GPU),
+Backends (sciexplain/backends.py): ``llamacpp`` (llama.cpp in-process on a GGUF, default the embedded model
+= the base model itself: context distillation, offline; the shared system prompt and few-shot turns are computed
+once), ``local`` (the same with transformers on models/base), ``vllm`` (the same model on vLLM's offline engine, GPU),
 ``openai`` (OpenAI or any OpenAI-compatible server via ``teacher.base_url``; key from the environment;
 ``teacher.weights`` names the local weights a self-hosted server was started from, for the cache key),
 ``batch-export`` / ``batch-import`` (the OpenAI Batch API file format). Every call goes through the
@@ -62,7 +63,7 @@ def main(prepared, base_dir, prompts_dir, out_dir, cache_path, metrics_path, stu
     questions = {s: read_jsonl(Path(prepared) / f"{s}.jsonl") for s in splits}
     requests = [GenRequest.from_messages(q["id"], prompts.teacher_messages(q["question"], system, shots, plan))
                 for s in splits for q in questions[s]]
-    model_name = get(p, "teacher.model") if kind not in ("local", "vllm") else None
+    model_name = get(p, "teacher.model") if kind not in ("local", "vllm", "llamacpp") else None
 
     if kind == "batch-export":
         path = get(p, "teacher.batch_file")
@@ -79,12 +80,13 @@ def main(prepared, base_dir, prompts_dir, out_dir, cache_path, metrics_path, stu
                                base_url=get(p, "teacher.base_url"), api_key_env=get(p, "teacher.api_key_env"),
                                max_concurrency=get(p, "teacher.max_concurrency"), max_retries=get(p, "teacher.max_retries"),
                                weights=get(p, "teacher.weights"), vllm=get(p, "vllm") if kind == "vllm" else None,
-                               where="teacher.backend")
+                               gguf=get(p, "teacher.gguf"), where="teacher.backend")
         results = generate_cached(backend, requests, sampling, cache_path, desc="teacher")
         cache_stats = results.stats.as_dict()
         tokens_per_s = round(backend.tokens_per_second(), 2) if hasattr(backend, "tokens_per_second") else None
 
-    label = f"{kind}:{base_dir}" if kind in ("local", "vllm") else f"{kind}:{model_name}"
+    label = {"local": f"local:{base_dir}", "vllm": f"vllm:{base_dir}",
+             "llamacpp": f"llamacpp:{get(p, 'teacher.gguf')}"}.get(kind, f"{kind}:{model_name}")
     min_words = get(p, "teacher.min_words")
     unfinished = get(p, "teacher.unfinished")
     drops, kept, out = Counter(), Counter(), {}

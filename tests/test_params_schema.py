@@ -118,7 +118,7 @@ BAD = [
     ("teacher.unfinished", "keep", "teacher.unfinished", "expected one of trim, drop, got 'keep'"),
     ("teacher.few_shot", -1, "teacher.few_shot", "expected an integer >= 0, got -1"),
     ("teacher.plan", "long", "teacher.plan", "one of full, short, none"),
-    ("teacher.backend", "hf", "teacher.backend", "one of local, vllm, openai, batch-export, batch-import"),
+    ("teacher.backend", "hf", "teacher.backend", "one of llamacpp, local, vllm, openai, batch-export, batch-import"),
     ("teacher.backend", "batch-export", "teacher.batch_file", "needs a Batch API file"),
     ("teacher.splits", ["sft", "train"], "teacher.splits", "(sft, rm, rs, eval)"),
     ("teacher.seed", True, "teacher.seed", "got true"),
