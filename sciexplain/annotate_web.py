@@ -37,7 +37,8 @@ body cap, a clean 400 for any malformed body (too deeply nested JSON included), 
 
 Routes: ``GET /`` page, ``GET /app.js``, ``GET /app.css`` (the files of ``sciexplain/static/annotate/``, a fixed
 route table, read once at start: no request path reaches the file system), ``GET /api/items`` (this annotator's
-items, the ``strengths`` scale the page builds its buttons from, and ``assignment``: annotator, annotators, overlap, overlap_items, sheet_items, assigned),
+items, the ``strengths`` scale the page builds its buttons from, and ``assignment``: annotator, annotators,
+overlap, overlap_items, sheet_items, assigned),
 ``GET /api/annotations`` (this annotator's answers on the current sheet), ``POST /api/annotate``
 ``{item_id, item_hash, choice, strength, comment}`` -> 400 with ``{"error": message}`` on bad input, 409 when the
 hash is not the current sheet's.

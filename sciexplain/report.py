@@ -52,7 +52,9 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 from urllib.parse import quote, urlsplit
 
-from jinja2 import Environment, FileSystemLoader, StrictUndefined, TemplateNotFound, pass_eval_context, select_autoescape
+from jinja2 import (
+    Environment, FileSystemLoader, StrictUndefined, TemplateNotFound, pass_eval_context, select_autoescape,
+)
 from markupsafe import Markup
 
 from .io import write_text
@@ -77,21 +79,24 @@ def _num(x: Any, digits: int = 4) -> str:
     return DASH if not math.isfinite(x) else f"{x:.{digits}f}"
 
 
-def _pct(x: Any) -> str:
+def _finite(x: Any) -> float | None:
+    """``x`` as a finite float; None for anything else (not a number, NaN, infinite)."""
     try:
         x = float(x)
     except (TypeError, ValueError):
-        return DASH
-    return DASH if not math.isfinite(x) else f"{100 * x:.1f}%"
+        return None
+    return x if math.isfinite(x) else None
+
+
+def _pct(x: Any) -> str:
+    x = _finite(x)
+    return DASH if x is None else f"{100 * x:.1f}%"
 
 
 def _p(x: Any) -> str:
     """A p-value: 4 significant digits, scientific below 1e-4 (never rounds to 0)."""
-    try:
-        x = float(x)
-    except (TypeError, ValueError):
-        return DASH
-    if not math.isfinite(x):
+    x = _finite(x)
+    if x is None:
         return DASH
     return f"{x:.3e}" if 0 < x < 1e-4 else f"{x:.4g}"
 
