@@ -35,8 +35,10 @@ the sheet (stale) are not shown as answered; answering the item again replaces t
 Hardening: a 30 s socket timeout per connection (a stalled client never holds a thread for long), a 64 KiB
 body cap, a clean 400 for any malformed body (too deeply nested JSON included), ``--host ::1`` (IPv6).
 
-Routes: ``GET /`` page, ``GET /app.js``, ``GET /app.css``, ``GET /api/items`` (this annotator's items and
-``assignment``: annotator, annotators, overlap, overlap_items, sheet_items, assigned),
+Routes: ``GET /`` page, ``GET /app.js``, ``GET /app.css`` (the files of ``sciexplain/static/annotate/``, a fixed
+route table, read once at start: no request path reaches the file system), ``GET /api/items`` (this annotator's
+items, the ``strengths`` scale the page builds its buttons from, and ``assignment``: annotator, annotators,
+overlap, overlap_items, sheet_items, assigned),
 ``GET /api/annotations`` (this annotator's answers on the current sheet), ``POST /api/annotate``
 ``{item_id, item_hash, choice, strength, comment}`` -> 400 with ``{"error": message}`` on bad input, 409 when the
 hash is not the current sheet's.
@@ -69,211 +71,29 @@ CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'se
        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
-PAGE = """<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>Compare explanations</title>
-<link rel="stylesheet" href="/app.css">
-<script src="/app.js" defer></script>
-</head>
-<body>
-<header>
-  <span id="assignment"></span>
-  <span id="progress">loading…</span>
-  <span id="position"></span>
-  <span id="saved-flag"></span>
-</header>
-<main>
-  <section id="question-box"><h2>Question</h2><div id="question" class="text"></div></section>
-  <section id="answers">
-    <div class="answer" id="box-a"><h2>Answer A</h2><div id="answer-a" class="text"></div></div>
-    <div class="answer" id="box-b"><h2>Answer B</h2><div id="answer-b" class="text"></div></div>
-  </section>
-  <section id="controls">
-    <div class="row">Which explanation is better?
-      <button type="button" id="choose-a" data-choice="A">A is better <kbd>a</kbd></button>
-      <button type="button" id="choose-b" data-choice="B">B is better <kbd>b</kbd></button>
-    </div>
-    <div class="row">How much?
-      <span id="strengths"></span>
-    </div>
-    <div class="row">
-      <label for="comment">Comment (optional, <kbd>c</kbd>)</label>
-      <textarea id="comment" rows="2" maxlength="4000"></textarea>
-    </div>
-    <div class="row">
-      <button type="button" id="prev">&larr; Previous <kbd>p</kbd></button>
-      <button type="button" id="save">Save <kbd>Enter</kbd></button>
-      <button type="button" id="next">Next &rarr; <kbd>n</kbd></button>
-      <span id="status" role="status"></span>
-    </div>
-    <p class="help">Keys: <kbd>a</kbd>/<kbd>b</kbd> side, <kbd>1</kbd>-<kbd>4</kbd> strength,
-      <kbd>Enter</kbd> save (Ctrl+Enter in the comment), <kbd>&larr;</kbd>/<kbd>&rarr;</kbd> or
-      <kbd>p</kbd>/<kbd>n</kbd> navigate, <kbd>Esc</kbd> leave the comment box.</p>
-  </section>
-</main>
-</body>
-</html>
-"""
+#: The page's own files, next to this module (``sciexplain/static/annotate/``).
+STATIC_DIR = Path(__file__).resolve().parent / "static" / "annotate"
+#: The only files the server serves, by route; no route maps a request path onto the file system.
+STATIC_ROUTES = {
+    "/": ("index.html", "text/html; charset=utf-8"),
+    "/index.html": ("index.html", "text/html; charset=utf-8"),
+    "/app.js": ("app.js", "text/javascript; charset=utf-8"),
+    "/app.css": ("app.css", "text/css; charset=utf-8"),
+}
 
-CSS = """
-body { font-family: system-ui, sans-serif; margin: 0; background: #f6f6f4; color: #222; }
-header { position: sticky; top: 0; background: #333; color: #fff; padding: .5em 1em; display: flex; gap: 2em; }
-main { padding: 1em; max-width: 1400px; margin: auto; }
-h2 { font-size: 1em; margin: 0 0 .4em 0; color: #555; }
-.text { white-space: pre-wrap; overflow-wrap: anywhere; background: #fff; border: 1px solid #ccc;
-        padding: .75em; border-radius: 4px; line-height: 1.45; }
-#answers { display: grid; grid-template-columns: 1fr 1fr; gap: 1em; margin: 1em 0; }
-.row { margin: .6em 0; display: flex; gap: .5em; align-items: center; flex-wrap: wrap; }
-button { padding: .4em .9em; border: 1px solid #888; border-radius: 4px; background: #fff; cursor: pointer; }
-button.selected { background: #2a6; color: #fff; border-color: #194; }
-button:disabled { opacity: .5; cursor: default; }
-.answer.chosen .text { border: 2px solid #2a6; }
-textarea { width: 100%; font: inherit; }
-kbd { font-size: .8em; border: 1px solid #aaa; border-radius: 3px; padding: 0 .3em; background: #eee; color: #333; }
-#status.error { color: #b00; }
-.help { color: #666; font-size: .9em; }
-"""
 
-JS = r"""
-"use strict";
-(function () {
-  const STRENGTHS = __STRENGTHS__;
-  const UNSURE = "Unsure";
-  let items = [], saved = {}, idx = 0, choice = "", strength = "", busy = false;
-  const $ = (id) => document.getElementById(id);
-
-  function setStatus(text, isError) {
-    $("status").textContent = text;
-    $("status").className = isError ? "error" : "";
-  }
-  function countDone() { return items.filter((it) => saved[it.item_id]).length; }
-  function firstOpen(from) {
-    for (let k = 0; k < items.length; k++) {
-      const j = (from + k) % items.length;
-      if (!saved[items[j].item_id]) return j;
-    }
-    return -1;
-  }
-  function valid() { return strength !== "" && (choice !== "" || strength === UNSURE); }
-
-  function render() {
-    $("progress").textContent = countDone() + " / " + items.length + " annotated";
-    if (!items.length) { $("position").textContent = "the sheet is empty"; return; }
-    const it = items[idx];
-    $("position").textContent = "Item " + (idx + 1) + " of " + items.length;
-    $("saved-flag").textContent = saved[it.item_id] ? "saved" : "not yet annotated";
-    $("question").textContent = it.question;
-    $("answer-a").textContent = it.answer_a;
-    $("answer-b").textContent = it.answer_b;
-    document.body.dataset.itemId = it.item_id;
-    paintSelection();
-  }
-  function paintSelection() {
-    $("choose-a").classList.toggle("selected", choice === "A");
-    $("choose-b").classList.toggle("selected", choice === "B");
-    $("box-a").classList.toggle("chosen", choice === "A");
-    $("box-b").classList.toggle("chosen", choice === "B");
-    document.querySelectorAll("#strengths button").forEach((b) => {
-      b.classList.toggle("selected", b.dataset.strength === strength);
-    });
-    $("save").disabled = !valid() || busy;
-  }
-  function show(j) {
-    if (!items.length) return;
-    idx = (j + items.length) % items.length;
-    const s = saved[items[idx].item_id];
-    choice = s ? s.choice : "";
-    strength = s ? s.strength : "";
-    $("comment").value = s ? s.comment : "";
-    setStatus("", false);
-    render();
-  }
-  function pickChoice(c) { choice = c; paintSelection(); }
-  function pickStrength(s) { strength = s; paintSelection(); }
-
-  async function save() {
-    if (busy || !items.length) return;
-    if (!valid()) { setStatus(strength ? "Choose A or B (or Unsure)." : "Choose a strength (1-4).", true); return; }
-    const it = items[idx];
-    const body = { item_id: it.item_id, item_hash: it.item_hash, choice: choice, strength: strength,
-                   comment: $("comment").value };
-    busy = true; paintSelection(); setStatus("saving…", false);
-    try {
-      const r = await fetch("/api/annotate", {
-        method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
-      });
-      const data = await r.json();
-      if (!r.ok) throw new Error(data.error || ("HTTP " + r.status));
-      saved[it.item_id] = data.record;
-      busy = false;
-      const next = firstOpen(idx + 1);
-      if (next === -1) { render(); setStatus("Saved. All items annotated, thank you!", false); }
-      else { show(next); setStatus("Saved.", false); }
-    } catch (e) {
-      busy = false; paintSelection(); setStatus("Not saved: " + e.message, true);
-    }
-  }
-
-  function onKey(ev) {
-    if (ev.target === $("comment")) {
-      if (ev.key === "Escape") { $("comment").blur(); ev.preventDefault(); }
-      else if (ev.key === "Enter" && (ev.ctrlKey || ev.metaKey)) { ev.preventDefault(); save(); }
-      return;
-    }
-    if (ev.ctrlKey || ev.metaKey || ev.altKey) return;
-    const k = ev.key;
-    if (k === "a" || k === "A") pickChoice("A");
-    else if (k === "b" || k === "B") pickChoice("B");
-    else if (k >= "1" && k <= "4") pickStrength(STRENGTHS[Number(k) - 1]);
-    else if (k === "Enter") save();
-    else if (k === "ArrowRight" || k === "n") show(idx + 1);
-    else if (k === "ArrowLeft" || k === "p") show(idx - 1);
-    else if (k === "c") $("comment").focus();
-    else return;
-    ev.preventDefault();
-  }
-
-  async function getJSON(url) {
-    const r = await fetch(url, { cache: "no-store" });
-    if (!r.ok) throw new Error(url + ": HTTP " + r.status);
-    return r.json();
-  }
-
-  async function start() {
-    STRENGTHS.forEach((s, i) => {
-      const b = document.createElement("button");
-      b.type = "button"; b.dataset.strength = s; b.id = "strength-" + (i + 1);
-      b.textContent = s + " ";
-      const kb = document.createElement("kbd"); kb.textContent = String(i + 1); b.appendChild(kb);
-      b.addEventListener("click", () => pickStrength(s));
-      $("strengths").appendChild(b);
-    });
-    $("choose-a").addEventListener("click", () => pickChoice("A"));
-    $("choose-b").addEventListener("click", () => pickChoice("B"));
-    $("save").addEventListener("click", save);
-    $("prev").addEventListener("click", () => show(idx - 1));
-    $("next").addEventListener("click", () => show(idx + 1));
-    document.addEventListener("keydown", onKey);
-    try {
-      const [its, anns] = await Promise.all([getJSON("/api/items"), getJSON("/api/annotations")]);
-      items = its.items; saved = anns.annotations;
-      const a = its.assignment;
-      if (a && a.annotator) {
-        $("assignment").textContent = a.annotator + ": " + a.assigned + " of " + a.sheet_items + " sheet items" +
-          (a.annotators.length > 1 ? " (" + a.overlap_items + " shared by all " + a.annotators.length + " annotators)" : "");
-      }
-    } catch (e) { setStatus("Could not load: " + e.message, true); return; }
-    const open = firstOpen(0);
-    show(open === -1 ? 0 : open);
-    if (open === -1 && items.length) setStatus("All items annotated; you can still revise.", false);
-    document.body.dataset.ready = "1";
-  }
-  document.addEventListener("DOMContentLoaded", start);
-})();
-"""
+def load_static(directory: str | Path = STATIC_DIR) -> dict[str, tuple[bytes, str]]:
+    """``{route: (body, content type)}`` for :data:`STATIC_ROUTES`, read once when a server is made.
+    UserError naming the file when one is missing or unreadable (an incomplete checkout or install)."""
+    assets = {}
+    for route, (name, ctype) in STATIC_ROUTES.items():
+        path = Path(directory) / name
+        try:
+            assets[route] = (path.read_bytes(), ctype)
+        except OSError as e:
+            raise UserError(f"annotation page file {path} cannot be read: {e.strerror or e} "
+                            "(the sciexplain checkout is incomplete)") from None
+    return assets
 
 
 def _rank(seed: int, item_id: str) -> str:
@@ -397,6 +217,7 @@ class Handler(BaseHTTPRequestHandler):
     server_version = "sciexplain-annotate"
     sys_version = ""
     app: AnnotationApp  # set on the subclass by make_server
+    assets: dict[str, tuple[bytes, str]] = {}  # load_static(), set on the subclass by make_server
     quiet = False
     timeout = SOCKET_TIMEOUT  # socket timeout of every connection (StreamRequestHandler.setup applies it)
 
@@ -435,13 +256,8 @@ class Handler(BaseHTTPRequestHandler):
         if not self._host_ok():
             return self._error(HTTPStatus.FORBIDDEN, "unexpected Host header")
         route = urlsplit(self.path).path
-        if route in ("/", "/index.html"):
-            self._send(200, PAGE.encode("utf-8"), "text/html; charset=utf-8")
-        elif route == "/app.js":
-            js = JS.replace("__STRENGTHS__", json.dumps(list(STRENGTHS)))
-            self._send(200, js.encode("utf-8"), "text/javascript; charset=utf-8")
-        elif route == "/app.css":
-            self._send(200, CSS.encode("utf-8"), "text/css; charset=utf-8")
+        if route in self.assets:
+            self._send(200, *self.assets[route])
         elif route == "/api/items":
             self._json(200, {"items": self.app.items, "strengths": list(STRENGTHS), "assignment": self.app.assignment})
         elif route == "/api/annotations":
@@ -526,8 +342,9 @@ def make_server(sheet: str | Path, out: str | Path, host: str = "127.0.0.1", por
     ``host`` (``::1``) gets an IPv6 server. ``annotators`` (with ``annotator`` among them): serve only
     ``annotator``'s share (:func:`assign_items`). Takes the out file's lock (UserError when another server holds
     it) until ``server_close()``; ``timeout``: seconds a connection may stall."""
+    assets = load_static()
     app = AnnotationApp(sheet, out, annotator, annotators, overlap, seed)
-    handler = type("BoundHandler", (Handler,), {"app": app, "quiet": quiet, "timeout": timeout})
+    handler = type("BoundHandler", (Handler,), {"app": app, "assets": assets, "quiet": quiet, "timeout": timeout})
     cls = AnnotationServer6 if ":" in host else AnnotationServer
     try:
         server = cls((host, port), handler)

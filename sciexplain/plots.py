@@ -1,5 +1,9 @@
 """Figures of the study (matplotlib PNGs) and the CSV data files behind ``dvc plots show/diff``.
 
+Each figure has one data file: the report stage writes the CSVs (:func:`write_plot_data`), ``dvc.yaml``'s
+``plots:`` renders them with a template, and the report's PNGs are drawn from the same files
+(:func:`figures_from_data`); the training curves come from DVCLive's own TSV logs, which ``dvc.yaml`` plots too.
+
 Every figure is drawn on a bare :class:`matplotlib.figure.Figure` (no pyplot, no global backend
 switch, nothing left open), under matplotlib's default style (a user's matplotlibrc cannot change
 it), at a fixed size and dpi, and saved without the ``Software`` metadata: the same input gives the
@@ -23,8 +27,8 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .io import atomic_path, write_text
-from .stats import BETTER, DECISIVE_STRENGTHS, SIGNIFICANTLY, SLIGHTLY, TIE, UNSURE
+from .io import DataError, atomic_path, write_text
+from .stats import BETTER, DECISIVE_STRENGTHS, SIGNIFICANTLY, SLIGHTLY, TIE, UNSURE, _finite_array
 
 DPI = 100
 PNG_METADATA = {"Software": None}  # no matplotlib version stamp: bytes depend on the data only
@@ -33,6 +37,8 @@ PNG_METADATA = {"Software": None}  # no matplotlib version stamp: bytes depend o
 FIRST_COLORS = {SIGNIFICANTLY: "#08519c", BETTER: "#3182bd", SLIGHTLY: "#9ecae1"}
 TIE_COLOR = "#bdbdbd"
 SECOND_COLORS = {SLIGHTLY: "#fdae6b", BETTER: "#e6550d", SIGNIFICANTLY: "#a63603"}
+#: A comparison's numbers on its bar's label, kept on each of its segment rows (and so in winrates.csv).
+LABEL_NUMBERS = ("win_rate", "win_rate_decisive", "ci95_low", "ci95_high", "p_value")
 
 
 # --------------------------------------------------------------------------- plumbing
@@ -68,15 +74,6 @@ def _no_data_figure(path, title: str, message: str) -> Path:
         return _save(fig, path)
 
 
-def _finite(values: Iterable, what: str) -> np.ndarray:
-    arr = np.asarray(list(values), dtype=float)
-    if arr.ndim != 1:
-        raise ValueError(f"{what}: expected a flat list of numbers")
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{what}: holds a NaN or infinite value")
-    return arr
-
-
 def _reward_values(scores) -> np.ndarray:
     return np.asarray(list(scores.values()) if isinstance(scores, Mapping) else list(scores), dtype=float)
 
@@ -104,7 +101,7 @@ def ridge_plot(rewards: Mapping[str, Sequence[float]], path, title: str = "Rewar
     share one vertical scale, so a peakier model draws a taller ridge. A model with no rewards gets an
     empty row marked "no data". Raises ValueError for NaN or infinite rewards.
     """
-    data = {str(m): _finite(_reward_values(v), f"rewards of {m!r}") for m, v in rewards.items()}
+    data = {str(m): _finite_array(_reward_values(v), f"rewards of {m!r}") for m, v in rewards.items()}
     if not any(a.size for a in data.values()):
         return _no_data_figure(path, title, "no rewards yet")
     allv = np.concatenate([a for a in data.values() if a.size])
@@ -173,7 +170,9 @@ def winrate_segments(comparison: str, summary: Mapping) -> list[dict]:
     by strength (Significantly, Better, Slightly), the ties (``outcome="tie"``, ``strength="Unsure"``),
     then the second model's wins (Slightly, Better, Significantly). A model's wins (``wins / n_items``)
     are split in proportion to the strengths of the votes that agree with those wins
-    (``summary["strength"][model]``). The fractions sum to 1.
+    (``summary["strength"][model]``). The fractions sum to 1. Each row also carries the numbers its bar's
+    label shows: ``n_items`` and the outcome model's ``win_rate``, ``win_rate_decisive``, ``ci95_low``,
+    ``ci95_high``, ``p_value`` (a tie row: the tie rate as ``win_rate``, the others None).
     """
     first, second = pair_order(comparison, summary)
     n_items = int(summary["n_items"])
@@ -193,9 +192,11 @@ def winrate_segments(comparison: str, summary: Mapping) -> list[dict]:
     rows = [(first, s, "first", a[s]) for s in DECISIVE_STRENGTHS]
     rows.append((TIE, UNSURE, "tie", ties))
     rows += [(second, s, "second", b[s]) for s in reversed(DECISIVE_STRENGTHS)]
+    numbers = {m: {k: summary["models"][m].get(k) for k in LABEL_NUMBERS} for m in (first, second)}
+    numbers[TIE] = dict.fromkeys(LABEL_NUMBERS, None) | {"win_rate": summary["ties"].get("rate")}
     return [{"comparison": comparison, "outcome": o, "strength": s, "side": side,
              "segment": "tie (Unsure)" if side == "tie" else f"{side} model: {s}",
-             "rank": r, "fraction": round(f, 6)}
+             "rank": r, "fraction": round(f, 6), "n_items": n_items, **numbers[o]}
             for r, (o, s, side, f) in enumerate(rows)]
 
 
@@ -210,16 +211,27 @@ def _pct(x) -> str:
 
 
 def winrate_bars(summaries: Mapping[str, Mapping], path, title: str = "Win rates by preference strength") -> Path:
-    """One horizontal stacked bar per comparison (``{"sft vs base": summarize_pair(...)}``), first on top.
+    """One horizontal stacked bar per comparison (``{"sft vs base": summarize_pair(...)}``), first on top:
+    :func:`winrate_bars_from_rows` of the summaries' :func:`winrate_segments`."""
+    return winrate_bars_from_rows([seg for name, s in summaries.items() for seg in winrate_segments(name, s)],
+                                  path, title)
+
+
+def winrate_bars_from_rows(rows: Iterable[Mapping], path, title: str = "Win rates by preference strength") -> Path:
+    """One horizontal stacked bar per comparison of ``rows`` (:func:`winrate_segments` rows, as in
+    ``winrates.csv``), in order of first appearance, first on top.
 
     Left to right: the first model's wins (Significantly better, Better, Slightly better), ties
     (Unsure), the second model's wins (Slightly, Better, Significantly better), as fractions of all
-    items (see :func:`winrate_segments`). Each bar is labelled with both win rates, the tie rate, the
-    first model's decisive win rate with its Wilson 95% interval and binomial p, and n.
+    items. Each bar is labelled with both win rates, the tie rate, the first model's decisive win rate
+    with its Wilson 95% interval and binomial p, and n.
     """
-    if not summaries:
+    bars: dict[str, list[Mapping]] = {}
+    for row in rows:
+        bars.setdefault(row["comparison"], []).append(row)
+    if not bars:
         return _no_data_figure(path, title, "no comparisons yet")
-    names = list(summaries)
+    names = list(bars)
     with _style():
         from matplotlib.patches import Patch
         from matplotlib.ticker import PercentFormatter
@@ -227,10 +239,10 @@ def winrate_bars(summaries: Mapping[str, Mapping], path, title: str = "Win rates
         fig = _figure(8.0, 1.9 + 0.95 * len(names))
         ax = fig.add_subplot()
         for i, name in enumerate(names):
-            s = summaries[name]
+            segments = sorted(bars[name], key=lambda r: r["rank"])
             y = len(names) - 1 - i
             left = 0.0
-            for row in winrate_segments(name, s):
+            for row in segments:
                 w = row["fraction"]
                 if w <= 0:
                     continue
@@ -240,13 +252,14 @@ def winrate_bars(summaries: Mapping[str, Mapping], path, title: str = "Win rates
                     ax.text(left + w / 2, y, f"{100 * w:.0f}", ha="center", va="center", fontsize=8,
                             color="white" if dark else "black")
                 left += w
-            first, second = pair_order(name, s)
-            m1, m2 = s["models"][first], s["models"][second]
+            side = {r["side"]: r for r in segments}
+            m1, tie, m2 = side["first"], side["tie"], side["second"]
+            first, second = m1["outcome"], m2["outcome"]
             p = m1.get("p_value")
-            label = (f"{first} {_pct(m1.get('win_rate'))} | tie {_pct(s['ties'].get('rate'))} | "
+            label = (f"{first} {_pct(m1.get('win_rate'))} | tie {_pct(tie.get('win_rate'))} | "
                      f"{second} {_pct(m2.get('win_rate'))}    decisive {first} {_pct(m1.get('win_rate_decisive'))} "
                      f"[{_pct(m1.get('ci95_low'))}, {_pct(m1.get('ci95_high'))}], "
-                     f"p={'n/a' if p is None else f'{p:.3g}'}, n={s['n_items']}")
+                     f"p={'n/a' if p is None else f'{p:.3g}'}, n={m1['n_items']}")
             ax.text(0.0, y + 0.3, label, ha="left", va="bottom", fontsize=8)
         ax.set_yticks(range(len(names) - 1, -1, -1), names)
         ax.set_xlim(0, 1)
@@ -258,8 +271,8 @@ def winrate_bars(summaries: Mapping[str, Mapping], path, title: str = "Win rates
                    + [Patch(color=TIE_COLOR, label="tie (Unsure)")]
                    + [Patch(color=SECOND_COLORS[s], label=f"second: {s}") for s in reversed(DECISIVE_STRENGTHS)])
         fig.legend(handles=handles, loc="outside lower center", ncols=4, fontsize=7, frameon=False)
-        for side in ("top", "right"):
-            ax.spines[side].set_visible(False)
+        for side_name in ("top", "right"):
+            ax.spines[side_name].set_visible(False)
         return _save(fig, path)
 
 
@@ -381,8 +394,15 @@ def _csv_text(header: Sequence[str], rows: Iterable[Sequence]) -> str:
     return buf.getvalue()
 
 
+def write_csv(path, header: Sequence[str], rows: Iterable[Sequence]) -> Path:
+    """A CSV file for ``dvc plots`` (``\n`` line ends, floats as ``repr``, None as empty), atomically."""
+    write_text(Path(path), _csv_text(header, rows))
+    return Path(path)
+
+
 REWARDS_CSV, WINRATES_CSV, BEST_OF_N_CSV = "rewards.csv", "winrates.csv", "best_of_n.csv"
-WINRATES_COLUMNS = ("comparison", "outcome", "strength", "fraction", "side", "segment", "rank")
+WINRATES_COLUMNS = ("comparison", "outcome", "strength", "fraction", "side", "segment", "rank", "n_items",
+                    *LABEL_NUMBERS)
 
 
 def write_plot_data(out_dir, *, rewards: Mapping | None = None, winrates: Mapping[str, Mapping] | None = None,
@@ -391,11 +411,13 @@ def write_plot_data(out_dir, *, rewards: Mapping | None = None, winrates: Mappin
 
     * ``rewards.csv`` — ``model, question_id, reward``; ``rewards[model]`` is ``{question_id: reward}``
       (or a list: the question id is then the position, ``0, 1, ...``). One row per model and question.
-    * ``winrates.csv`` — ``comparison, outcome, strength, fraction, side, segment, rank``: seven rows per
-      comparison (:func:`winrate_segments`), the fractions of one comparison summing to 1.
+    * ``winrates.csv`` — ``comparison, outcome, strength, fraction, side, segment, rank, n_items, win_rate,
+      win_rate_decisive, ci95_low, ci95_high, p_value``: seven rows per comparison (:func:`winrate_segments`),
+      the fractions of one comparison summing to 1, each row with its outcome model's numbers.
     * ``best_of_n.csv`` — ``n, mean_reward``, sorted by n.
 
-    Returns ``{"rewards" | "winrates" | "best_of_n": path}`` for the files written (atomically).
+    Returns ``{"rewards" | "winrates" | "best_of_n": path}`` for the files written (atomically). The report's
+    PNGs are drawn from these same files (:func:`figures_from_data`).
     """
     out_dir = Path(out_dir)
     written: dict[str, Path] = {}
@@ -409,12 +431,77 @@ def write_plot_data(out_dir, *, rewards: Mapping | None = None, winrates: Mappin
                     raise ValueError(f"rewards of {model!r}, question {qid!r}: not a finite number")
                 rows.append((model, qid, r))
         written["rewards"] = out_dir / REWARDS_CSV
-        write_text(written["rewards"], _csv_text(("model", "question_id", "reward"), rows))
+        write_csv(written["rewards"], ("model", "question_id", "reward"), rows)
     if winrates is not None:
         rows = [[seg[c] for c in WINRATES_COLUMNS] for name, s in winrates.items() for seg in winrate_segments(name, s)]
         written["winrates"] = out_dir / WINRATES_CSV
-        write_text(written["winrates"], _csv_text(WINRATES_COLUMNS, rows))
+        write_csv(written["winrates"], WINRATES_COLUMNS, rows)
     if best_of_n is not None:
         written["best_of_n"] = out_dir / BEST_OF_N_CSV
-        write_text(written["best_of_n"], _csv_text(("n", "mean_reward"), _curve_points(best_of_n)))
+        write_csv(written["best_of_n"], ("n", "mean_reward"), _curve_points(best_of_n))
     return written
+
+
+# --------------------------------------------------------------------------- PNGs from the DVC plot data
+
+def _read_rows(path: Path) -> list[dict]:
+    try:
+        with open(path, encoding="utf-8", newline="") as fh:
+            return list(csv.DictReader(fh))
+    except FileNotFoundError:
+        raise DataError(path, None, None, "missing: write it with plots.write_plot_data first") from None
+
+
+def _field(path: Path, line: int, row: Mapping, name: str, kind=float, optional: bool = False):
+    """``row[name]`` as ``kind``; None for an empty optional cell; DataError naming file, line and field."""
+    value = row.get(name)
+    if optional and value == "":
+        return None
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise DataError(path, line, name, f"expected a number, got {value!r}") from None
+
+
+def read_rewards_csv(path) -> dict[str, dict[str, float]]:
+    """``rewards.csv`` back as ``{model: {question_id: reward}}``, models in file order."""
+    path = Path(path)
+    out: dict[str, dict[str, float]] = {}
+    for line, row in enumerate(_read_rows(path), start=2):
+        out.setdefault(row["model"], {})[row["question_id"]] = _field(path, line, row, "reward")
+    return out
+
+
+def read_winrates_csv(path) -> list[dict]:
+    """``winrates.csv`` back as :func:`winrate_segments` rows (numbers parsed, empty cells None)."""
+    path = Path(path)
+    rows = []
+    for line, row in enumerate(_read_rows(path), start=2):
+        rows.append({**row, "fraction": _field(path, line, row, "fraction"),
+                     "rank": _field(path, line, row, "rank", int), "n_items": _field(path, line, row, "n_items", int),
+                     **{k: _field(path, line, row, k, optional=True) for k in LABEL_NUMBERS}})
+    return rows
+
+
+def read_best_of_n_csv(path) -> list[dict]:
+    """``best_of_n.csv`` back as ``[{"n": int, "mean_reward": float}, ...]``."""
+    path = Path(path)
+    return [{"n": _field(path, line, row, "n", int), "mean_reward": _field(path, line, row, "mean_reward")}
+            for line, row in enumerate(_read_rows(path), start=2)]
+
+
+def figures_from_data(data_dir, out_dir, models: Iterable[str] | None = None) -> dict[str, Path]:
+    """The report's PNGs, each drawn from the one data file that ``dvc plots`` renders too
+    (:func:`write_plot_data`): ``ridge.png`` from ``rewards.csv``, ``winrates.png`` from ``winrates.csv``,
+    ``best_of_n.png`` from ``best_of_n.csv``. ``models`` orders the ridge's rows and keeps a row ("no data")
+    for a model without rewards (one has no line in the CSV); models only in the CSV follow. Returns
+    ``{"ridge" | "winrates" | "best_of_n": path}``.
+    """
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    rewards = read_rewards_csv(data_dir / REWARDS_CSV)
+    order = list(dict.fromkeys([*(models or []), *rewards]))
+    return {
+        "ridge": ridge_plot({m: list(rewards.get(m, {}).values()) for m in order}, out_dir / "ridge.png"),
+        "winrates": winrate_bars_from_rows(read_winrates_csv(data_dir / WINRATES_CSV), out_dir / "winrates.png"),
+        "best_of_n": best_of_n_curve(read_best_of_n_csv(data_dir / BEST_OF_N_CSV), out_dir / "best_of_n.png"),
+    }

@@ -1,13 +1,16 @@
 """The study's report: one context dict in, a Markdown file (and optionally an HTML file) out.
 
 The report is first built as a list of small blocks (heading, paragraph, table, code, quote, image,
-side-by-side answers); two tiny renderers turn the same blocks into Markdown and into HTML, so the
-HTML needs no Markdown library and both files always say the same thing.
+side-by-side answers, each a dict with a ``kind``); two Jinja2 templates next to this module,
+``templates/report.md.j2`` and ``templates/report.html.j2`` (the page's markup and CSS), turn the same
+blocks into Markdown and into HTML, so the HTML needs no Markdown library and both files always say the
+same thing.
 
-Nothing taken from the context reaches either file unescaped: in HTML every string goes through
-:func:`html.escape`; in Markdown, table cells and quoted questions are backslash/entity-escaped and
-model answers sit in fenced code blocks whose fence is longer than any backtick run in the answer,
-so an answer holding ``<script>``, Markdown links or a closing fence stays literal text.
+Nothing taken from the context reaches either file unescaped: the HTML template is autoescaped (every
+string through :func:`html.escape`); the Markdown one is not, and escapes explicitly with its filters --
+table cells and quoted questions are backslash/entity-escaped, and model answers sit in fenced code blocks
+whose fence is longer than any backtick run in the answer, so an answer holding ``<script>``, Markdown
+links or a closing fence stays literal text.
 
 Context schema (every top-level key is optional; a missing or empty section is omitted)::
 
@@ -44,9 +47,15 @@ from __future__ import annotations
 import html
 import math
 import re
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 from urllib.parse import quote, urlsplit
+
+from jinja2 import (
+    Environment, FileSystemLoader, StrictUndefined, TemplateNotFound, pass_eval_context, select_autoescape,
+)
+from markupsafe import Markup
 
 from .io import write_text
 
@@ -70,21 +79,24 @@ def _num(x: Any, digits: int = 4) -> str:
     return DASH if not math.isfinite(x) else f"{x:.{digits}f}"
 
 
-def _pct(x: Any) -> str:
+def _finite(x: Any) -> float | None:
+    """``x`` as a finite float; None for anything else (not a number, NaN, infinite)."""
     try:
         x = float(x)
     except (TypeError, ValueError):
-        return DASH
-    return DASH if not math.isfinite(x) else f"{100 * x:.1f}%"
+        return None
+    return x if math.isfinite(x) else None
+
+
+def _pct(x: Any) -> str:
+    x = _finite(x)
+    return DASH if x is None else f"{100 * x:.1f}%"
 
 
 def _p(x: Any) -> str:
     """A p-value: 4 significant digits, scientific below 1e-4 (never rounds to 0)."""
-    try:
-        x = float(x)
-    except (TypeError, ValueError):
-        return DASH
-    if not math.isfinite(x):
+    x = _finite(x)
+    if x is None:
         return DASH
     return f"{x:.3e}" if 0 < x < 1e-4 else f"{x:.4g}"
 
@@ -98,35 +110,35 @@ def _interval(lo: Any, hi: Any, fmt=_num) -> str:
 # --------------------------------------------------------------------------- blocks
 
 def _h(level: int, text: str):
-    return ("h", level, text)
+    return {"kind": "h", "level": level, "text": text}
 
 
 def _para(text: str):
-    return ("p", text)
+    return {"kind": "p", "text": text}
 
 
 def _table(headers: list[str], rows: list[list[str]]):
-    return ("table", headers, rows)
+    return {"kind": "table", "headers": headers, "rows": rows}
 
 
 def _code(text: str, lang: str = ""):
-    return ("code", lang, text)
+    return {"kind": "code", "lang": lang, "text": text}
 
 
 def _image(alt: str, src: str):
-    return ("img", alt, src)
+    return {"kind": "img", "alt": alt, "src": src}
 
 
 def _list(items: list[str]):
-    return ("ul", list(items))
+    return {"kind": "ul", "items": list(items)}
 
 
 def _strong(text: str):
-    return ("strong", text)
+    return {"kind": "strong", "text": text}
 
 
 def _answers(question: str, qid: str | None, answers: list[tuple[str, str]]):
-    return ("answers", question, qid, answers)
+    return {"kind": "answers", "question": question, "qid": qid, "answers": answers}
 
 
 def _model_order(reward_stats: Mapping, baseline: str) -> list[str]:
@@ -460,89 +472,46 @@ def _md_code(text: str, lang: str = "") -> str:
     return f"{fence}{lang}\n{text.rstrip(chr(10))}\n{fence}"
 
 
+# --------------------------------------------------------------------------- templates
+
+TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
+
+
+@pass_eval_context
+def _finalize(eval_ctx, value: Any) -> Any:
+    """Under autoescape (the HTML template) every expression is escaped by :func:`html.escape` (``&quot;``,
+    ``&#x27;``) rather than markupsafe's numeric entities, so the page's bytes match the escaping this
+    module always used; already-safe markup (a macro's output) passes through. Markdown: unchanged."""
+    if not eval_ctx.autoescape or isinstance(value, Markup):
+        return value
+    return Markup(html.escape(str(value), quote=True))
+
+
+@lru_cache(maxsize=1)
+def _environment() -> Environment:
+    """One environment for both templates: ``*.html.j2`` autoescaped, ``*.md.j2`` not (every Markdown string
+    goes through an explicit filter instead: ``md``, ``md_line``, ``md_quote``, ``md_code``)."""
+    env = Environment(loader=FileSystemLoader(TEMPLATES_DIR), undefined=StrictUndefined,
+                      autoescape=select_autoescape(enabled_extensions=("html.j2",), default_for_string=False),
+                      finalize=_finalize, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    env.filters.update(md=md_escape, md_line=_md_line, md_quote=_md_quote, md_code=_md_code, safe_src=_safe_src)
+    return env
+
+
+def _render(template: str, **context: Any) -> str:
+    try:
+        return _environment().get_template(template).render(**context)
+    except TemplateNotFound:
+        raise FileNotFoundError(f"report template {TEMPLATES_DIR / template} is missing "
+                                "(the sciexplain checkout is incomplete)") from None
+
+
 def to_markdown(blocks: Iterable) -> str:
-    parts = []
-    for b in blocks:
-        kind = b[0]
-        if kind == "h":
-            parts.append("#" * b[1] + " " + md_escape(b[2]))
-        elif kind == "p":
-            parts.append(_md_line(b[1]))
-        elif kind == "strong":
-            parts.append(f"**{md_escape(b[1])}**")
-        elif kind == "ul":
-            parts.append("\n".join("- " + md_escape(item) for item in b[1]))
-        elif kind == "table":
-            headers, rows = b[1], b[2]
-            lines = ["| " + " | ".join(md_escape(h) for h in headers) + " |",
-                     "|" + "|".join("---" for _ in headers) + "|"]
-            lines += ["| " + " | ".join(md_escape(c) for c in row) + " |" for row in rows]
-            parts.append("\n".join(lines))
-        elif kind == "code":
-            parts.append(_md_code(b[2], b[1]))
-        elif kind == "img":
-            src = _safe_src(b[2])
-            parts.append(f"![{md_escape(b[1])}]({src})" if src else md_escape(f"(image not shown: {b[2]})"))
-        elif kind == "answers":
-            _, question, qid, answers = b
-            head = "**Question**" + (f" ({md_escape(qid)})" if qid else "")
-            chunk = [head, _md_quote(question)]
-            for model, text in answers:
-                chunk += [f"**{md_escape(model)}**", _md_code(text, "text")]
-            parts.append("\n\n".join(chunk) + "\n\n---")
-    return "\n\n".join(parts) + "\n"
-
-
-# --------------------------------------------------------------------------- HTML
-
-_CSS = """
-body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }
-table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.92em; }
-th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; }
-th { background: #f3f3f3; }
-pre { background: #f7f7f7; padding: 0.6em; white-space: pre-wrap; overflow-wrap: anywhere; }
-img { max-width: 100%; }
-.pair { display: grid; grid-template-columns: repeat(auto-fit, minmax(300px, 1fr)); gap: 1em; }
-.warning { background: #fff3cd; border: 1px solid #e0b800; padding: 0.5em 0.8em; }
-blockquote { border-left: 4px solid #ccc; margin: 0.5em 0; padding: 0.2em 0.8em; white-space: pre-wrap; }
-"""
-
-
-def _e(text: Any) -> str:
-    return html.escape(str(text), quote=True)
+    return _render("report.md.j2", blocks=list(blocks))
 
 
 def to_html(blocks: Iterable, title: str = DEFAULT_TITLE) -> str:
-    parts = []
-    for b in blocks:
-        kind = b[0]
-        if kind == "h":
-            parts.append(f"<h{b[1]}>{_e(b[2])}</h{b[1]}>")
-        elif kind == "p":
-            parts.append(f"<p>{_e(b[1])}</p>")
-        elif kind == "strong":
-            parts.append(f'<p class="warning"><strong>{_e(b[1])}</strong></p>')
-        elif kind == "ul":
-            parts.append("<ul>\n" + "\n".join(f"<li>{_e(item)}</li>" for item in b[1]) + "\n</ul>")
-        elif kind == "table":
-            head = "".join(f"<th>{_e(h)}</th>" for h in b[1])
-            body = "\n".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in row) + "</tr>" for row in b[2])
-            parts.append(f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>")
-        elif kind == "code":
-            parts.append(f'<pre><code class="language-{_e(b[1])}">{_e(b[2])}</code></pre>')
-        elif kind == "img":
-            src = _safe_src(b[2])
-            parts.append(f'<p><img src="{_e(src)}" alt="{_e(b[1])}"></p>' if src
-                         else f"<p>{_e(f'(image not shown: {b[2]})')}</p>")
-        elif kind == "answers":
-            _, question, qid, answers = b
-            cols = "\n".join(f"<div><h4>{_e(m)}</h4><pre>{_e(t)}</pre></div>" for m, t in answers)
-            q = f"<p><strong>Question</strong>{f' ({_e(qid)})' if qid else ''}</p>"
-            parts.append(f'<section class="example">{q}\n<blockquote>{_e(question)}</blockquote>\n'
-                         f'<div class="pair">\n{cols}\n</div></section>\n<hr>')
-    body = "\n".join(parts)
-    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{_e(title)}</title>\n'
-            f"<style>{_CSS}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n")
+    return _render("report.html.j2", blocks=list(blocks), title=title)
 
 
 # --------------------------------------------------------------------------- entry point

@@ -5,17 +5,16 @@ Reads the reward model's scores of every model of ``evaluate.models`` (``data/re
 ``rewards`` stages) and every comparison of ``compare.pairs`` (``metrics/compare/<pair>.json``, the ``winrate``
 stages). Writes reward statistics (``metrics/eval_rewards.json``: mean, median, bootstrap CI, Wilcoxon vs base,
 Holm-adjusted across models), every comparison with the headline sign tests Holm-adjusted as one family
-(``metrics/eval_winrates.json``), the strength bars' data (``plots/compare_strengths.csv``), DVC plot data + PNGs
-and the report, which opens with warnings and verdicts. Answers a stage's own filter dropped are counted there.
+(``metrics/eval_winrates.json``), the strength bars' data (``plots/compare_strengths.csv``), each figure's DVC plot
+data once (``plots/eval/data/*.csv``), the report's PNGs drawn from those same files, and the report, which opens
+with warnings and verdicts. Answers a stage's own filter dropped are counted there.
 """
-import csv
-import io
 from pathlib import Path
 
 import click
 
 from sciexplain.cli import get, params_option, read_params, stage
-from sciexplain.io import DataError, read_json, read_jsonl, write_json, write_text
+from sciexplain.io import DataError, read_json, read_jsonl, write_json
 from sciexplain.stats import DECISIVE_STRENGTHS
 
 PLOT_COLUMNS = ("bar", "pair", "who", "model", "strength", "votes")
@@ -90,20 +89,14 @@ def main(rewards_dir, comparisons_dir, prepared, generations, annotations, metri
         m["multiple_testing"] = family
     write_json(metrics_dir / "eval_winrates.json", winrates)
     headlines = {k.replace("_vs_", " vs "): headline_summary(v) for k, v in winrates.items() if headline_summary(v)}
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(PLOT_COLUMNS)
-    for pair, m in winrates.items():
-        writer.writerows(strength_rows(pair, m))
-    write_text(strengths_path, buf.getvalue())
+    plots.write_csv(strengths_path, PLOT_COLUMNS,
+                    [row for pair, m in winrates.items() for row in strength_rows(pair, m)])
 
-    # plots: DVC plot data + PNGs
+    # plots: each figure's data written once (dvc.yaml plots it), the report's PNGs drawn from those files
     pdir = Path(plots_dir)
     best_of_n = (optional_json(metrics_dir / "select.json") or {}).get("best_of_n", [])
     plots.write_plot_data(pdir / "data", rewards=rewards, winrates=headlines, best_of_n=best_of_n)
-    plots.ridge_plot({m: list(v.values()) for m, v in rewards.items()}, pdir / "ridge.png")
-    plots.winrate_bars(headlines, pdir / "winrates.png")
-    plots.best_of_n_curve(best_of_n, pdir / "best_of_n.png")
+    plots.figures_from_data(pdir / "data", pdir, models=models)
     plots.training_curves({s: metrics_dir / s for s in ("sft", "reward_model", "rs", "dpo")}, pdir / "training.png")
 
     # report

@@ -86,6 +86,23 @@ def test_items_served_without_key_and_with_csp(served):
     assert b"secret-" not in seen and b"a_model" not in seen and b"b_model" not in seen
 
 
+def test_page_files_served_from_the_static_folder_with_their_types(served, tmp_path):
+    from sciexplain.annotate_web import STATIC_DIR, load_static
+
+    _, port, _ = served
+    for path, name, ctype in (("/", "index.html", "text/html"), ("/app.js", "app.js", "text/javascript"),
+                              ("/app.css", "app.css", "text/css")):
+        resp, data = request(port, "GET", path)
+        assert resp.getheader("Content-Type") == f"{ctype}; charset=utf-8", path
+        assert data == (STATIC_DIR / name).read_bytes(), path
+    for path in ("/static/annotate/app.js", "/index.html/../app.js", "/annotate/app.css", "/app.js/"):
+        assert request(port, "GET", path)[0].status in (404,), path
+    with pytest.raises(UserError, match=r"app\.js cannot be read"):
+        (tmp_path / "partial").mkdir()
+        (tmp_path / "partial" / "index.html").write_text("<!doctype html>")
+        load_static(tmp_path / "partial")
+
+
 def test_annotate_validation_errors(served):
     _, port, out = served
     q1 = {"item_id": "q1", "item_hash": H["q1"]}

@@ -202,12 +202,27 @@ def test_write_plot_data(tmp_path):
         {"model": "sft", "question_id": "1", "reward": "0.25"},
     ]
     win = _read_csv(out["winrates"])
-    assert list(win[0]) == ["comparison", "outcome", "strength", "fraction", "side", "segment", "rank"]
+    assert list(win[0]) == ["comparison", "outcome", "strength", "fraction", "side", "segment", "rank", "n_items",
+                            "win_rate", "win_rate_decisive", "ci95_low", "ci95_high", "p_value"]
     assert [(r["outcome"], r["strength"], float(r["fraction"])) for r in win] == [
         ("sft", SIG, 0.3), ("sft", BET, 0.2), ("sft", SLI, 0.1), ("tie", UNS, 0.1),
         ("base", SLI, 0.0), ("base", BET, 0.3), ("base", SIG, 0.0)]
     assert {r["comparison"] for r in win} == {"sft vs base"}
     assert _read_csv(out["best_of_n"]) == [{"n": "1", "mean_reward": "0.125"}, {"n": "4", "mean_reward": "0.5"}]
+
+
+def test_figures_are_drawn_from_the_plot_data_files(tmp_path):
+    """The report's PNGs come from the CSVs dvc plots renders: the same bytes as drawn from the data in memory."""
+    summaries = {"sft vs base": _real_summary(), "rs vs sft": _summary(m1="rs", m2="sft")}
+    curve = [{"n": 1, "mean_reward": 0.1}, {"n": 4, "mean_reward": 0.35}]
+    plots.write_plot_data(tmp_path / "data", rewards=REWARDS, winrates=summaries, best_of_n=curve)
+    got = plots.figures_from_data(tmp_path / "data", tmp_path / "png", models=["base", "sft", "dpo"])
+    assert got["ridge"].read_bytes() == plots.ridge_plot({**REWARDS, "dpo": []}, tmp_path / "r.png").read_bytes()
+    assert got["winrates"].read_bytes() == plots.winrate_bars(summaries, tmp_path / "w.png").read_bytes()
+    assert got["best_of_n"].read_bytes() == plots.best_of_n_curve(curve, tmp_path / "b.png").read_bytes()
+    (tmp_path / "data" / "best_of_n.csv").write_text("n,mean_reward\n2,x\n")
+    with pytest.raises(ValueError, match=r"best_of_n.csv.*line 2.*mean_reward"):
+        plots.figures_from_data(tmp_path / "data", tmp_path / "png")
 
 
 def test_write_plot_data_skips_missing_sections(tmp_path):
