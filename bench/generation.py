@@ -9,6 +9,8 @@ identical and tokens/s compare directly. Contenders:
   ``generate.batch_size`` = 16 rows, each row sampled from its own seeded stream (:class:`SeededSampler`).
 * levers on that path: rows per batch (32, 64), no length sorting, eager attention instead of SDPA, one thread,
   a static KV cache with ``torch.compile`` (``--compile``).
+* ``llama.cpp in-process``: :class:`sciexplain.llamacpp_backend.LlamaCppBackend` (one engine per core, one
+  thread each); its answers stop at their end of turn, so its rate is completion tokens / wall time.
 * ``llama.cpp``: the embedded GGUF behind llama.cpp's OpenAI-compatible server (one stream: it serves calls one
   at a time), through the project's ``openai`` backend; its answers stop at their end of turn, so its rate is
   completion tokens / wall time.
@@ -106,6 +108,24 @@ def llama_cpp(gguf: Path, qs: list[str], samples: int, new_tokens: int) -> tuple
     return sum(r.completion_tokens for r in res), dt
 
 
+def llama_cpp_inprocess(gguf: Path, qs: list[str], samples: int, new_tokens: int) -> tuple[int, float] | None:
+    """(completion tokens, seconds) of the in-process llamacpp backend; None if llama-cpp-python is missing."""
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        return None
+    from sciexplain.generation import GenRequest, SamplingParams
+    from sciexplain.llamacpp_backend import LlamaCppBackend
+    from sciexplain.prompts import student_messages
+
+    be = LlamaCppBackend(gguf, n_ctx=2048)
+    reqs = [GenRequest.from_messages(str(i), student_messages(q), sample=s) for i, q in enumerate(qs) for s in range(samples)]
+    sp = SamplingParams(max_new_tokens=new_tokens, temperature=TEMPERATURE, top_p=TOP_P, seed=0)
+    be.generate(reqs[:1], sp)  # warm-up
+    res, dt = timed(lambda: be.generate(reqs, sp))
+    return sum(r.completion_tokens for r in res), dt
+
+
 def run(base_dir: str, gguf: Path | None, n_questions: int = 16, samples: int = 4, new_tokens: int = 128,
         loop_sequences: int = 8, compile_lever: bool = False, quick: bool = False) -> dict:
     """Every contender's tokens/s, its ratio to the study loop, and the share of the roofline."""
@@ -163,6 +183,14 @@ def run(base_dir: str, gguf: Path | None, n_questions: int = 16, samples: int = 
         except Exception as e:  # noqa: BLE001 -- a lever that does not work here is a result, not a crash
             rows["batched HF, 64 rows, static cache + torch.compile"] = {"error": f"{type(e).__name__}: {e}"[:300]}
             print(f"  static cache + compile: failed: {e}"[:300])
+    if gguf is not None:
+        got = llama_cpp_inprocess(gguf, qs, samples, new_tokens)
+        if got is not None:
+            tokens, dt = got
+            rows["llama.cpp in-process (llamacpp backend)"] = {
+                "tokens": tokens, "seconds": round(dt, 2), "tokens_per_s": round(tokens / dt, 1),
+                "note": "stops at end of turn; one engine per core, one thread each"}
+            print(f"  llama.cpp in-process: {tokens} tokens in {dt:.1f} s = {tokens / dt:.1f} tokens/s", flush=True)
     if gguf is not None and not quick:
         got = llama_cpp(gguf, qs, samples, new_tokens)
         if got is None:

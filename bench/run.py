@@ -19,7 +19,7 @@ import click
 
 from .common import RESULTS_JSON, table, write_results
 
-BENCHES = ("generation", "scoring", "training")
+BENCHES = ("generation", "teacher", "scoring", "training")
 
 
 def _embedded_gguf() -> Path | None:
@@ -38,7 +38,7 @@ def _embedded_gguf() -> Path | None:
 @click.option("--compile", "compile_lever", is_flag=True, help="also try a static KV cache with torch.compile")
 @click.option("--out", "out_path", default=str(RESULTS_JSON), show_default=True)
 def main(only, tiny, quick, compile_lever, out_path):
-    from . import generation, scoring, training
+    from . import generation, scoring, teacher, training
 
     base, reward, gguf = "models/base", "models/reward", _embedded_gguf()
     if tiny:
@@ -54,6 +54,9 @@ def main(only, tiny, quick, compile_lever, out_path):
         print("generation:", flush=True)
         results["generation"] = generation.run(base, gguf, n_questions=4 if quick else 16, new_tokens=32 if quick else 128,
                                                loop_sequences=2 if quick else 8, compile_lever=compile_lever, quick=quick)
+    if "teacher" in todo and not tiny:  # the real GGUF and the real prompt: no tiny variant
+        print("teacher:", flush=True)
+        results["teacher"] = teacher.run(base, n=4 if quick else 8, max_new_tokens=64 if quick else 384)
     if "scoring" in todo:
         if reward is None or not Path(reward).exists():
             print("scoring: skipped (no reward adapter: run `dvc repro reward_model`)")
@@ -76,6 +79,14 @@ def main(only, tiny, quick, compile_lever, out_path):
                      "yes" if g["ratio_vs_study_loop"] >= 10 else "no"))
         rows.append(("generation", f"roofline {g['roofline_tokens_per_s']} tokens/s ({g['matmul_peak_gflops']} GFLOP/s)", "",
                      f"{g['share_of_roofline']:.0%}", ">= 50%", "yes" if g["share_of_roofline"] >= 0.5 else "no"))
+    te = results.get("teacher")
+    if te:
+        for name, r in te["contenders"].items():
+            rows.append(("teacher", name, r["tokens_per_s"], f"{r['kept']}/{r['answers']} kept, {r['kept_per_minute']}/min",
+                         "", ""))
+        if "ratio_kept_per_minute" in te:
+            rows.append(("teacher", "kept answers per minute, llamacpp / local", "", f"{te['ratio_kept_per_minute']}x",
+                         ">= 3x", "yes" if te["ratio_kept_per_minute"] >= 3 else "no"))
     s = results.get("scoring")
     if s:
         for name, r in s["contenders"].items():
