@@ -94,3 +94,33 @@ def test_repetition_penalty_changes_sampling_and_off_keeps_cache_keys(backend):
     assert "repetition_penalty" not in off.as_dict() and strong.as_dict()["repetition_penalty"] == 3.0
     r = _reqs()[0]
     assert request_key(backend, r, plain) == request_key(backend, r, off) != request_key(backend, r, strong)
+
+
+def test_adapter_is_merged_for_generation_and_answers_the_same(tiny_base, tmp_path):
+    """The merged LoRA is the same function as the unmerged PeftModel: same greedy answers, close logits."""
+    import torch
+    from peft import get_peft_model
+
+    from sciexplain.models import load_causal_lm, lora_config
+
+    torch.manual_seed(0)
+    peft_model = get_peft_model(load_causal_lm(tiny_base, trainable=True), lora_config(r=4, alpha=8, dropout=0.0,
+                                target_modules=["q_proj", "v_proj", "up_proj"]))
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)  # a LoRA that changes the model (B starts at zero)
+    peft_model.save_pretrained(tmp_path / "adapter")
+    merged = LocalBackend(tiny_base, adapter=tmp_path / "adapter", quantize_4bit=False, batch_size=4)
+    assert merged.merged and not hasattr(merged.lm, "peft_config")
+    unmerged = LocalBackend(tiny_base, batch_size=4, model=load_causal_lm(tiny_base, tmp_path / "adapter", False),
+                            label="unmerged")
+    assert not unmerged.merged
+    base = LocalBackend(tiny_base, batch_size=4)
+    sp = SamplingParams(max_new_tokens=12, temperature=0.0)
+    got, want = merged.generate(_reqs(), sp), unmerged.generate(_reqs(), sp)
+    assert [r.text for r in got] == [r.text for r in want]
+    assert [r.text for r in got] != [r.text for r in base.generate(_reqs(), sp)]  # the adapter matters
+    ids = merged.tokenizer("Why is the sky blue?", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        torch.testing.assert_close(merged.lm(ids).logits, unmerged.lm(ids).logits, rtol=1e-4, atol=1e-4)
