@@ -124,3 +124,50 @@ def test_adapter_is_merged_for_generation_and_answers_the_same(tiny_base, tmp_pa
     ids = merged.tokenizer("Why is the sky blue?", return_tensors="pt")["input_ids"]
     with torch.no_grad():
         torch.testing.assert_close(merged.lm(ids).logits, unmerged.lm(ids).logits, rtol=1e-4, atol=1e-4)
+
+
+def _nucleus(probs, top_p):
+    """The reference: tokens kept by top-p (mass before a token <= top_p), renormalised."""
+    import torch
+
+    v, i = probs.sort(descending=True)
+    keep = (v.cumsum(-1) - v) <= top_p
+    out = torch.zeros_like(probs)
+    out[i[keep]] = v[keep]
+    return out / out.sum()
+
+
+def test_seeded_sampler_draws_the_nucleus_distribution():
+    import torch
+    from scipy.stats import chisquare
+
+    from sciexplain.local_backend import SeededSampler
+
+    logits = torch.tensor([2.0, 1.5, 1.2, 0.3, 0.0, -0.5, -1.0, -3.0])
+    rows = 6000
+    sampler = SeededSampler(list(range(rows)), temperature=0.8, top_p=0.9, k=3)  # the nucleus is wider than k: fallback
+    tokens = sampler(None, logits.repeat(rows, 1)).argmax(-1)
+    want = _nucleus(torch.softmax(logits / 0.8, -1), 0.9)
+    seen = torch.bincount(tokens, minlength=len(logits)).double()
+    assert (seen[want == 0] == 0).all()  # never a token outside the nucleus
+    kept = want > 0
+    expected = want[kept].double() / want[kept].double().sum() * seen[kept].sum()
+    assert chisquare(seen[kept].numpy(), expected.numpy()).pvalue > 1e-3
+
+
+def test_seeded_sampler_top_k_shortcut_is_the_full_sort_draw():
+    import torch
+
+    from sciexplain.local_backend import SeededSampler
+
+    torch.manual_seed(0)
+    scores = torch.randn(64, 500) * 2
+    scores[:32, :5] += 8  # half the rows peaked (nucleus inside the top k), half flat (fallback)
+    seeds = list(range(100, 164))
+    fast = SeededSampler(seeds, 0.7, 0.9, k=16)(None, scores).argmax(-1)
+    full = SeededSampler(seeds, 0.7, 0.9, k=500)(None, scores).argmax(-1)
+    assert torch.equal(fast, full)
+    alone = SeededSampler(seeds[7:8], 0.7, 0.9, k=16)(None, scores[7:8]).argmax(-1)  # no batch-mates
+    assert alone.item() == fast[7].item()
+    no_top_p = SeededSampler(seeds, 1.0, 1.0)(None, scores).argmax(-1)
+    assert no_top_p.shape == (64,) and not torch.equal(no_top_p, fast)
