@@ -7,6 +7,8 @@ identical and tokens/s compare directly. Contenders:
   first ``loop_sequences`` sequences only (at ~18 tokens/s the whole work would take minutes) -- a rate.
 * ``batched HF (today)``: what :class:`sciexplain.local_backend.LocalBackend` does: prompts sorted by length,
   ``generate.batch_size`` = 16 rows, each row sampled from its own seeded stream (:class:`SeededSampler`).
+* ``full-sort sampler (before)``: the same with the sampler the local backend had before (a full-vocabulary sort
+  and a 49k-way multinomial per row and step), to measure the top-k nucleus draw that replaced it.
 * levers on that path: rows per batch (32, 64), no length sorting, eager attention instead of SDPA, one thread,
   a static KV cache with ``torch.compile`` (``--compile``).
 * ``llama.cpp in-process``: :class:`sciexplain.llamacpp_backend.LlamaCppBackend` (one engine per core, one
@@ -39,8 +41,31 @@ def _prompt_ids(tok, qs):
                                     return_dict=False) for q in qs]
 
 
+class FullSortSampler:
+    """The local backend's sampler before 2026-11-26 (a lever measured against it): a full-vocabulary sort for top-p
+    and a multinomial over the whole vocabulary per row and step."""
+
+    def __init__(self, seeds, temperature, top_p):
+        import torch
+
+        self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        self.temperature, self.top_p = float(temperature), float(top_p)
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        probs = torch.softmax(scores.float() / self.temperature, dim=-1)
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        sorted_p = sorted_p.masked_fill(sorted_p.cumsum(-1) - sorted_p > self.top_p, 0.0)
+        probs = torch.zeros_like(probs).scatter_(-1, order, sorted_p)
+        out = torch.full_like(scores, float("-inf"))
+        for r, gen in enumerate(self.generators):
+            out[r, torch.multinomial(probs[r], 1, generator=gen)] = 0.0
+        return out
+
+
 def hf_batched(model, tok, prompt_ids, samples: int, new_tokens: int, rows_per_batch: int, sort: bool = True,
-               seed: int = 0) -> int:
+               seed: int = 0, sampler_cls=None) -> int:
     """Tokens generated; the LocalBackend recipe (left padding, one seeded stream per row)."""
     import torch
     from transformers import LogitsProcessorList
@@ -61,7 +86,7 @@ def hf_batched(model, tok, prompt_ids, samples: int, new_tokens: int, rows_per_b
             p = prompt_ids[i]
             ids[r, width - len(p):] = torch.tensor(p)
             mask[r, width - len(p):] = 1
-        sampler = SeededSampler([request_seed(seed, str(i), s) for i, s in batch], TEMPERATURE, TOP_P)
+        sampler = (sampler_cls or SeededSampler)([request_seed(seed, str(i), s) for i, s in batch], TEMPERATURE, TOP_P)
         with torch.inference_mode():
             out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens,
                                  min_new_tokens=new_tokens, do_sample=False, temperature=None, top_p=None, top_k=None,
@@ -158,6 +183,8 @@ def run(base_dir: str, gguf: Path | None, n_questions: int = 16, samples: int = 
     hf_batched(model, tok, ids[:1], 1, 4, 1)  # warm-up
     measure("study loop (1 generate per sample)", lambda: study_loop(model, tok, ids, samples, new_tokens, loop_sequences),
             f"first {loop_sequences} sequences")
+    measure("batched HF, 16 rows, full-sort sampler (before)",
+            lambda: hf_batched(model, tok, ids, samples, new_tokens, 16, sampler_cls=FullSortSampler))
     measure("batched HF, 16 rows (today)", lambda: hf_batched(model, tok, ids, samples, new_tokens, 16))
     if not quick:
         measure("batched HF, 32 rows", lambda: hf_batched(model, tok, ids, samples, new_tokens, 32))
