@@ -27,7 +27,7 @@ import click
 def main(teacher_cache, student_cache, split, n_questions, student_budget, validation, params_path, base_dir):
     from sciexplain import prompts
     from sciexplain.cli import get, read_params
-    from sciexplain.io import read_jsonl
+    from sciexplain.records import read_jsonl
     from sciexplain.judges import Panel
     from sciexplain.teacher_check import teacher_vs_student
 

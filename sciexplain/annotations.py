@@ -45,7 +45,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Mapping, NamedTuple
 
-from sciexplain.io import DataError, UserError, atomic_path
+from sciexplain.records import DataError, UserError, atomic_path
 
 STRENGTHS = ("Significantly better", "Better", "Slightly better", "Unsure")
 UNSURE = "Unsure"

@@ -20,7 +20,7 @@ import os
 from typing import Mapping, Sequence
 
 from .generation import BACKENDS, Backend, fingerprint
-from .io import DataError
+from .records import DataError
 
 __all__ = ["BACKENDS", "make_backend", "engine_backend", "served_fingerprint"]
 

@@ -9,7 +9,7 @@ import time
 
 import click
 
-from .io import DataError, UserError, load_params
+from .records import DataError, UserError, load_params
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Callable, Mapping, NamedTuple
 
 from .annotations import HUMAN, JUDGE, KEY_FIELDS, read_annotation_dir, warn_stderr
-from .io import DataError, read_jsonl
+from .records import DataError, read_jsonl
 from .stats import TIE, _pval, _rate, majority_vote, summarize_pair, verdict_side, wilson_interval
 from .verdicts import BETTER, CANNOT_TELL, NOT_VALIDATED, WORSE, comparison_verdict, detectable_win_rate, holm
 

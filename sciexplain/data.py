@@ -6,7 +6,7 @@ Sources (``prepare.sources`` in params.yaml, a list of {type, path, ...}):
   The accepted answer (else the top-voted one) with Score >= ``min_score`` is kept as the forum answer.
 - ``qa``: CSV or JSONL Q/A files; ``question_field`` / ``answer_field`` / ``domain_field`` name the columns.
 
-Every record gets a stable ``id`` = hash of the normalised question (:func:`sciexplain.io.stable_id`).
+Every record gets a stable ``id`` = hash of the normalised question (:func:`sciexplain.records.stable_id`).
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
 
-from .io import DataError, normalize_text, read_jsonl_lines, stable_id
+from .records import DataError, normalize_text, read_jsonl_lines, stable_id
 
 SPLITS = ("eval", "rs", "rm", "sft")
 MAX_BODY_CHARS = 100_000  # a post body longer than this is dropped and counted (a dump's longest are ~60k)

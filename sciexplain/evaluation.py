@@ -11,7 +11,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Mapping, NamedTuple
 
-from .io import DataError, read_jsonl
+from .records import DataError, read_jsonl
 from .stats import _pval, paired_wilcoxon, reward_summary
 from .verdicts import NOT_VALIDATED, holm
 

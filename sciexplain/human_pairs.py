@@ -31,7 +31,7 @@ Sources (``validate.sources`` in params.yaml, a list of ``{type, path, ...}`` li
 
 Pairs are split by question (:func:`split_pairs`) into train/test with the reward model's salted
 splitter (:func:`sciexplain.preferences.validation_ids`), after removing every question that is in a
-prepared split (same :func:`sciexplain.io.stable_id`), so human test pairs never share a question with
+prepared split (same :func:`sciexplain.records.stable_id`), so human test pairs never share a question with
 anything the pipeline trains or evaluates on.
 """
 from __future__ import annotations
@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Iterable
 
 from .data import Drops, UnsafeHTML, _int_attr, clean_text, html_to_text, iter_post_rows
-from .io import DataError, read_jsonl, stable_id
+from .records import DataError, read_jsonl, stable_id
 from .preferences import validation_ids
 from .stats import STRENGTH_MARGIN, STRENGTHS, UNSURE
 

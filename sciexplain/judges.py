@@ -31,7 +31,7 @@ from typing import Iterable, Mapping
 from .annotations import STRENGTHS, UNSURE, Annotation
 from .cache import generate_cached
 from .generation import BACKENDS, Backend, GenRequest, SamplingParams
-from .io import DataError
+from .records import DataError
 from .rubric import RubricJudge
 
 __all__ = [

@@ -30,7 +30,7 @@ from pydantic import (AfterValidator, AllowInfNan, BaseModel, BeforeValidator, C
                       ValidationError, WrapValidator, field_validator, model_validator)
 from pydantic_core import PydanticCustomError
 
-from .io import UserError, load_params
+from .records import UserError, load_params
 
 # Allowed values. Tests check that each equals the constant of the module that acts on it (those modules import
 # torch or scipy; this one stays light so that every stage can check its params in a fraction of a second).

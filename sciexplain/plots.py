@@ -3,7 +3,7 @@
 Every figure is drawn on a bare :class:`matplotlib.figure.Figure` (no pyplot, no global backend
 switch, nothing left open), under matplotlib's default style (a user's matplotlibrc cannot change
 it), at a fixed size and dpi, and saved without the ``Software`` metadata: the same input gives the
-same PNG bytes run after run. Files are written atomically (:func:`sciexplain.io.atomic_path`).
+same PNG bytes run after run. Files are written atomically (:func:`sciexplain.records.atomic_path`).
 
 Inputs are the shapes the rest of the package produces:
 
@@ -23,7 +23,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .io import atomic_path, write_text
+from .records import atomic_path, write_text
 from .stats import BETTER, DECISIVE_STRENGTHS, SIGNIFICANTLY, SLIGHTLY, TIE, UNSURE
 
 DPI = 100

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
 from .annotations import HUMAN, JUDGE, read_annotation_dir, read_sheet, sheet_hashes
-from .io import DataError, read_jsonl, stable_id
+from .records import DataError, read_jsonl, stable_id
 from .rubric import RubricJudge
 from .stats import STRENGTH_MARGIN, UNSURE
 

@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 from urllib.parse import quote, urlsplit
 
-from .io import write_text
+from .records import write_text
 
 DEFAULT_TITLE = "Scientific explanations: study report"
 STRENGTH_COLUMNS = ("Significantly better", "Better", "Slightly better")

@@ -30,7 +30,7 @@ import math
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
-from .io import DataError, UserError, stable_id
+from .records import DataError, UserError, stable_id
 from .stats import TIE, majority_vote, wilson_interval
 
 log = logging.getLogger(__name__)

@@ -26,7 +26,7 @@ import krippendorff
 import numpy as np
 import scipy.stats
 
-from .io import DataError
+from .records import DataError
 
 SIGNIFICANTLY, BETTER, SLIGHTLY, UNSURE = "Significantly better", "Better", "Slightly better", "Unsure"
 STRENGTHS = (SIGNIFICANTLY, BETTER, SLIGHTLY, UNSURE)

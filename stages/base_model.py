@@ -2,7 +2,7 @@
 import click
 
 from sciexplain.cli import get, params_option, read_params, stage
-from sciexplain.io import atomic_path, sha256_file, write_json
+from sciexplain.records import atomic_path, sha256_file, write_json
 
 
 @click.command()

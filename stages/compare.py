@@ -23,7 +23,7 @@ import click
 
 from sciexplain.annotations import build_sheet, write_sheet_csv
 from sciexplain.cli import get, params_option, read_params, stage
-from sciexplain.io import DataError, read_jsonl, replace_dir, write_json, write_jsonl
+from sciexplain.records import DataError, read_jsonl, replace_dir, write_json, write_jsonl
 
 
 def parse_pair(pair) -> tuple[str, str]:

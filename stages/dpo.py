@@ -11,7 +11,7 @@ import click
 
 from sciexplain.cli import get, params_option, read_params, stage
 from sciexplain.dist import is_main_process
-from sciexplain.io import DataError, read_jsonl, stable_id, write_json
+from sciexplain.records import DataError, read_jsonl, stable_id, write_json
 
 FIELDS = ("question", "chosen", "rejected")
 

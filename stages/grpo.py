@@ -15,7 +15,7 @@ import click
 
 from sciexplain.cli import get, params_option, read_params, stage
 from sciexplain.dist import is_main_process
-from sciexplain.io import read_jsonl, write_json
+from sciexplain.records import read_jsonl, write_json
 
 def _swap(tmp: Path, out: Path) -> None:
     if out.exists():

@@ -14,7 +14,7 @@ import click
 
 from sciexplain.annotations import JUDGE, read_sheet, sheet_hashes, write_annotations
 from sciexplain.cli import get, params_option, read_params, stage
-from sciexplain.io import DataError, replace_dir, write_json
+from sciexplain.records import DataError, replace_dir, write_json
 from sciexplain.judges import Panel
 
 

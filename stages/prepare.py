@@ -6,7 +6,7 @@ import click
 from tqdm import tqdm
 
 from sciexplain.cli import get, params_option, read_params, stage
-from sciexplain.io import write_json, write_jsonl
+from sciexplain.records import write_json, write_jsonl
 
 
 @click.command()

@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 
 from sciexplain.cli import get, params_option, read_params, stage
-from sciexplain.io import DataError, read_json, read_jsonl, write_json, write_text
+from sciexplain.records import DataError, read_json, read_jsonl, write_json, write_text
 from sciexplain.stats import DECISIVE_STRENGTHS
 
 PLOT_COLUMNS = ("bar", "pair", "who", "model", "strength", "votes")

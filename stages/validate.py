@@ -16,7 +16,7 @@ import click
 from sciexplain.cli import get, params_option, read_params, stage
 from sciexplain.data import Drops
 from sciexplain.human_pairs import load_pairs, prepared_question_ids, split_pairs
-from sciexplain.io import DataError, replace_dir, write_json, write_jsonl
+from sciexplain.records import DataError, replace_dir, write_json, write_jsonl
 from sciexplain.judges import Panel
 from sciexplain.validation import cap_pairs, validate
 

@@ -6,7 +6,7 @@ import pytest
 
 from conftest import SHARED_DATA
 from sciexplain import data
-from sciexplain.io import DataError, stable_id
+from sciexplain.records import DataError, stable_id
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

@@ -9,7 +9,7 @@ from sciexplain import data
 from sciexplain.data import Drops
 from sciexplain.human_pairs import (load_pairs, load_source, margin_from_gap, prepared_question_ids, read_pair_file,
                                     split_pairs, stackexchange_pairs)
-from sciexplain.io import DataError, stable_id
+from sciexplain.records import DataError, stable_id
 
 FIXTURES = ROOT / "tests" / "fixtures"
 SHIPPED = ROOT / "data" / "raw" / "human_pairs" / "ai_stackexchange.jsonl"

@@ -16,7 +16,7 @@ from conftest import ROOT
 
 from sciexplain import params_schema as ps
 from sciexplain.cli import read_params
-from sciexplain.io import DataError, UserError
+from sciexplain.records import DataError, UserError
 
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
 BAD_DIR = ROOT / "tests" / "data" / "bad" / "params"

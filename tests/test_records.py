@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from sciexplain.io import DataError, atomic_path, normalize_text, read_jsonl, stable_id, write_jsonl
+from sciexplain.records import DataError, atomic_path, normalize_text, read_jsonl, stable_id, write_jsonl
 
 
 def test_stable_id_ignores_case_space_and_final_punctuation():
@@ -61,7 +61,7 @@ def test_outputs_follow_the_umask_not_tempfiles_0600(tmp_path):
 
     from pathlib import Path
 
-    from sciexplain.io import _UMASK, replace_dir, write_json
+    from sciexplain.records import _UMASK, replace_dir, write_json
 
     write_json(tmp_path / "m.json", {"a": 1})
     assert stat.S_IMODE(os.stat(tmp_path / "m.json").st_mode) == 0o666 & ~_UMASK
