@@ -33,7 +33,7 @@ def main(teacher_cache, student_cache, split, n_questions, student_budget, valid
 
     p = read_params(params_path)
     questions = {q["id"]: q for q in read_jsonl(split)[:n_questions]}
-    load = lambda path: {r["id"]: r for r in map(json.loads, open(path)) if r["id"] in questions}  # noqa: E731
+    load = lambda path: {r["id"]: r for r in read_jsonl(path) if r["id"] in questions}  # noqa: E731
     t_raw, s_raw = load(teacher_cache), load(student_cache)
     teacher = []
     for qid, r in t_raw.items():

@@ -51,8 +51,8 @@ def main(base_dir, human_dir, compare_root, declared_pairs, annotations_root, ju
     from sciexplain import preferences as prefs
     from sciexplain.records import read_jsonl
     from sciexplain.models import load_tokenizer
-    from sciexplain.reward import ChatEncoder, RewardScorer, majority_agreement
-    from sciexplain.reward_eval import heldout_eval
+    from sciexplain.reward import ChatEncoder, RewardScorer
+    from sciexplain.reward_eval import heldout_eval, majority_agreement
     from sciexplain.reward_train import train_reward_model
     from sciexplain.rm_gate import PARAM, validation_block
     from sciexplain.rubric import RubricJudge

@@ -196,7 +196,7 @@ def test_validate_stage_end_to_end(workdir):
 def test_default_params_validate_the_shipped_pairs(workdir):
     """The default validate params read the shipped human pairs (no prepared split overlaps them)."""
     from sciexplain.cli import get
-    from sciexplain.data import Drops
+    from sciexplain.records import Drops
     from sciexplain.human_pairs import load_pairs, split_pairs
     from sciexplain.records import load_params
 
