@@ -204,7 +204,7 @@ def iter_jsonl(path: str | os.PathLike, what: str = "record") -> Iterator[tuple[
             except json.JSONDecodeError as e:
                 if not raw.endswith(b"\n") and not f.read(1):
                     raise DataError(path, lineno, None, "invalid JSON: the last line is cut off (no newline at its end: "
-                                    "was the file still being written?)") from None
+                                    "was the file still being written?); delete or complete it") from None
                 raise DataError(path, lineno, None, f"invalid JSON: {e.msg} (column {e.colno})") from None
             except RecursionError:
                 raise DataError(path, lineno, None, "invalid JSON: nested too deeply") from None
