@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import hashlib
 import io
 import json
@@ -22,7 +23,6 @@ import re
 import tempfile
 import unicodedata
 from collections import Counter
-import dataclasses
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 

@@ -32,7 +32,6 @@ def parse_tags(raw: str | None) -> list[str]:
     return [t for t in raw.split("|") if t]
 
 
-
 # --------------------------------------------------------------------------- sources
 def _record(question: str, domain: str, source: str, answer: str | None = None, **extra) -> dict:
     q = clean_text(question)
