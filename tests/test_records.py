@@ -2,7 +2,9 @@ import json
 
 import pytest
 
-from sciexplain.records import DataError, atomic_path, normalize_text, read_jsonl, stable_id, write_jsonl
+from sciexplain.records import (DataError, atomic_path, first_answers, new_dir, normalize_text, read_csv_table, read_jsonl,
+                                stable_id, write_jsonl)
+from sciexplain.splits import hash_key, hash_order
 
 
 def test_stable_id_ignores_case_space_and_final_punctuation():
@@ -70,3 +72,56 @@ def test_outputs_follow_the_umask_not_tempfiles_0600(tmp_path):
     new = Path(tempfile.mkdtemp(dir=tmp_path))
     replace_dir(new, tmp_path / "out")
     assert stat.S_IMODE(os.stat(tmp_path / "out").st_mode) == 0o777 & ~_UMASK
+
+
+def test_new_dir_swaps_in_whole_or_not_at_all(tmp_path):
+    out = tmp_path / "pair"
+    with new_dir(out) as tmp:
+        (tmp / "a.txt").write_text("1")
+    assert (out / "a.txt").read_text() == "1"
+    with pytest.raises(RuntimeError):
+        with new_dir(out) as tmp:
+            (tmp / "b.txt").write_text("2")
+            raise RuntimeError("crash")
+    assert sorted(p.name for p in out.iterdir()) == ["a.txt"]  # the old folder, untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pair"]  # no temp folder left
+
+
+def test_read_csv_table_checks_header_quoting_and_encoding(tmp_path):
+    p = tmp_path / "t.csv"
+    p.write_bytes(b"\xef\xbb\xbfQuestion , Answer\r\n\r\n\"a, b\",c\r\n")
+    header, rows = read_csv_table(p, ("question",), lower=True)
+    assert header == ["question", "answer"] and rows == [(3, ["a, b", "c"])]
+    with pytest.raises(DataError, match=r"t.csv, line 1, field 'domain': missing column \(columns: question, answer\)"):
+        read_csv_table(p, ("domain",), lower=True)
+    p.write_text("q,a\n\"open,x\n")
+    with pytest.raises(DataError, match=r"line 2: bad CSV: a quote opened here is never closed"):
+        read_csv_table(p)
+    p.write_bytes(b"q,a\nx,caf\xe9\n")
+    with pytest.raises(DataError, match=r"line 2: not valid UTF-8"):
+        read_csv_table(p)
+    p.write_text("q,a\n")
+    with pytest.raises(DataError, match="has a header but no rows"):
+        read_csv_table(p)
+    assert read_csv_table(p, rows_needed=False) == (["q", "a"], [])
+
+
+def test_first_answers_takes_sample_zero_and_names_the_line(tmp_path):
+    p = tmp_path / "eval.jsonl"
+    write_jsonl(p, [{"id": "q1", "model": "sft", "sample": 1, "answer": "b"},
+                    {"id": "q1", "model": "sft", "sample": 0, "answer": "a"}])
+    assert first_answers(p, model="sft") == {"q1": {"id": "q1", "model": "sft", "sample": 0, "answer": "a"}}
+    with pytest.raises(DataError, match=r"line 1, field 'model': expected 'rs', got 'sft'"):
+        first_answers(p, model="rs")
+    write_jsonl(p, [{"id": "q1", "answer": "a"}, {"id": "q1", "answer": "b"}])
+    with pytest.raises(DataError, match=r"line 2, field 'id': a second sample-0 answer"):
+        first_answers(p)
+
+
+def test_hash_order_is_the_seed_colon_key_sha256_ranking():
+    import hashlib
+
+    ids = [f"q{i}" for i in range(20)]
+    want = sorted(ids, key=lambda i: hashlib.sha256(f"3:{i}".encode()).hexdigest())
+    assert hash_order(reversed(ids), 3, key=str) == want
+    assert hash_key(3, "q1", salt="reward-val") == hashlib.sha256(b"reward-val:3:q1").hexdigest()
