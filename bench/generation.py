@@ -21,7 +21,6 @@ The roofline: the machine's fp32 matmul GFLOP/s measured in the same run / (2 x 
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from .common import flops_per_token, matmul_peak_gflops, timed
@@ -30,8 +29,9 @@ TEMPERATURE, TOP_P = 0.7, 0.9
 
 
 def questions(n: int) -> list[str]:
-    lines = Path("data/raw/questions.jsonl").read_text().splitlines()
-    return [json.loads(l)["question"] for l in lines[:n]]
+    from sciexplain.records import read_jsonl
+
+    return [r["question"] for r in read_jsonl("data/raw/questions.jsonl", required=("question",))[:n]]
 
 
 def _prompt_ids(tok, qs):

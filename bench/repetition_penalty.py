@@ -24,7 +24,7 @@ import click
 def main(who, penalty, adapter, base_dir):
     from sciexplain import prompts
     from sciexplain.generation import GenRequest, SamplingParams
-    from sciexplain.io import read_jsonl
+    from sciexplain.records import read_jsonl
     from sciexplain.local_backend import LocalBackend
 
     if who == "teacher":

@@ -7,7 +7,8 @@ matmul peak; the share of the peak is reported beside the ratio to show that bou
 from __future__ import annotations
 
 import glob
-import json
+
+from sciexplain.records import read_jsonl
 
 from .common import flops_per_token, matmul_peak_gflops, timed
 
@@ -15,8 +16,7 @@ from .common import flops_per_token, matmul_peak_gflops, timed
 def answers(n: int) -> list[tuple[str, str]]:
     pairs = []
     for path in sorted(glob.glob("data/generations/*/eval.jsonl")):
-        for line in open(path):
-            r = json.loads(line)
+        for r in read_jsonl(path, allow_empty=True):
             if r.get("answer"):
                 pairs.append((r["question"], r["answer"]))
     if not pairs:  # no generations yet: synthetic answers of mixed length

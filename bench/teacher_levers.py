@@ -52,7 +52,7 @@ def main(conditions, split, n_questions, base_dir, prompts_dir, student_budgets,
     from sciexplain.backends import make_backend
     from sciexplain.cache import generate_cached
     from sciexplain.generation import GenRequest, SamplingParams
-    from sciexplain.io import read_jsonl
+    from sciexplain.records import read_jsonl
 
     questions = read_jsonl(split)[:n_questions]
     backend = make_backend("local", base_dir=base_dir, batch_size=batch_size)

@@ -27,13 +27,13 @@ import click
 def main(teacher_cache, student_cache, split, n_questions, student_budget, validation, params_path, base_dir):
     from sciexplain import prompts
     from sciexplain.cli import get, read_params
-    from sciexplain.io import read_jsonl
+    from sciexplain.records import read_jsonl
     from sciexplain.judges import Panel
     from sciexplain.teacher_check import teacher_vs_student
 
     p = read_params(params_path)
     questions = {q["id"]: q for q in read_jsonl(split)[:n_questions]}
-    load = lambda path: {r["id"]: r for r in map(json.loads, open(path)) if r["id"] in questions}  # noqa: E731
+    load = lambda path: {r["id"]: r for r in read_jsonl(path) if r["id"] in questions}  # noqa: E731
     t_raw, s_raw = load(teacher_cache), load(student_cache)
     teacher = []
     for qid, r in t_raw.items():

@@ -7,8 +7,9 @@ pad tokens in the batches, random order vs length-grouped.
 from __future__ import annotations
 
 import glob
-import json
 import random
+
+from sciexplain.records import read_jsonl
 
 from .common import flops_per_token, matmul_peak_gflops
 
@@ -16,7 +17,7 @@ from .common import flops_per_token, matmul_peak_gflops
 def records(n: int) -> list[dict]:
     out = []
     for path in sorted(glob.glob("data/generations/teacher/sft.jsonl")):
-        out += [json.loads(l) for l in open(path)]
+        out += read_jsonl(path, allow_empty=True)
     out = [r for r in out if r.get("keep", True) and r.get("answer")]
     if not out:
         out = [{"id": f"b{i}", "question": f"Why does thing {i} happen?", "answer": "Because of a mechanism. " * (5 + i % 30)}

@@ -62,7 +62,7 @@ import click
 from sciexplain.annotations import (
     HASH_FIELD, SHEET_FIELDS, STRENGTHS, AnnotationLock, append_annotation, load_annotations, read_sheet, sheet_hashes,
 )
-from sciexplain.io import DataError, UserError
+from sciexplain.records import DataError, UserError
 
 MAX_BODY = 64 * 1024
 MAX_COMMENT = 4000

@@ -45,10 +45,10 @@ import sys
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Mapping, NamedTuple
 
-from sciexplain.io import DataError, UserError, atomic_path
+from sciexplain.records import (DataError, UserError, atomic_path, read_csv_table, read_jsonl_lines,
+                                read_text_file)
+from sciexplain.strengths import STRENGTHS, UNSURE, normalize_strength  # noqa: F401  (re-exported)
 
-STRENGTHS = ("Significantly better", "Better", "Slightly better", "Unsure")
-UNSURE = "Unsure"
 CHOICES = ("A", "B")
 
 HASH_FIELD = "item_hash"
@@ -68,7 +68,6 @@ MIGRATE_HINT = "python -m sciexplain.annotations migrate --sheet {sheet} {file}"
 
 # Cell starts that spreadsheets may evaluate as a formula (CSV injection); see write_sheet_csv.
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-_STRENGTH_BY_KEY = {" ".join(s.lower().split()): s for s in STRENGTHS}
 _SPREADSHEETS = (".xlsx", ".xls", ".xlsm", ".ods", ".numbers")
 _NOT_ANNOTATIONS = {".gitignore", ".gitkeep", ".DS_Store"}  # never worth a warning
 
@@ -85,11 +84,6 @@ class AnnotationFile(NamedTuple):
     stale: list  # item ids of rows made on another version of the sheet (hash differs), in file order
     annotator_type: str  # "human" or "judge"
     path: Path
-
-
-def normalize_strength(value: str) -> str | None:
-    """The canonical STRENGTHS label for ``value`` (any case, extra whitespace), or None."""
-    return _STRENGTH_BY_KEY.get(" ".join(value.lower().split()))
 
 
 def warn_stderr(message: str) -> None:
@@ -164,7 +158,7 @@ def read_sheet(path: str | os.PathLike) -> list[dict]:
     Every returned item has ``item_hash``: the stored one, which must equal :func:`item_hash` of its text (a
     sheet edited after ``compare`` wrote it is an error), or the computed one for a sheet without hashes."""
     path = Path(path)
-    records = _read_jsonl_lines(path)
+    records = read_jsonl_lines(path)
     out, seen = [], {}
     for lineno, rec in records:
         for field in SHEET_FIELDS:
@@ -191,6 +185,23 @@ def read_sheet(path: str | os.PathLike) -> list[dict]:
                 item[field] = rec[field]
         out.append(item)
     return out
+
+
+def read_key(path: str | os.PathLike, sheet_ids: Iterable[str]) -> dict[str, dict]:
+    """``{item_id: {a_model, b_model}}`` from a compare stage's key.jsonl; the key must cover exactly the sheet's
+    items (``sheet_ids``), once each."""
+    path = Path(path)
+    sheet_ids = set(sheet_ids)
+    key = {}
+    for lineno, rec in read_jsonl_lines(path, required=KEY_FIELDS):
+        if rec["item_id"] in key:
+            raise DataError(path, lineno, "item_id", f"duplicate item id {rec['item_id']!r}")
+        key[rec["item_id"]] = {"a_model": rec["a_model"], "b_model": rec["b_model"]}
+    missing, extra = sheet_ids - set(key), set(key) - sheet_ids
+    if missing or extra:
+        which = f"no entry for sheet item {sorted(missing)[0]!r}" if missing else f"item {sorted(extra)[0]!r} is not in the sheet"
+        raise DataError(path, None, "item_id", f"key and sheet differ: {which}")
+    return key
 
 
 def _defuse_cell(text: str) -> str:
@@ -223,46 +234,6 @@ def write_sheet_csv(sheet: Iterable[dict], path: str | os.PathLike) -> int:
 
 
 # --------------------------------------------------------------------------- reading annotations
-
-
-def _decode(path: Path) -> str:
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise DataError(path, None, None, "file not found") from None
-    except IsADirectoryError:
-        raise DataError(path, None, None, "is a folder, not a file") from None
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        offset = e.start + (3 if data.startswith(b"\xef\xbb\xbf") else 0)
-        raise DataError(path, data.count(b"\n", 0, offset) + 1, None, f"not valid UTF-8 (byte {offset})") from None
-    if not text.strip():
-        raise DataError(path, None, None, "file is empty")
-    return text
-
-
-def _read_jsonl_lines(path: Path) -> list[tuple[int, dict]]:
-    text = _decode(path)
-    lines = text.split("\n")
-    last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
-    out = []
-    for index, line in enumerate(lines):
-        if not line.strip():
-            continue
-        lineno = index + 1
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            torn = index == last and not text.endswith("\n")
-            raise DataError(path, lineno, None, "the last line is cut off (no newline at its end: was a write "
-                            "interrupted?); delete or complete it" if torn else f"invalid JSON: {e.msg}") from None
-        except RecursionError:
-            raise DataError(path, lineno, None, "invalid JSON: nested too deeply") from None
-        if not isinstance(rec, dict):
-            raise DataError(path, lineno, None, "a record must be a JSON object")
-        out.append((lineno, rec))
-    return out
 
 
 class Row(NamedTuple):
@@ -316,7 +287,7 @@ def _check_extra(path, where, hash_value, type_value) -> tuple[str | None, str |
 
 
 def _rows_jsonl(path: Path):
-    for lineno, rec in _read_jsonl_lines(path):
+    for lineno, rec in read_jsonl_lines(path):
         for field in ("item_id", "strength"):
             if field not in rec:
                 raise DataError(path, lineno, field, "missing field")
@@ -325,30 +296,12 @@ def _rows_jsonl(path: Path):
 
 
 def _rows_csv(path: Path):
-    reader = csv.reader(io.StringIO(_decode(path), newline=""), strict=True)
-    header, columns, start = None, {}, 1
-    try:
-        for row in reader:
-            lineno, start = start, reader.line_num + 1
-            if not any(cell.strip() for cell in row):
-                continue
-            if header is None:
-                header = [cell.strip().lower() for cell in row]
-                for i, name in enumerate(header):
-                    if name and name in columns:
-                        raise DataError(path, lineno, name, "duplicate column")
-                    columns[name] = i
-                for name in ("item_id", "choice", "strength"):
-                    if name not in columns:
-                        raise DataError(path, lineno, name, f"missing column (header: {', '.join(header)})")
-                continue
-            cell = lambda name: row[columns[name]] if name in columns and columns[name] < len(row) else None  # noqa: E731
-            yield (lineno, cell("item_id") or "", cell("choice") or "", cell("strength") or "", cell("comment") or "",
-                   cell(HASH_FIELD), cell(TYPE_FIELD))
-    except csv.Error as e:
-        raise DataError(path, reader.line_num, None, f"bad CSV: {e}") from None
-    if header is None:
-        raise DataError(path, None, None, "file is empty")
+    header, rows = read_csv_table(path, ("item_id", "choice", "strength"), lower=True, rows_needed=False)
+    columns = {name: i for i, name in enumerate(header)}
+    for lineno, row in rows:
+        cell = lambda name: row[columns[name]] if name in columns and columns[name] < len(row) else None  # noqa: E731
+        yield (lineno, cell("item_id") or "", cell("choice") or "", cell("strength") or "", cell("comment") or "",
+               cell(HASH_FIELD), cell(TYPE_FIELD))
 
 
 def iter_rows(path: str | os.PathLike, sheet_ids: Iterable[str] | None = None) -> Iterator[Row]:
@@ -708,7 +661,7 @@ def migrate_file(path: str | os.PathLike, sheet: list[dict]) -> dict:
         if path.suffix != ".csv":
             raise DataError(path, None, None, f"annotation files must end in {' or '.join(ANNOTATION_SUFFIXES)}")
         list(iter_rows(path, hashes))  # every problem of the file first
-        table = list(csv.reader(io.StringIO(_decode(path), newline=""), strict=True))
+        table = list(csv.reader(io.StringIO(read_text_file(path), newline=""), strict=True))
         header_at = next(i for i, row in enumerate(table) if any(c.strip() for c in row))
         header = [c.strip().lower() for c in table[header_at]]
         if HASH_FIELD not in header:

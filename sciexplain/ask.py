@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from .io import UserError
+from .records import UserError
 
 MODELS = ("base", "sft", "rs", "dpo", "grpo")
 
@@ -30,7 +30,7 @@ def adapter_for(model: str, models_dir: str | Path = "models") -> Path | None:
 
 def merge_export(base_dir, adapter, out_dir) -> Path:
     """Merge the adapter into the fp32 base (never 4-bit) and save a plain HF model + tokenizer."""
-    from .io import atomic_path
+    from .records import atomic_path
     from .models import load_causal_lm, load_tokenizer
 
     model = load_causal_lm(base_dir, adapter=adapter, quantize_4bit=False, device="cpu")  # fp32 on the CPU, always

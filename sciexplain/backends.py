@@ -12,7 +12,7 @@ Three backends, one params shape:
   the local folder(s) or file the server was started from, and its hash joins the cache key.
 
 The answer and sample stages read the ``engine`` section (:func:`engine_backend`); the teacher reads
-``teacher.*``; an LLM judge its panel entry. All three end in :func:`make_backend`.
+``teacher.*``; an LLM judge its panel entry (:func:`judge_backend`). All three end in :func:`make_backend`.
 """
 from __future__ import annotations
 
@@ -20,9 +20,9 @@ import os
 from typing import Mapping, Sequence
 
 from .generation import BACKENDS, Backend, fingerprint
-from .io import DataError
+from .records import DataError
 
-__all__ = ["BACKENDS", "make_backend", "engine_backend", "served_fingerprint"]
+__all__ = ["BACKENDS", "make_backend", "engine_backend", "judge_backend", "served_fingerprint"]
 
 
 def served_fingerprint(weights) -> str | None:
@@ -90,3 +90,14 @@ def engine_backend(params: Mapping, model_name: str, base_dir, adapter=None, bat
         api_key_env=get(params, "engine.api_key_env"), max_concurrency=get(params, "engine.max_concurrency"),
         max_retries=get(params, "engine.max_retries"), weights=w if kind == "openai" else None,
         vllm=get(params, "vllm") if kind == "vllm" else None, where="engine.backend")
+
+
+def judge_backend(spec: Mapping, base_dir: str | os.PathLike = "models/base") -> Backend:
+    """The backend of an ``llm`` judge spec (as :func:`sciexplain.judges.validate_panel` returns it)."""
+    return make_backend(
+        spec["backend"], base_dir=spec.get("base") or base_dir, adapter=spec.get("adapter"),
+        quantize_4bit=spec.get("quantize_4bit", "auto"), batch_size=spec.get("batch_size", 16),
+        model=spec.get("model"), base_url=spec.get("base_url"), api_key_env=spec.get("api_key_env"),
+        max_concurrency=spec.get("max_concurrency", 8), max_retries=spec.get("max_retries", 6),
+        timeout=spec.get("timeout", 60), max_tokens_field=spec.get("max_tokens_field", "max_tokens"),
+        weights=spec.get("weights"), vllm=spec.get("vllm"), where=f"judge.panel[{spec['name']}].backend")

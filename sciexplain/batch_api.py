@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from .generation import GenRequest, GenResult, SamplingParams, request_seed
-from .io import DataError, UserError, iter_jsonl, type_name, write_jsonl
+from .records import DataError, UserError, iter_jsonl, type_name, write_jsonl
 
 __all__ = ["custom_id", "parse_custom_id", "request_body", "export_batch", "import_batch", "CHAT_URL"]
 

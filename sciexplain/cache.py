@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .generation import Backend, GenRequest, GenResult, SamplingParams
-from .io import DataError
+from .records import DataError
 
 __all__ = ["cache_key", "backend_cache_key", "ResponseCache", "CacheStats", "CachedResults", "generate_cached", "DEFAULT_CHUNK_SIZE"]
 

@@ -9,7 +9,7 @@ import time
 
 import click
 
-from .io import DataError, UserError, load_params
+from .records import DataError, UserError, load_params
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -47,6 +47,27 @@ def stage(fn):
 def params_option(fn):
     return click.option("--params", "params_path", default="params.yaml", show_default=True,
                         type=click.Path(dir_okay=False), help="params file")(fn)
+
+
+def trainer_outputs(name: str):
+    """The four outputs of a training stage as options, defaults from its ``name``: ``--out models/<name>`` (the
+    adapter), ``--metrics metrics/<name>.json``, ``--live metrics/<name>`` (DVCLive curves) and ``--scratch
+    scratch/<name>`` (trainer checkpoints, not a DVC out)."""
+    options = (
+        click.option("--out", "out_dir", default=f"models/{name}", show_default=True),
+        click.option("--metrics", "metrics_path", default=f"metrics/{name}.json", show_default=True),
+        click.option("--live", "live_dir", default=f"metrics/{name}", show_default=True,
+                     help="DVCLive folder (training curves)"),
+        click.option("--scratch", default=f"scratch/{name}", show_default=True,
+                     help="trainer scratch: checkpoints (not a DVC out)"),
+    )
+
+    def decorate(fn):
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+
+    return decorate
 
 
 def read_params(path: str, stage: str | list[str] | None = None) -> dict:

@@ -28,27 +28,13 @@ import math
 from pathlib import Path
 from typing import Callable, Mapping, NamedTuple
 
-from .annotations import HUMAN, JUDGE, KEY_FIELDS, read_annotation_dir, warn_stderr
-from .io import DataError, read_jsonl
+from .annotations import HUMAN, JUDGE, read_annotation_dir, warn_stderr
+from .records import DataError
 from .stats import TIE, _pval, _rate, majority_vote, summarize_pair, verdict_side, wilson_interval
 from .verdicts import BETTER, CANNOT_TELL, NOT_VALIDATED, WORSE, comparison_verdict, detectable_win_rate, holm
 
 BASELINE = "base"
 HUMANS = "humans"
-
-
-def read_key(path: Path, sheet_ids: list[str]) -> dict[str, dict]:
-    """``{item_id: {a_model, b_model}}``; the key must cover exactly the sheet's items."""
-    key = {}
-    for n, rec in enumerate(read_jsonl(path, required=KEY_FIELDS), 1):
-        if rec["item_id"] in key:
-            raise DataError(path, f"record {n}", "item_id", f"duplicate item id {rec['item_id']!r}")
-        key[rec["item_id"]] = {"a_model": rec["a_model"], "b_model": rec["b_model"]}
-    missing, extra = set(sheet_ids) - set(key), set(key) - set(sheet_ids)
-    if missing or extra:
-        which = f"no entry for sheet item {sorted(missing)[0]!r}" if missing else f"item {sorted(extra)[0]!r} is not in the sheet"
-        raise DataError(path, None, "item_id", f"key and sheet differ: {which}")
-    return key
 
 
 def annotator_summary(ratings: dict, key: dict, models: tuple[str, str], kind: str) -> dict:
@@ -283,4 +269,4 @@ def read_groups(pair: str, hashes: Mapping[str, str], judgments_dir, annotations
 
 
 __all__ = ["BETTER", "WORSE", "CANNOT_TELL", "NOT_VALIDATED", "adjust_family", "headline_summary", "power_at",
-           "Groups", "read_groups", "read_key", "summarize", "subject_of", "judge_validation", "verdict_sentence"]
+           "Groups", "read_groups", "summarize", "subject_of", "judge_validation", "verdict_sentence"]

@@ -12,7 +12,7 @@ import os
 import shutil
 from pathlib import Path
 
-from .io import replace_dir
+from .records import replace_dir
 
 # what PEFT / Trainer.save_model write besides the adapter that the adapter folders do not keep:
 # README.md (a model card with timestamps and paths) and training_args.bin (a pickle of the run's arguments)
@@ -78,11 +78,11 @@ def save_adapter(trainer, out_dir, keep_tokenizer: bool = False, extra_json: dic
     3. all ranks wait; rank 0 keeps the adapter (``adapter_config.json`` + ``adapter_model.safetensors``, for a
        PEFT model; other adapters such as TRL's frozen ``ref`` copy, which PEFT saves in sub-folders, are dropped),
        the tokenizer only with ``keep_tokenizer``, writes ``extra_json`` files ({name: object}), and swaps the
-       folder into place (:func:`sciexplain.io.replace_dir`); all ranks wait again.
+       folder into place (:func:`sciexplain.records.replace_dir`); all ranks wait again.
 
     The folder is byte-stable across CPU reruns (no model card, no pickled arguments).
     """
-    from .io import write_json
+    from .records import write_json
 
     out = Path(out_dir)
     tmp = saving_dir(out)

@@ -41,7 +41,7 @@ def to_preference_rows(pairs: list[dict]) -> list[dict]:
 
 
 def _loss_types(loss_type) -> list[str]:
-    from .io import UserError
+    from .records import UserError
 
     types = [loss_type] if isinstance(loss_type, str) else list(loss_type)
     bad = [t for t in types if t not in LOSS_TYPES]
@@ -118,7 +118,7 @@ def train_dpo(base_dir, pairs: list[dict], val_pairs: list[dict], out_dir, *, in
     ``val_pairs``), the last training log's rewards, train loss first/last/mean, tokens/s."""
     import torch
 
-    from .io import UserError
+    from .records import UserError
 
     callbacks = []
     live = None

@@ -11,7 +11,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Mapping, NamedTuple
 
-from .io import DataError, read_jsonl
+from .records import DataError, first_answers
 from .stats import _pval, paired_wilcoxon, reward_summary
 from .verdicts import NOT_VALIDATED, holm
 
@@ -29,12 +29,7 @@ def load_eval_answers(generations_dir, models: list[str], eval_ids: list[str]) -
         path = Path(generations_dir) / m / "eval.jsonl"
         if not path.exists():
             raise DataError(path, None, None, f"no eval answers for model {m!r}: build it or drop it from evaluate.models")
-        recs = {}
-        for n, r in enumerate(read_jsonl(path, required=("id", "question")), 1):
-            if not isinstance(r.get("answer"), str):
-                raise DataError(path, n, "answer", "missing or not a string")
-            if r.get("sample", 0) == 0:
-                recs[r["id"]] = r
+        recs = first_answers(path, required=("id", "question"))
         missing = [i for i in eval_ids if i not in recs]
         if missing:
             raise DataError(path, None, "id", f"no answer for eval question {missing[0]!r} ({len(missing)} missing)")

@@ -39,7 +39,7 @@ def fingerprint(*paths) -> str:
     """A short hash of the weight files behind a model: each path is a file (hashed whole) or a folder
     (its ``*.safetensors`` / ``*.gguf`` / ``*.bin`` / ``*.pt`` files, by name and content). ``None`` is skipped.
     A path that does not exist is an error: a fingerprint of nothing would let stale answers through."""
-    from .io import UserError, sha256_file
+    from .records import UserError, sha256_file
 
     h = hashlib.sha256()
     for p in paths:

@@ -170,7 +170,7 @@ def vllm_kwargs(use_vllm: bool = False, vllm_mode: str = "colocate", vllm_server
     """GRPOConfig's vLLM arguments from the params (empty when off); a clear error where vLLM cannot run."""
     import importlib.util
 
-    from .io import UserError
+    from .records import UserError
 
     if not use_vllm:
         return {}
@@ -230,7 +230,7 @@ def train_grpo(base_dir, questions: list[str], out_dir, *, scorer, init_adapter,
     from transformers import set_seed
     from trl import GRPOTrainer
 
-    from .io import UserError
+    from .records import UserError
 
     if not questions:
         raise UserError("no questions to train on")

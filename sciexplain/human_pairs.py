@@ -14,7 +14,7 @@ Sources (``validate.sources`` in params.yaml, a list of ``{type, path, ...}`` li
 
   - the answer with the higher ``Score`` is chosen, the lower one rejected, when the scores differ by at
     least ``min_score_gap``; answers with identical text, script-like HTML (dropped and counted, as in
-    :mod:`sciexplain.data`) or no text never pair;
+    :mod:`sciexplain.markup`) or no text never pair;
   - ``margin`` = ``min(1, log2(1 + gap) / log2(1 + margin_full_gap))``: log-scaled because votes are
     heavy-tailed (a gap of 1 vs 2 says more than 41 vs 42), on the 0..1 scale of the study's strength
     margins (gap 1 -> 0.25, 3 -> 0.5, 7 -> 0.75, >= 15 -> 1 with the default ``margin_full_gap`` 15);
@@ -31,25 +31,24 @@ Sources (``validate.sources`` in params.yaml, a list of ``{type, path, ...}`` li
 
 Pairs are split by question (:func:`split_pairs`) into train/test with the reward model's salted
 splitter (:func:`sciexplain.preferences.validation_ids`), after removing every question that is in a
-prepared split (same :func:`sciexplain.io.stable_id`), so human test pairs never share a question with
+prepared split (same :func:`sciexplain.records.stable_id`), so human test pairs never share a question with
 anything the pipeline trains or evaluates on.
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import html
-import io
 import json
 import math
 from datetime import datetime
 from pathlib import Path
 from typing import Iterable
 
-from .data import Drops, UnsafeHTML, _int_attr, clean_text, html_to_text, iter_post_rows
-from .io import DataError, read_jsonl, stable_id
+from .markup import UnsafeHTML, clean_text, html_to_text
+from .records import DataError, Drops, read_csv_table, read_jsonl, read_jsonl_lines, stable_id
 from .preferences import validation_ids
-from .stats import STRENGTH_MARGIN, STRENGTHS, UNSURE
+from .sources import _int_attr, iter_post_rows
+from .strengths import STRENGTH_MARGIN, STRENGTHS, UNSURE
 
 __all__ = [
     "SOURCE_TYPES", "SE_DEFAULTS", "margin_from_gap", "pair_id", "make_pair", "stackexchange_pairs",
@@ -144,7 +143,7 @@ def stackexchange_pairs(path: str | Path, drops: Drops, *, min_score_gap: int = 
     out = []
     for qid in sorted(answers):
         row = questions[qid]
-        title = clean_text(html.unescape(row.get("Title") or ""))  # as sciexplain.data does: the same stable id
+        title = clean_text(html.unescape(row.get("Title") or ""))  # as sciexplain.sources does: the same stable id
         if not title:
             drops.add("missing_title")
             continue
@@ -204,38 +203,13 @@ def _pair_rows(path: Path):
     if path.is_dir():
         raise DataError(path, None, None, "is a folder, not a pair file")
     if path.suffix.lower() == ".csv":
-        try:
-            text = path.read_bytes().decode("utf-8-sig")
-        except UnicodeDecodeError as e:
-            line = path.read_bytes()[:e.start].count(b"\n") + 1
-            raise DataError(path, line, None, f"not valid UTF-8 (byte {e.start})") from None
-        reader = csv.reader(io.StringIO(text, newline=""), strict=True)
-        header, start, n = None, 1, 0
-        try:
-            for row in reader:
-                line, start = start, reader.line_num + 1
-                if not any(cell.strip() for cell in row):
-                    continue
-                if header is None:
-                    header = [c.strip().lower() for c in row]
-                    for name in PAIR_FIELDS:
-                        if name not in header:
-                            raise DataError(path, line, name, f"missing column (header: {', '.join(header)})")
-                    continue
-                if len(row) != len(header):
-                    raise DataError(path, line, None, f"{len(row)} cells, the header has {len(header)}")
-                n += 1
-                yield line, {k: v for k, v in zip(header, row) if k and not (k in ("strength", "margin") and not v.strip())}
-        except csv.Error as e:
-            raise DataError(path, reader.line_num, None, f"bad CSV: {e}") from None
-        if not n:
-            raise DataError(path, None, None, "file is empty" if header is None else "file has a header but no rows")
+        header, rows = read_csv_table(path, PAIR_FIELDS, lower=True, what="pair file")
+        for line, row in rows:
+            if len(row) != len(header):
+                raise DataError(path, line, None, f"{len(row)} cells, the header has {len(header)}")
+            yield line, {k: v for k, v in zip(header, row) if k and not (k in ("strength", "margin") and not v.strip())}
         return
-    # JSONL: read_jsonl checks encoding, JSON and objects with line numbers; re-read lines for positions
-    read_jsonl(path)
-    for line, raw in enumerate(path.read_text(encoding="utf-8-sig").split("\n"), 1):
-        if raw.strip():
-            yield line, json.loads(raw)
+    yield from read_jsonl_lines(path)
 
 
 def read_pair_file(path: str | Path, drops: Drops) -> list[dict]:

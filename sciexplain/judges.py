@@ -28,15 +28,17 @@ import re
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from .annotations import STRENGTHS, UNSURE, Annotation
+from .annotations import Annotation
+from .backends import judge_backend
 from .cache import generate_cached
 from .generation import BACKENDS, Backend, GenRequest, SamplingParams
-from .io import DataError
+from .records import DataError
 from .rubric import RubricJudge
+from .strengths import STRENGTHS, UNSURE, normalize_strength
 
 __all__ = [
     "PROMPT_PATH", "parse_verdict", "swap_verdict", "combine_verdicts", "load_template", "render_prompt",
-    "rubric_annotations", "apply_finished_rule", "LLMJudge", "make_backend", "validate_panel", "Panel", "PanelResult",
+    "rubric_annotations", "apply_finished_rule", "LLMJudge", "validate_panel", "Panel", "PanelResult",
     "run_panel",
 ]
 
@@ -60,7 +62,6 @@ _VERDICT_RE = re.compile(
     r"(?:strength\s*[:=]\s*(?P<strength>significantly\s+better|slightly\s+better|better|unsure))?",
     re.IGNORECASE,
 )
-_STRENGTH_KEY = {" ".join(s.lower().split()): s for s in STRENGTHS}
 
 
 # --------------------------------------------------------------------------- verdicts
@@ -81,7 +82,7 @@ def parse_verdict(text: str | None) -> tuple[str, str] | None:
             continue
         m = matches[-1]
         side = m.group("side").upper()
-        strength = _STRENGTH_KEY[" ".join(m.group("strength").lower().split())] if m.group("strength") else None
+        strength = normalize_strength(m.group("strength")) if m.group("strength") else None
         if side not in ("A", "B"):
             return ("", UNSURE)
         if strength is None:
@@ -280,19 +281,6 @@ def validate_panel(panel) -> list[dict]:
     return specs
 
 
-def make_backend(spec: Mapping, base_dir: str | os.PathLike = "models/base") -> Backend:
-    """The generation backend of an ``llm`` judge spec (as returned by :func:`validate_panel`)."""
-    from . import backends
-
-    return backends.make_backend(
-        spec["backend"], base_dir=spec.get("base") or base_dir, adapter=spec.get("adapter"),
-        quantize_4bit=spec.get("quantize_4bit", "auto"), batch_size=spec.get("batch_size", 16),
-        model=spec.get("model"), base_url=spec.get("base_url"), api_key_env=spec.get("api_key_env"),
-        max_concurrency=spec.get("max_concurrency", 8), max_retries=spec.get("max_retries", 6),
-        timeout=spec.get("timeout", 60), max_tokens_field=spec.get("max_tokens_field", "max_tokens"),
-        weights=spec.get("weights"), vllm=spec.get("vllm"), where=f"judge.panel[{spec['name']}].backend")
-
-
 class PanelResult(dict):
     """``{judge_name: {item_id: Annotation}}`` with ``.stats = {judge_name: counts}``."""
 
@@ -324,7 +312,7 @@ class Panel:
         name = spec["name"]
         if name not in self._llm:
             template = load_template(spec.get("prompt") or self.prompt_path)
-            backend = self._backends.get(name) or make_backend(spec, self.base_dir)
+            backend = self._backends.get(name) or judge_backend(spec, self.base_dir)
             sampling = SamplingParams(max_new_tokens=int(spec["max_new_tokens"]), temperature=float(spec["temperature"]),
                                       top_p=float(spec["top_p"]), seed=int(spec["seed"]))
             self._llm[name] = LLMJudge(backend, template, sampling, self.cache_dir / f"{name}.jsonl", name=name)

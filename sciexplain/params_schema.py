@@ -30,11 +30,11 @@ from pydantic import (AfterValidator, AllowInfNan, BaseModel, BeforeValidator, C
                       ValidationError, WrapValidator, field_validator, model_validator)
 from pydantic_core import PydanticCustomError
 
-from .io import UserError, load_params
+from .records import UserError, load_params
 
 # Allowed values. Tests check that each equals the constant of the module that acts on it (those modules import
 # torch or scipy; this one stays light so that every stage can check its params in a fraction of a second).
-SPLITS = ("sft", "rm", "rs", "eval")                                     # sciexplain.data.SPLITS
+SPLITS = ("sft", "rm", "rs", "eval")                                     # sciexplain.splits.SPLITS
 PLAN_MODES = ("full", "short", "none")                                  # sciexplain.prompts.PLAN_MODES
 UNFINISHED_MODES = ("trim", "drop")                                     # stages/teacher.py
 TEACHER_BACKENDS = ("llamacpp", "local", "vllm", "openai", "batch-export", "batch-import")

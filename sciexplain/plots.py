@@ -7,7 +7,7 @@ Each figure has one data file: the report stage writes the CSVs (:func:`write_pl
 Every figure is drawn on a bare :class:`matplotlib.figure.Figure` (no pyplot, no global backend
 switch, nothing left open), under matplotlib's default style (a user's matplotlibrc cannot change
 it), at a fixed size and dpi, and saved without the ``Software`` metadata: the same input gives the
-same PNG bytes run after run. Files are written atomically (:func:`sciexplain.io.atomic_path`).
+same PNG bytes run after run. Files are written atomically (:func:`sciexplain.records.atomic_path`).
 
 Inputs are the shapes the rest of the package produces:
 
@@ -27,7 +27,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .io import DataError, atomic_path, write_text
+from .records import DataError, atomic_path, write_text
 from .stats import BETTER, DECISIVE_STRENGTHS, SIGNIFICANTLY, SLIGHTLY, TIE, UNSURE, _finite_array
 
 DPI = 100

@@ -30,9 +30,10 @@ from itertools import combinations
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
-from .annotations import HUMAN, JUDGE, read_annotation_dir, read_sheet, sheet_hashes
-from .io import DataError, read_jsonl, stable_id
+from .annotations import HUMAN, JUDGE, read_annotation_dir, read_key, read_sheet, sheet_hashes
+from .records import DataError, iter_answers, stable_id
 from .rubric import RubricJudge
+from .splits import hash_key, hash_order
 from .stats import STRENGTH_MARGIN, UNSURE
 
 UNSURE_MODES = ("drop", "keep")
@@ -115,14 +116,6 @@ def human_pairs(records: Iterable[Mapping], prompt_fn: Callable[[str], str]) -> 
     return out, {"pairs": len(out), "null_margin": null}
 
 
-def read_key(path: str | Path) -> dict[str, dict]:
-    """``{item_id: {"a_model", "b_model"}}`` from a key.jsonl; ``{}`` when the file does not exist."""
-    path = Path(path)
-    if not path.exists():
-        return {}
-    return {r["item_id"]: r for r in read_jsonl(path, required=("item_id", "a_model", "b_model"))}
-
-
 def read_pair_annotations(pair: str, compare_root: str | Path, annotation_roots: Iterable[str | Path]) -> dict:
     """Sheet, key and every annotator's verdicts for one compared pair.
 
@@ -136,7 +129,7 @@ def read_pair_annotations(pair: str, compare_root: str | Path, annotation_roots:
     cdir = Path(compare_root) / pair
     sheet = {r["item_id"]: r for r in read_sheet(cdir / "sheet.jsonl")}
     hashes = sheet_hashes(sheet.values())
-    key = read_key(cdir / "key.jsonl")
+    key = read_key(cdir / "key.jsonl", sheet) if (cdir / "key.jsonl").exists() else {}
     annotations: dict = {}
     judges, stale = set(), {}
     for root in annotation_roots:
@@ -191,9 +184,7 @@ def read_generations(path: str | Path) -> dict[str, dict]:
     Records the teacher's filters dropped (``keep: false``) and empty answers are skipped: they would make
     trivial "anything beats nothing" pairs (counted as missing by :func:`judge_pairs`)."""
     out: dict[str, dict] = {}
-    for n, rec in enumerate(read_jsonl(path, required=("id", "question")), 1):
-        if not isinstance(rec.get("answer"), str):
-            raise DataError(path, f"record {n}", "answer", "missing or not a string")
+    for _, rec in iter_answers(path, required=("id", "question")):
         if rec.get("keep") is False or not rec["answer"].strip():
             continue
         prev = out.get(rec["id"])
@@ -253,7 +244,7 @@ def validation_ids(question_ids: Iterable[str], val_fraction: float, seed: int) 
         raise DataError("params.yaml", None, "reward_model.val_fraction", f"must be in [0, 1), got {val_fraction!r}")
     # salted: prepare ranks questions by sha256(f"{seed}:{id}") too, and the same ranking would put
     # exactly its first split (eval) into validation
-    ids = sorted(set(question_ids), key=lambda q: hashlib.sha256(f"reward-val:{seed}:{q}".encode()).hexdigest())
+    ids = hash_order(set(question_ids), seed, key=str, salt="reward-val")
     n_val = round(float(val_fraction) * len(ids))
     if val_fraction > 0 and len(ids) >= 2:
         n_val = min(max(n_val, 1), len(ids) - 1)
@@ -282,7 +273,7 @@ def cap_pairs(pairs: list[dict], max_pairs: int | None, seed: int) -> tuple[list
 
     def rank(i: int):
         p = pairs[i]
-        h = hashlib.sha256(f"reward-cap:{seed}:{p['prompt']}\0{p['chosen']}\0{p['rejected']}".encode()).hexdigest()
+        h = hash_key(seed, f"{p['prompt']}\0{p['chosen']}\0{p['rejected']}", salt="reward-cap")
         return (judge_of(p) is not None or p["source"] == RUBRIC_SOURCE, h)
 
     keep = sorted(sorted(range(len(pairs)), key=rank)[: int(max_pairs)])

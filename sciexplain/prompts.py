@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .io import DataError, read_jsonl
+from .records import DataError, read_jsonl
 
 PLAN_RE = re.compile(r"^\s*\**\s*plan\s*\**\s*:\s*\**", re.I | re.M)
 ANSWER_RE = re.compile(r"^\s*\**\s*(?:answer|explanation)\s*\**\s*:\s*\**\s*", re.I | re.M)

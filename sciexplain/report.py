@@ -57,7 +57,7 @@ from jinja2 import (
 )
 from markupsafe import Markup
 
-from .io import write_text
+from .records import write_text
 
 DEFAULT_TITLE = "Scientific explanations: study report"
 STRENGTH_COLUMNS = ("Significantly better", "Better", "Slightly better")

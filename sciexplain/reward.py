@@ -1,5 +1,5 @@
 """The reward model: LoRA on a 1-logit sequence classifier, trained with TRL's RewardTrainer on
-preference pairs (:mod:`sciexplain.reward_train`); a batched scorer every later stage uses; and its evaluation.
+preference pairs (:mod:`sciexplain.reward_train`); a batched scorer every later stage uses.
 
 Input format (training and scoring alike, :class:`ChatEncoder`): the conversation user = question,
 assistant = answer, rendered by the tokenizer's chat template and *ending with the end-of-turn
@@ -20,7 +20,9 @@ Loss (TRL 1.16, ``RewardTrainer.compute_loss``)::
 so a pair's margin (from the preference strength, or a vote pair's score gap) is how far the chosen reward
 must exceed the rejected one before the loss flattens. :func:`constant_loss` is what the constant predictor
 ``r_chosen = r_rejected`` scores under it: a model that does not beat it on held-out pairs has learned nothing.
-The held-out evaluation on human pairs lives in :mod:`sciexplain.reward_eval`.
+
+Here: the input format, the loss and the scorer. Training lives in :mod:`sciexplain.reward_train`; the evaluation
+against people (held-out human pairs, agreement with the annotators' majority) in :mod:`sciexplain.reward_eval`.
 """
 from __future__ import annotations
 
@@ -30,8 +32,7 @@ import math
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
-from .io import DataError, UserError, stable_id
-from .stats import TIE, majority_vote, wilson_interval
+from .records import DataError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -244,13 +245,7 @@ class RewardScorer:
         return check_pooling(self.model, self.tokenizer, seqs, self.encoder.eot_ids)
 
 
-# --------------------------------------------------------------------------- evaluation
-
-def _acc(hits: Sequence[bool]) -> dict:
-    k, n = int(sum(hits)), len(hits)
-    lo, hi = wilson_interval(k, n)
-    return {"n": n, "correct": k, "accuracy": _r4(k / n) if n else None, "ci95_low": _r4(lo), "ci95_high": _r4(hi)}
-
+# --------------------------------------------------------------------------- the loss
 
 def pair_loss(chosen_scores: Sequence[float], rejected_scores: Sequence[float], margins: Sequence[float]) -> float | None:
     """The training loss's pairwise part on scored pairs: ``mean(-logsigmoid(r_chosen - r_rejected - margin))``
@@ -272,47 +267,3 @@ def constant_loss(margins: Sequence[float]) -> float | None:
 
 def _softplus(x: float) -> float:
     return max(x, 0.0) + math.log1p(math.exp(-abs(x)))
-
-
-def _pick(sa: float, sb: float) -> str:
-    return "A" if sa > sb else "B" if sb > sa else TIE
-
-
-def majority_agreement(scorer: RewardScorer, pair_data: Mapping[str, Mapping], train_question_ids: set,
-                       judge=None, batch_size: int = 8) -> dict:
-    """Agreement of the reward model's pick (the higher-scored answer) with the annotators' majority.
-
-    ``pair_data``: ``{pair: read_pair_annotations(...)}``. For each item rated by at least one
-    annotator, the majority over the annotation files given (:func:`sciexplain.stats.majority_vote`; the
-    reward_model stage passes people's files only, never a judge's); agreement is over decisive items
-    (majority not a tie).
-    ``heldout`` restricts to items whose question is in no training pair. Baselines on the same
-    items: the longer answer, and the rubric judge alone (an Unsure counts as disagreement).
-    """
-    items = []  # (pair, item_id, question, a, b, majority)
-    for pair in sorted(pair_data):
-        d = pair_data[pair]
-        for item_id, rec in d["sheet"].items():
-            verdicts = [(anns[item_id].choice, anns[item_id].strength)
-                        for _, anns in sorted(d["annotations"].items()) if item_id in anns]
-            if not verdicts:
-                continue
-            items.append((pair, item_id, rec["question"], rec["answer_a"], rec["answer_b"], majority_vote(verdicts)))
-    dec = [it for it in items if it[5] != TIE]
-    qs = [it[2] for it in dec]
-    sa = scorer.score(qs, [it[3] for it in dec], batch_size) if dec else []
-    sb = scorer.score(qs, [it[4] for it in dec], batch_size) if dec else []
-    agree = [_pick(x, y) == it[5] for x, y, it in zip(sa, sb, dec)]
-    held = [stable_id(it[2]) not in train_question_ids for it in dec]
-    longer = [_pick(len(it[3]), len(it[4])) == it[5] for it in dec]
-    out = {
-        "n_items": len(items), "n_decisive": len(dec),
-        "all": _acc(agree),
-        "heldout": _acc([a for a, h in zip(agree, held) if h]),
-        "baselines": {"longer_answer": _acc(longer)},
-        "by_pair": {p: _acc([a for a, it in zip(agree, dec) if it[0] == p]) for p in sorted(pair_data)},
-    }
-    if judge is not None:
-        out["baselines"]["rubric_judge"] = _acc([(judge.judge_pair(it[2], it[3], it[4])[0] or TIE) == it[5]
-                                                 for it in dec])
-    return out

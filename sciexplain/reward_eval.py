@@ -1,4 +1,5 @@
-"""The reward model measured against people: held-out human pairs, beside the longer-answer and rubric baselines.
+"""The reward model measured against people: held-out human pairs, beside the longer-answer and rubric baselines,
+and agreement with the annotators' majority on the compare sheets (:func:`majority_agreement`).
 
 The held-out pairs are the validate stage's ``data/human_pairs/test.jsonl`` (split by question, disjoint from
 every training pair's question), labelled by people (votes, or a pair file) -- never by a judge the reward model
@@ -18,7 +19,9 @@ from __future__ import annotations
 from typing import Mapping, Sequence
 
 from .judges import Panel
+from .records import stable_id
 from .reward import RewardScorer, _r4, constant_loss, pair_loss
+from .stats import TIE, majority_vote, wilson_interval
 from .validation import choices_from_scores, make_sheet, validate
 
 NAME = "reward_model"
@@ -78,3 +81,53 @@ def heldout_eval(pairs: Sequence[Mapping], scorer: RewardScorer, *, rubric_param
                     "difference_mean": _r4(sum(c - r for c, r in zip(chosen, rejected)) / len(chosen))},
         "human_prefers_longer": v["pairs"]["human_prefers_longer"],
     }
+
+
+def _acc(hits: Sequence[bool]) -> dict:
+    k, n = int(sum(hits)), len(hits)
+    lo, hi = wilson_interval(k, n)
+    return {"n": n, "correct": k, "accuracy": _r4(k / n) if n else None, "ci95_low": _r4(lo), "ci95_high": _r4(hi)}
+
+
+def _pick(sa: float, sb: float) -> str:
+    return "A" if sa > sb else "B" if sb > sa else TIE
+
+
+def majority_agreement(scorer: RewardScorer, pair_data: Mapping[str, Mapping], train_question_ids: set,
+                       judge=None, batch_size: int = 8) -> dict:
+    """Agreement of the reward model's pick (the higher-scored answer) with the annotators' majority.
+
+    ``pair_data``: ``{pair: read_pair_annotations(...)}``. For each item rated by at least one
+    annotator, the majority over the annotation files given (:func:`sciexplain.stats.majority_vote`; the
+    reward_model stage passes people's files only, never a judge's); agreement is over decisive items
+    (majority not a tie).
+    ``heldout`` restricts to items whose question is in no training pair. Baselines on the same
+    items: the longer answer, and the rubric judge alone (an Unsure counts as disagreement).
+    """
+    items = []  # (pair, item_id, question, a, b, majority)
+    for pair in sorted(pair_data):
+        d = pair_data[pair]
+        for item_id, rec in d["sheet"].items():
+            verdicts = [(anns[item_id].choice, anns[item_id].strength)
+                        for _, anns in sorted(d["annotations"].items()) if item_id in anns]
+            if not verdicts:
+                continue
+            items.append((pair, item_id, rec["question"], rec["answer_a"], rec["answer_b"], majority_vote(verdicts)))
+    dec = [it for it in items if it[5] != TIE]
+    qs = [it[2] for it in dec]
+    sa = scorer.score(qs, [it[3] for it in dec], batch_size) if dec else []
+    sb = scorer.score(qs, [it[4] for it in dec], batch_size) if dec else []
+    agree = [_pick(x, y) == it[5] for x, y, it in zip(sa, sb, dec)]
+    held = [stable_id(it[2]) not in train_question_ids for it in dec]
+    longer = [_pick(len(it[3]), len(it[4])) == it[5] for it in dec]
+    out = {
+        "n_items": len(items), "n_decisive": len(dec),
+        "all": _acc(agree),
+        "heldout": _acc([a for a, h in zip(agree, held) if h]),
+        "baselines": {"longer_answer": _acc(longer)},
+        "by_pair": {p: _acc([a for a, it in zip(agree, dec) if it[0] == p]) for p in sorted(pair_data)},
+    }
+    if judge is not None:
+        out["baselines"]["rubric_judge"] = _acc([(judge.judge_pair(it[2], it[3], it[4])[0] or TIE) == it[5]
+                                                 for it in dec])
+    return out

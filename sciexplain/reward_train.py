@@ -18,7 +18,7 @@ import logging
 import time
 from typing import Mapping, Sequence
 
-from .io import UserError
+from .records import UserError
 from .reward import REWARD_CONFIG, ChatEncoder, _r4, constant_loss, encode_pairs
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ import logging
 from pathlib import Path
 from typing import Mapping
 
-from .io import DataError, UserError
+from .records import DataError, UserError
 
 log = logging.getLogger(__name__)
 

@@ -48,7 +48,6 @@ import numpy as np
 
 RUBRIC_VERSION = "2"  # bump when scoring changes, so cached judgements are invalidated
 
-STRENGTHS = ("Significantly better", "Better", "Slightly better", "Unsure")
 SUBSCORES = ("structure", "coherence", "clarity", "register", "repetition", "length", "finished")
 
 # --------------------------------------------------------------------------- lexicons

@@ -6,7 +6,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from .io import DataError
+from .records import DataError
 
 
 def group_by_question(scored: list[dict]) -> "OrderedDict[str, list[dict]]":

@@ -10,7 +10,6 @@ saves through ``trainer.save_model()`` (:func:`sciexplain.dist.save_adapter`), o
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import time
@@ -19,6 +18,7 @@ from .dist import evaluate_before_train, is_main_process, save_adapter
 from .models import (count_parameters, has_cuda, keep_adapter_in_compute_dtype, load_tokenizer, load_trainable_policy,
                      training_init_kwargs, training_quantization_config)
 from .prompts import student_messages
+from .splits import hash_order
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ def to_conversations(records: list[dict], answer_field: str = "answer") -> list[
 
 def split_train_val(records: list[dict], val_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
     """Deterministic split by question id (at least one validation record when val_fraction > 0)."""
-    ranked = sorted(records, key=lambda r: hashlib.sha256(f"{seed}:{r['id']}".encode()).hexdigest())
+    ranked = hash_order(records, seed, key=lambda r: r["id"])
     n_val = min(len(ranked) - 1, max(1, round(len(ranked) * val_fraction))) if val_fraction > 0 else 0
     return ranked[n_val:], ranked[:n_val]
 

@@ -26,14 +26,9 @@ import krippendorff
 import numpy as np
 import scipy.stats
 
-from .io import DataError
+from .records import DataError
+from .strengths import BETTER, DECISIVE_STRENGTHS, SIGNIFICANTLY, SLIGHTLY, STRENGTH_MARGIN, STRENGTHS, UNSURE  # noqa: F401
 
-SIGNIFICANTLY, BETTER, SLIGHTLY, UNSURE = "Significantly better", "Better", "Slightly better", "Unsure"
-STRENGTHS = (SIGNIFICANTLY, BETTER, SLIGHTLY, UNSURE)
-#: How far each strength label moves the preference, on a 0..1 scale (Unsure = no preference).
-STRENGTH_MARGIN = {SIGNIFICANTLY: 1.0, BETTER: 2 / 3, SLIGHTLY: 1 / 3, UNSURE: 0.0}
-#: The labels of a decisive verdict, strongest first (the stacks of the strength bar graph).
-DECISIVE_STRENGTHS = STRENGTHS[:3]
 TIE = "tie"
 
 

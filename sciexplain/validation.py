@@ -25,7 +25,6 @@ the p-values are Holm-adjusted across those judges.
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import random
 from collections import defaultdict
@@ -33,6 +32,7 @@ from typing import Mapping, Sequence
 
 from .annotations import build_sheet
 from .judges import Panel
+from .splits import hash_order
 from .stats import TIE, _pval, _rate, verdict_side, wilson_interval
 from .verdicts import cluster_bootstrap_ci, cohen_kappa, holm, mcnemar_exact
 
@@ -117,8 +117,7 @@ def cap_pairs(pairs: Sequence[Mapping], max_pairs: int | None, seed: int) -> lis
     """At most ``max_pairs`` pairs (None/0: all), chosen by a seeded hash of the pair id; input order kept."""
     if not max_pairs or len(pairs) <= max_pairs:
         return list(pairs)
-    rank = lambda p: hashlib.sha256(f"validate-cap:{seed}:{p['pair_id']}".encode()).hexdigest()  # noqa: E731
-    keep = {p["pair_id"] for p in sorted(pairs, key=rank)[: int(max_pairs)]}
+    keep = {p["pair_id"] for p in hash_order(pairs, seed, key=lambda p: p["pair_id"], salt="validate-cap")[: int(max_pairs)]}
     return [p for p in pairs if p["pair_id"] in keep]
 
 

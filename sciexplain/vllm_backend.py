@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from .generation import GenRequest, GenResult, SamplingParams, fingerprint, request_seed
-from .io import UserError
+from .records import UserError
 
 log = logging.getLogger(__name__)
 

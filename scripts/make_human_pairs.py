@@ -18,9 +18,8 @@ import click
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sciexplain.data import Drops  # noqa: E402
 from sciexplain.human_pairs import stackexchange_pairs  # noqa: E402
-from sciexplain.io import sha256_file, write_jsonl, write_text  # noqa: E402
+from sciexplain.records import Drops, sha256_file, write_jsonl, write_text  # noqa: E402
 
 ATTRIBUTION = """# Human preference pairs from {site} (Stack Exchange)
 

@@ -2,7 +2,7 @@
 import click
 
 from sciexplain.cli import get, params_option, read_params, stage
-from sciexplain.io import atomic_path, sha256_file, write_json
+from sciexplain.records import new_dir, sha256_file, write_json
 
 
 @click.command()
@@ -11,7 +11,6 @@ from sciexplain.io import atomic_path, sha256_file, write_json
 @params_option
 @stage
 def main(out_dir, metrics_path, params_path):
-    import shutil
     from pathlib import Path
 
     from sciexplain.models import materialize_base
@@ -20,12 +19,9 @@ def main(out_dir, metrics_path, params_path):
     source = get(p, "base_model.source")
     # build into a temp folder beside the output, then swap it in: never half a model
     out = Path(out_dir)
-    with atomic_path(out) as tmp:
-        tmp.unlink()
+    with new_dir(out) as tmp:
         info = materialize_base(source, tmp, revision=get(p, "base_model.revision", None),
                                 gguf_file=get(p, "base_model.gguf_file", None))
-        if out.exists():
-            shutil.rmtree(out)
     weights = sorted(out.glob("*.safetensors"))
     info["weights_sha256"] = {w.name: sha256_file(w) for w in weights}
     write_json(metrics_path, info)

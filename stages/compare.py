@@ -14,8 +14,6 @@ say whether each answer stopped on its own (the judge panel never lets an unfini
 The A/B order of an item is drawn from ``(compare.seed, item id)`` only. Without ``--pair`` every pair of
 ``compare.pairs`` is built (each into its own folder).
 """
-import shutil
-import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -23,7 +21,7 @@ import click
 
 from sciexplain.annotations import build_sheet, write_sheet_csv
 from sciexplain.cli import get, params_option, read_params, stage
-from sciexplain.io import DataError, read_jsonl, replace_dir, write_json, write_jsonl
+from sciexplain.records import DataError, first_answers, new_dir, read_jsonl, write_json, write_jsonl
 
 
 def parse_pair(pair) -> tuple[str, str]:
@@ -50,22 +48,7 @@ def load_answers(path: Path, model: str) -> dict[str, dict]:
     if not Path(path).exists():
         raise DataError(path, None, None, f"no eval answers for model {model!r}: add it to answer.models (or the "
                         "stage that writes them) or drop the pair")
-    answers = {}
-    for n, rec in enumerate(read_jsonl(path, required=("id", "model")), 1):
-        where = f"record {n} (id {rec['id']})"
-        if rec["model"] != model:
-            raise DataError(path, where, "model", f"expected {model!r}, got {rec['model']!r}")
-        if not isinstance(rec.get("answer"), str):
-            raise DataError(path, where, "answer", "missing or not a string")
-        sample = rec.get("sample", 0)
-        if not isinstance(sample, int):
-            raise DataError(path, where, "sample", f"must be an integer, got {sample!r}")
-        if sample != 0:
-            continue
-        if rec["id"] in answers:
-            raise DataError(path, where, "id", "a second sample-0 answer for this question")
-        answers[rec["id"]] = rec
-    return answers
+    return first_answers(path, required=("id", "model"), model=model)
 
 
 def kept_answers(path: Path, model: str, ids: list[str], q_path) -> tuple[dict, dict]:
@@ -115,17 +98,13 @@ def main(only, gen_dir, prepared_dir, split, out_dir, params_path):
               "answer_2": a2[i]["answer"], "model_1": m1, "model_2": m2,
               "finished_1": a1[i].get("finished"), "finished_2": a2[i].get("finished")}
              for i in ids if i in a1 and i in a2), seed=seed)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{pair}.", dir=out))
-        try:
+        with new_dir(out / pair) as tmp:
             write_jsonl(tmp / "sheet.jsonl", sheet)
             write_jsonl(tmp / "key.jsonl", key)
             write_sheet_csv(sheet, tmp / "sheet.csv")
             write_json(tmp / "meta.json", {"pair": pair, "models": [m1, m2], "split": split, "questions": len(ids),
                                            "items": len(sheet),
                                            "excluded_dropped_answers": {m: answers[m][1]["n"] for m in (m1, m2)}})
-            replace_dir(tmp, out / pair)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
         n_a = sum(k["a_model"] == m1 for k in key)
         click.echo(f"{pair}: {len(sheet)} items ({m1} shown as A on {n_a}, {m2} on {len(key) - n_a})")
 

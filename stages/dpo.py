@@ -9,9 +9,9 @@ from pathlib import Path
 
 import click
 
-from sciexplain.cli import get, params_option, read_params, stage
+from sciexplain.cli import get, params_option, read_params, stage, trainer_outputs
 from sciexplain.dist import is_main_process
-from sciexplain.io import DataError, read_jsonl, stable_id, write_json
+from sciexplain.records import DataError, read_jsonl, stable_id, write_json
 
 FIELDS = ("question", "chosen", "rejected")
 
@@ -48,10 +48,7 @@ def split_pairs(pairs: list[dict], val_fraction: float, seed: int) -> tuple[list
 @click.option("--pairs", "pairs_path", default="data/rs/dpo_pairs.jsonl", show_default=True)
 @click.option("--extra-pairs", "extra_opt", default=None, help="extra {question, chosen, rejected} JSONL (default: dpo.extra_pairs)")
 @click.option("--init-adapter", default="models/sft", show_default=True, help="the SFT adapter (policy start and reference)")
-@click.option("--out", "out_dir", default="models/dpo", show_default=True)
-@click.option("--metrics", "metrics_path", default="metrics/dpo.json", show_default=True)
-@click.option("--live", "live_dir", default="metrics/dpo", show_default=True, help="DVCLive folder (training curves)")
-@click.option("--scratch", default="scratch/dpo", show_default=True, help="trainer scratch (not a DVC out)")
+@trainer_outputs("dpo")
 @params_option
 @stage
 def main(base_dir, pairs_path, extra_opt, init_adapter, out_dir, metrics_path, live_dir, scratch, params_path):

@@ -7,20 +7,13 @@ KL penalty ``grpo.beta`` against the SFT adapter; the guard (``grpo.guard.*``) s
 repetition of the samples crosses a threshold and puts back the last policy that passed.
 See :mod:`sciexplain.grpo` for why GRPO.
 """
-import os
-import shutil
 from pathlib import Path
 
 import click
 
-from sciexplain.cli import get, params_option, read_params, stage
+from sciexplain.cli import get, params_option, read_params, stage, trainer_outputs
 from sciexplain.dist import is_main_process
-from sciexplain.io import read_jsonl, write_json
-
-def _swap(tmp: Path, out: Path) -> None:
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+from sciexplain.records import new_dir, read_jsonl, write_json
 
 
 @click.command()
@@ -30,14 +23,10 @@ def _swap(tmp: Path, out: Path) -> None:
 @click.option("--reward-metrics", default="metrics/reward_model.json", show_default=True,
               help="the reward model's human-pair validation (sciexplain.rm_gate)")
 @click.option("--prompts", "prompts_path", default="data/prepared/rs.jsonl", show_default=True, help="{id, question} JSONL")
-@click.option("--out", "out_dir", default="models/grpo", show_default=True)
-@click.option("--metrics", "metrics_path", default="metrics/grpo.json", show_default=True)
-@click.option("--live", "live_dir", default="metrics/grpo", show_default=True, help="DVCLive folder (training curves)")
-@click.option("--scratch", default="scratch/grpo", show_default=True, help="trainer scratch (not a DVC out)")
+@trainer_outputs("grpo")
 @params_option
 @stage
 def main(base_dir, init_adapter, reward_dir, reward_metrics, prompts_path, out_dir, metrics_path, live_dir, scratch, params_path):
-    import tempfile
 
     from sciexplain import grpo
 
@@ -48,10 +37,8 @@ def main(base_dir, init_adapter, reward_dir, reward_metrics, prompts_path, out_d
             return
         from dvclive import Live
 
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-        grpo.write_disabled(tmp)
-        _swap(tmp, out)
+        with new_dir(out) as tmp:
+            grpo.write_disabled(tmp)
         live = Live(str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None)  # keeps the declared plots valid
         live.log_metric("enabled", 0)
         live.end()

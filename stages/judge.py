@@ -6,15 +6,13 @@ row bound to the sheet item it judged (``item_hash``) and marked ``"annotator_ty
 judges from people by that field, not by the file name), and per-judge counts (unparseable replies, order disagreements, cache hits) to the metrics file.
 LLM judge replies are cached in ``<cache>/<name>.jsonl``: a rerun never repeats a finished call.
 """
-import shutil
-import tempfile
 from pathlib import Path
 
 import click
 
 from sciexplain.annotations import JUDGE, read_sheet, sheet_hashes, write_annotations
 from sciexplain.cli import get, params_option, read_params, stage
-from sciexplain.io import DataError, replace_dir, write_json
+from sciexplain.records import DataError, new_dir, write_json
 from sciexplain.judges import Panel
 
 
@@ -48,13 +46,9 @@ def main(only, compare_dir, base_dir, prompt_path, cache_dir, out_dir, metrics_p
         pair = sheet_path.parent.name
         sheet = read_sheet(sheet_path)
         result = panel.judge(sheet, label=pair)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{pair}.", dir=out))
-        try:
+        with new_dir(out / pair) as tmp:
             for name, annotations in result.items():
                 write_annotations(tmp / f"judge-{name}.jsonl", annotations, sheet_hashes(sheet), JUDGE)
-            replace_dir(tmp, out / pair)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
         # cache hits/misses go to the log only: the metrics of a rerun must not change
         cache = {n: f"{s.pop('hits')} cached, {s.pop('misses')} new" for n, s in result.stats.items() if "hits" in s}
         metrics["pairs"][pair] = result.stats

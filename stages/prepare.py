@@ -6,7 +6,7 @@ import click
 from tqdm import tqdm
 
 from sciexplain.cli import get, params_option, read_params, stage
-from sciexplain.io import write_json, write_jsonl
+from sciexplain.records import Drops, write_json, write_jsonl
 
 
 @click.command()
@@ -16,29 +16,29 @@ from sciexplain.io import write_json, write_jsonl
 @params_option
 @stage
 def main(base_dir, out_dir, metrics_path, params_path):
-    from sciexplain import data
+    from sciexplain import sources, splits as splitting
 
     p = read_params(params_path)
-    drops = data.Drops()
+    drops = Drops()
     records, by_source = [], Counter()
     for spec in get(p, "prepare.sources"):
-        recs = data.load_source(spec, drops)
+        recs = sources.load_source(spec, drops)
         by_source[spec["path"]] = len(recs)
         records.extend(recs)
     eval_file = get(p, "prepare.eval_file", None)
     eval_records = None
     if eval_file:
-        eval_records = data.dedupe(data.load_qa(eval_file, data.Drops(), answer_field=None, domain="eval"), data.Drops())
+        eval_records = splitting.dedupe(sources.load_qa(eval_file, Drops(), answer_field=None, domain="eval"), Drops())
 
     from sciexplain.models import load_tokenizer  # torch: imported once every source has been read and checked
 
     tok = load_tokenizer(base_dir)
     n_tokens = lambda text: len(tok(text, add_special_tokens=False)["input_ids"])  # noqa: E731
-    records = data.dedupe(records, drops)
-    records = data.filter_lengths(
+    records = splitting.dedupe(records, drops)
+    records = splitting.filter_lengths(
         tqdm(records, desc="length filter", unit="q", mininterval=2), n_tokens, drops,
         get(p, "prepare.min_question_tokens"), get(p, "prepare.max_question_tokens"), get(p, "prepare.max_answer_tokens"))
-    splits = data.split(records, get(p, "prepare.splits"), get(p, "prepare.seed"), eval_records)
+    splits = splitting.split(records, get(p, "prepare.splits"), get(p, "prepare.seed"), eval_records)
 
     out = Path(out_dir)
     for name, recs in splits.items():

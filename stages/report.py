@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from sciexplain.cli import get, params_option, read_params, stage
-from sciexplain.io import DataError, read_json, read_jsonl, write_json
+from sciexplain.records import DataError, first_answers, read_json, read_jsonl, write_json
 from sciexplain.stats import DECISIVE_STRENGTHS
 
 PLOT_COLUMNS = ("bar", "pair", "who", "model", "strength", "votes")
@@ -102,7 +102,7 @@ def main(rewards_dir, comparisons_dir, prepared, generations, annotations, metri
     # report
     answers = {}
     for m in models:
-        recs = {r["id"]: r for r in read_jsonl(Path(generations) / m / "eval.jsonl") if r.get("sample", 0) == 0}
+        recs = first_answers(Path(generations) / m / "eval.jsonl")
         answers[m] = {i: recs[i] for i in ids if i in recs and recs[i].get("keep") is not False}
     rdir = Path(report_dir)
     rel = lambda name: str(Path("..") / pdir / name)  # noqa: E731

@@ -19,7 +19,7 @@ import click
 
 from sciexplain.cli import get, params_option, read_params, stage
 from sciexplain.dist import is_main_process
-from sciexplain.io import DataError, write_json, write_jsonl
+from sciexplain.records import DataError, write_json, write_jsonl
 
 
 @click.command()
@@ -49,10 +49,10 @@ def main(base_dir, human_dir, compare_root, declared_pairs, annotations_root, ju
     from collections import Counter
 
     from sciexplain import preferences as prefs
-    from sciexplain.io import read_jsonl
+    from sciexplain.records import read_jsonl
     from sciexplain.models import load_tokenizer
-    from sciexplain.reward import ChatEncoder, RewardScorer, majority_agreement
-    from sciexplain.reward_eval import heldout_eval
+    from sciexplain.reward import ChatEncoder, RewardScorer
+    from sciexplain.reward_eval import heldout_eval, majority_agreement
     from sciexplain.reward_train import train_reward_model
     from sciexplain.rm_gate import PARAM, validation_block
     from sciexplain.rubric import RubricJudge

@@ -10,7 +10,7 @@ models (mean, median, bootstrap CI, Wilcoxon vs base, Holm) are the ``report`` s
 import click
 
 from sciexplain.cli import get, params_option, read_params, stage
-from sciexplain.io import read_jsonl, write_json
+from sciexplain.records import read_jsonl, write_json
 
 
 @click.command()

@@ -6,7 +6,7 @@ vLLM (``n`` samples in one request), or an OpenAI-compatible server (one call pe
 import click
 
 from sciexplain.cli import get, params_option, read_params, stage
-from sciexplain.io import read_jsonl, write_json, write_jsonl
+from sciexplain.records import read_jsonl, write_json, write_jsonl
 
 
 @click.command()

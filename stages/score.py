@@ -3,7 +3,7 @@ validation (or reward_model.allow_unvalidated says to use it anyway, :mod:`sciex
 import click
 
 from sciexplain.cli import get, params_option, read_params, stage
-from sciexplain.io import DataError, read_jsonl, write_json, write_jsonl
+from sciexplain.records import DataError, read_jsonl, write_json, write_jsonl
 
 
 @click.command()

@@ -7,7 +7,7 @@ first (:mod:`sciexplain.rm_gate`): it refuses unless the model cleared it or rew
 import click
 
 from sciexplain.cli import get, params_option, read_params, stage
-from sciexplain.io import read_jsonl, write_json, write_jsonl
+from sciexplain.records import read_jsonl, write_json, write_jsonl
 
 
 @click.command()

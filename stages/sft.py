@@ -9,9 +9,9 @@ from pathlib import Path
 
 import click
 
-from sciexplain.cli import get, params_option, read_params, stage
+from sciexplain.cli import get, params_option, read_params, stage, trainer_outputs
 from sciexplain.dist import is_main_process
-from sciexplain.io import DataError, read_jsonl, write_json
+from sciexplain.records import DataError, read_jsonl, write_json
 
 
 def load_targets(data: str, prepared: Path, teacher: Path) -> list[dict]:
@@ -43,10 +43,7 @@ def _hyper(p: dict, section: str) -> dict:
 @click.option("--prepared", default="data/prepared/sft.jsonl", show_default=True)
 @click.option("--teacher", default="data/generations/teacher/sft.jsonl", show_default=True)
 @click.option("--init-adapter", default=None, help="continue training this adapter")
-@click.option("--out", "out_dir", default="models/sft", show_default=True)
-@click.option("--metrics", "metrics_path", default="metrics/sft.json", show_default=True)
-@click.option("--live", "live_dir", default="metrics/sft", show_default=True, help="DVCLive folder (training curves)")
-@click.option("--scratch", default="scratch/sft", show_default=True, help="trainer checkpoints (not a DVC out)")
+@trainer_outputs("sft")
 @params_option
 @stage
 def main(section, base_dir, data_opt, prepared, teacher, init_adapter, out_dir, metrics_path, live_dir, scratch, params_path):

@@ -24,7 +24,7 @@ from pathlib import Path
 import click
 
 from sciexplain.cli import get, params_option, read_params, stage
-from sciexplain.io import DataError, read_jsonl, write_json, write_jsonl
+from sciexplain.records import DataError, read_jsonl, write_json, write_jsonl
 
 
 @click.command()

@@ -7,16 +7,12 @@ Metrics (:mod:`sciexplain.validation`): agreement with Wilson and cluster-bootst
 the share of decisive votes for the longer answer, ties, n, and an exact McNemar test of each judge against
 the longer-answer rule, Holm-adjusted.
 """
-import shutil
-import tempfile
-from pathlib import Path
 
 import click
 
 from sciexplain.cli import get, params_option, read_params, stage
-from sciexplain.data import Drops
 from sciexplain.human_pairs import load_pairs, prepared_question_ids, split_pairs
-from sciexplain.io import DataError, replace_dir, write_json, write_jsonl
+from sciexplain.records import DataError, Drops, new_dir, write_json, write_jsonl
 from sciexplain.judges import Panel
 from sciexplain.validation import cap_pairs, validate
 
@@ -64,15 +60,9 @@ def main(prepared_dir, base_dir, prompt_path, cache_dir, out_dir, metrics_path, 
                              "train_questions": len({r["id"] for r in train}), "test_questions": len({r["id"] for r in test}),
                              "dropped": dict(sorted(drops.counts.items()))})
 
-    out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with new_dir(out_dir) as tmp:
         write_jsonl(tmp / "train.jsonl", train)
         write_jsonl(tmp / "test.jsonl", test)
-        replace_dir(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     write_json(metrics_path, metrics)
     for name, m in metrics["judges"].items():
         ci = (m["agreement_cluster_ci_low"], m["agreement_cluster_ci_high"])

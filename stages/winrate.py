@@ -15,10 +15,10 @@ from pathlib import Path
 
 import click
 
-from sciexplain.annotations import check_pair_folders, read_sheet, sheet_hashes
+from sciexplain.annotations import check_pair_folders, read_key, read_sheet, sheet_hashes
 from sciexplain.cli import stage
-from sciexplain.comparisons import power_at, read_groups, read_key, summarize
-from sciexplain.io import DataError, read_json, write_json
+from sciexplain.comparisons import power_at, read_groups, summarize
+from sciexplain.records import DataError, read_json, write_json
 
 
 def pair_metrics(sheet_path: Path, judgments_dir, annotations_dir, validation) -> dict:

@@ -9,7 +9,7 @@ import pytest
 
 from sciexplain.annotate_web import make_server
 from sciexplain.annotations import item_hash, load_annotations, read_annotations, work_dir
-from sciexplain.io import UserError, write_jsonl
+from sciexplain.records import UserError, write_jsonl
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"

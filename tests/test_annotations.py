@@ -8,7 +8,7 @@ from sciexplain.annotations import (
     STRENGTHS, Annotation, AnnotationLock, append_annotation, build_sheet, item_hash, load_annotations, migrate_file,
     read_annotation_dir, read_annotations, read_sheet, sheet_hashes, validate_annotation, work_dir, write_sheet_csv,
 )
-from sciexplain.io import DataError, UserError, write_jsonl
+from sciexplain.records import DataError, UserError, write_jsonl
 
 IDS = ["q1", "q2", "q3"]
 HASHES = {i: f"{n:016x}" for n, i in enumerate(IDS, 1)}  # a made-up sheet's hashes

@@ -9,7 +9,7 @@ import pytest
 from openai_server import FakeOpenAIServer, completion_for
 from sciexplain.batch_api import custom_id, export_batch, import_batch, parse_custom_id
 from sciexplain.generation import GenRequest, SamplingParams, request_seed
-from sciexplain.io import DataError
+from sciexplain.records import DataError
 from sciexplain.openai_backend import OpenAIBackend
 
 SP = SamplingParams(max_new_tokens=64, temperature=0.8, top_p=0.95, seed=3)

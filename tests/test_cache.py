@@ -14,7 +14,7 @@ from openai_server import FakeOpenAIServer
 from sciexplain import cache as cache_mod
 from sciexplain.cache import ResponseCache, cache_key, generate_cached
 from sciexplain.generation import GenRequest, GenResult, SamplingParams, request_seed
-from sciexplain.io import DataError
+from sciexplain.records import DataError
 from sciexplain.openai_backend import BackendError, OpenAIBackend
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -112,7 +112,7 @@ def test_beta_and_loss_type_reach_the_trainer(tiny_base, sft_adapter, tmp_path, 
 
 def test_unknown_loss_type_is_a_user_error(tiny_base, sft_adapter, tmp_path):
     from sciexplain.dpo import build_dpo_trainer
-    from sciexplain.io import UserError
+    from sciexplain.records import UserError
 
     with pytest.raises(UserError, match="dpo.loss_type 'ppo'"):
         build_dpo_trainer(tiny_base, _pairs(2), [], init_adapter=sft_adapter, loss_type="ppo", scratch_dir=tmp_path)

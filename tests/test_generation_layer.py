@@ -14,7 +14,7 @@ from openai_server import FakeOpenAIServer
 from sciexplain.backends import engine_backend, make_backend, served_fingerprint
 from sciexplain.cache import backend_cache_key, generate_cached
 from sciexplain.generation import GenRequest, SamplingParams, fingerprint, request_seed
-from sciexplain.io import DataError, UserError
+from sciexplain.records import DataError, UserError
 from sciexplain.openai_backend import OpenAIBackend
 from sciexplain.prompts import student_messages
 
@@ -209,7 +209,7 @@ def test_vllm_backend_n_samples_per_request_and_resume_equivalence(fake_vllm, ti
 
 # ---------------------------------------------------------------- the stages on a server
 def _prepared(root: Path, n: int = 3) -> None:
-    from sciexplain.io import stable_id, write_jsonl
+    from sciexplain.records import stable_id, write_jsonl
 
     qs = [f"Why does thing {i} happen?" for i in range(n)]
     for split in ("rm", "eval", "rs"):

@@ -176,7 +176,7 @@ def test_vllm_rollouts_are_off_by_default_and_map_to_grpo_config(monkeypatch):
     import importlib.util
 
     from sciexplain import grpo
-    from sciexplain.io import UserError
+    from sciexplain.records import UserError
 
     assert grpo.vllm_kwargs() == {} and grpo.vllm_kwargs(use_vllm=False, vllm_mode="server") == {}
     with pytest.raises(UserError, match="grpo.vllm_mode 'remote'"):

@@ -5,11 +5,10 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, SHARED_DATA
-from sciexplain import data
-from sciexplain.data import Drops
+from sciexplain import sources
 from sciexplain.human_pairs import (load_pairs, load_source, margin_from_gap, prepared_question_ids, read_pair_file,
                                     split_pairs, stackexchange_pairs)
-from sciexplain.io import DataError, stable_id
+from sciexplain.records import DataError, Drops, stable_id
 
 FIXTURES = ROOT / "tests" / "fixtures"
 SHIPPED = ROOT / "data" / "raw" / "human_pairs" / "ai_stackexchange.jsonl"
@@ -44,7 +43,7 @@ def test_fixture_posts_to_pairs():
     assert by_q[1]["margin"] == margin_from_gap(5) and by_q[1]["chosen_later"] is None  # the fixture has no dates
     assert drops.counts["unsafe_html_answer"] == 1
     # the same question text and stable id as the prepare stage gives the same question
-    prepared = {r["post_id"]: r for r in data.load_stackexchange(FIXTURES / "Posts.xml", Drops(), min_score=0)}
+    prepared = {r["post_id"]: r for r in sources.load_stackexchange(FIXTURES / "Posts.xml", Drops(), min_score=0)}
     for qid, p in by_q.items():
         assert p["question"] == prepared[qid]["question"] and p["id"] == prepared[qid]["id"] == stable_id(p["question"])
     assert stackexchange_pairs(FIXTURES / "Posts.xml", Drops(), min_score_gap=4)[0]["question_post_id"] == 1

@@ -10,7 +10,7 @@ from conftest import ROOT
 from openai_server import FakeOpenAIServer
 from sciexplain.annotations import STRENGTHS, Annotation, read_annotations, write_annotations
 from sciexplain.generation import GenResult
-from sciexplain.io import DataError
+from sciexplain.records import DataError
 from sciexplain.judges import (LLMJudge, Panel, combine_verdicts, load_template, parse_verdict, render_prompt,
                                run_panel, swap_verdict, validate_panel)
 

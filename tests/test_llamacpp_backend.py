@@ -14,7 +14,7 @@ pytest.importorskip("llama_cpp")
 from conftest import read_jsonl, write_params  # noqa: E402
 from sciexplain import prompts  # noqa: E402
 from sciexplain.generation import GenRequest, SamplingParams  # noqa: E402
-from sciexplain.io import DataError, UserError  # noqa: E402
+from sciexplain.records import DataError, UserError  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

@@ -228,7 +228,7 @@ def test_a_malformed_200_reply_is_one_clear_line(raw_server, body):
 def test_repetition_penalty_goes_in_the_body_only_when_on(server):
     """Not an OpenAI API field: sent (as vLLM's and llama.cpp's names) only when set; the Batch API refuses it."""
     from sciexplain.batch_api import request_body
-    from sciexplain.io import UserError
+    from sciexplain.records import UserError
 
     be = make_backend(server)
     be.generate(reqs(1), SamplingParams(max_new_tokens=5))

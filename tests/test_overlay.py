@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from sciexplain.io import DataError, load_params
+from sciexplain.records import DataError, load_params
 from sciexplain.overlay import flatten, main, set_flags
 
 ROOT = Path(__file__).resolve().parents[1]

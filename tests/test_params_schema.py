@@ -16,7 +16,7 @@ from conftest import ROOT
 
 from sciexplain import params_schema as ps
 from sciexplain.cli import read_params
-from sciexplain.io import DataError, UserError
+from sciexplain.records import DataError, UserError
 
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
 BAD_DIR = ROOT / "tests" / "data" / "bad" / "params"
@@ -393,18 +393,19 @@ def test_the_rs_round_of_stages_sft_checks_the_rs_section(tmp_path):
 # --------------------------------------------------------------------------- the schema agrees with the code
 
 def test_allowed_values_match_the_modules_that_use_them():
-    from sciexplain import data, generation, human_pairs, judges, preferences, prompts, rubric
+    from sciexplain import generation, human_pairs, judges, preferences, prompts, rubric
+    from sciexplain import sources, splits
     from sciexplain.dpo import LOSS_TYPES
     from sciexplain.grpo import VLLM_MODES
 
-    assert set(ps.SPLITS) == set(data.SPLITS)
+    assert set(ps.SPLITS) == set(splits.SPLITS)
     assert ps.PLAN_MODES == prompts.PLAN_MODES
     assert ps.ENGINE_BACKENDS == generation.BACKENDS
     assert ps.UNSURE_MODES == preferences.UNSURE_MODES
     assert ps.LOSS_TYPES == LOSS_TYPES and ps.VLLM_MODES == VLLM_MODES
     assert ps._JUDGE_TYPES == judges.JUDGE_TYPES and ps._NAME_RE == judges._NAME_RE.pattern
     for kind, model in (("bank", ps.BankSource), ("stackexchange", ps.StackExchangeSource), ("qa", ps.QASource)):
-        assert set(model.model_fields) == {"type", "path"} | data.SOURCE_KEYS[kind], kind
+        assert set(model.model_fields) == {"type", "path"} | sources.SOURCE_KEYS[kind], kind
     assert set(ps.HumanStackExchangeSource.model_fields) == {"type", "path"} | set(human_pairs.SE_DEFAULTS)
     common = judges._COMMON_KEYS | set(judges._LLM_DEFAULTS)
     for backend, model in (("local", ps.LocalLLMJudgeSpec), ("vllm", ps.VllmLLMJudgeSpec),

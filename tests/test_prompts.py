@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from sciexplain import prompts
-from sciexplain.io import DataError
+from sciexplain.records import DataError
 
 ROOT = Path(__file__).resolve().parents[1]
 

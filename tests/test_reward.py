@@ -11,10 +11,11 @@ import torch
 
 from sciexplain import preferences as prefs
 from sciexplain.annotations import sheet_hashes
-from sciexplain.io import DataError, UserError, stable_id
+from sciexplain.records import DataError, UserError, stable_id
 from sciexplain.models import load_tokenizer
 from sciexplain.reward import (ChatEncoder, chat_prompt, RewardScorer, check_pooling, constant_loss, encode_pairs,
-                               majority_agreement, pair_loss)
+                               pair_loss)
+from sciexplain.reward_eval import majority_agreement
 from sciexplain.reward_train import train_reward_model
 from sciexplain.rubric import RubricJudge
 

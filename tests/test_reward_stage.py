@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from conftest import read_jsonl, write_params
 from sciexplain.annotations import item_hash
-from sciexplain.io import stable_id
+from sciexplain.records import stable_id
 from stages import reward_model
 
 QUESTIONS = ["Why is the sky blue?", "Why does ice float on water?", "How do vaccines train the immune system?",

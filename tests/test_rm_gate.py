@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import write_params
-from sciexplain.io import DataError, UserError, stable_id
+from sciexplain.records import DataError, UserError, stable_id
 from sciexplain.reward import constant_loss, pair_loss
 from sciexplain.reward_eval import heldout_eval
 from sciexplain.rm_gate import check, figure, require_validated, validation_block

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from sciexplain.rubric import STRENGTHS, SUBSCORES, RubricJudge, features
+from sciexplain.rubric import SUBSCORES, RubricJudge, features
+from sciexplain.strengths import STRENGTHS
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,6 +1,6 @@
 import pytest
 
-from sciexplain.io import DataError
+from sciexplain.records import DataError
 from sciexplain.selection import best_of_n_curve, resolve_threshold, select
 
 

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from sciexplain.io import DataError
+from sciexplain.records import DataError
 from sciexplain.stats import (
     STRENGTH_MARGIN,
     STRENGTHS,

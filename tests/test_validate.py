@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from conftest import ROOT, write_params
 from sciexplain.generation import GenResult
-from sciexplain.io import stable_id
+from sciexplain.records import stable_id
 from sciexplain.judges import Panel
 from sciexplain.validation import choices_from_scores, make_sheet, validate
 from sciexplain.verdicts import (BETTER, CANNOT_TELL, NOT_VALIDATED, VERDICTS, WORSE, _critical_k,
@@ -196,9 +196,9 @@ def test_validate_stage_end_to_end(workdir):
 def test_default_params_validate_the_shipped_pairs(workdir):
     """The default validate params read the shipped human pairs (no prepared split overlaps them)."""
     from sciexplain.cli import get
-    from sciexplain.data import Drops
+    from sciexplain.records import Drops
     from sciexplain.human_pairs import load_pairs, split_pairs
-    from sciexplain.io import load_params
+    from sciexplain.records import load_params
 
     p = load_params("params.yaml")
     drops = Drops()

@@ -17,7 +17,7 @@ from sciexplain.annotations import Annotation, build_sheet
 from sciexplain.comparisons import adjust_family, summarize
 from sciexplain.evaluation import (load_eval_answers, opening, reward_model_warning, reward_statistics,
                                    teacher_warning)
-from sciexplain.io import write_jsonl
+from sciexplain.records import write_jsonl
 from sciexplain.stats import krippendorff_alpha, summarize_pair
 from sciexplain.verdicts import holm
 

@@ -9,7 +9,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))
 from sciexplain.annotations import JUDGE, Annotation, build_sheet, sheet_hashes, write_annotations  # noqa: E402
-from sciexplain.io import write_jsonl  # noqa: E402
+from sciexplain.records import write_jsonl  # noqa: E402
 
 OUT = ROOT / "tests" / "data" / "bad" / "annotations"
 DROP = object()

@@ -1,4 +1,4 @@
-"""Question sources, cleaning and the deterministic split used by the ``prepare`` stage.
+"""Question sources read by the ``prepare`` stage, each as records with a stable ``id``.
 
 Sources (``prepare.sources`` in params.yaml, a list of {type, path, ...}):
 - ``bank``: the project's science question bank, JSONL {id, question, domain}.
@@ -6,151 +6,20 @@ Sources (``prepare.sources`` in params.yaml, a list of {type, path, ...}):
   The accepted answer (else the top-voted one) with Score >= ``min_score`` is kept as the forum answer.
 - ``qa``: CSV or JSONL Q/A files; ``question_field`` / ``answer_field`` / ``domain_field`` name the columns.
 
-Every record gets a stable ``id`` = hash of the normalised question (:func:`sciexplain.io.stable_id`).
+Every record gets a stable ``id`` = hash of the normalised question (:func:`sciexplain.records.stable_id`).
 """
 from __future__ import annotations
 
-import csv
-import hashlib
 import html
-import io
 import re
 from collections import Counter
-from dataclasses import dataclass, field
-from html.parser import HTMLParser
 from pathlib import Path
 
-from .io import DataError, normalize_text, read_jsonl_lines, stable_id
+from .markup import UnsafeHTML, clean_text, html_to_text
+from .records import DataError, Drops, read_csv_table, read_jsonl_lines, stable_id
 
-SPLITS = ("eval", "rs", "rm", "sft")
 MAX_BODY_CHARS = 100_000  # a post body longer than this is dropped and counted (a dump's longest are ~60k)
-MAX_TITLE_CHARS = 1_000  # assignment order: eval is filled first so other sizes never move it
-
-
-@dataclass
-class Drops:
-    """Counted drops by reason (reported in metrics/prepare.json)."""
-
-    counts: Counter = field(default_factory=Counter)
-
-    def add(self, reason: str, n: int = 1) -> None:
-        self.counts[reason] += n
-
-
-# --------------------------------------------------------------------------- HTML -> text
-class UnsafeHTML(ValueError):
-    pass
-
-
-class _HTMLToText(HTMLParser):
-    """Stack Exchange HTML -> plain text that keeps paragraphs, lists, code blocks and LaTeX as written."""
-
-    BLOCK = {"p", "div", "blockquote", "h1", "h2", "h3", "h4", "h5", "h6", "table", "tr", "hr"}
-    FORBIDDEN = {"script", "style", "iframe", "object", "embed"}
-
-    def __init__(self):
-        super().__init__(convert_charrefs=True)
-        self.out: list[str] = []
-        self.lists: list[list] = []  # stack of [kind, counter]
-        self.pre = 0
-        self.code_inline = 0
-
-    def _nl(self, n: int = 2) -> None:
-        """End the text so far with at least ``n`` newlines (none at the very start). Looks only at the
-        trailing whitespace chunks, so a body with many block tags converts in linear time."""
-        have = 0
-        for chunk in reversed(self.out):
-            body = chunk.rstrip(" ")
-            if body.strip("\n"):  # this chunk has text: count its trailing newlines and stop
-                have += len(body) - len(body.rstrip("\n"))
-                break
-            have += body.count("\n")
-        else:
-            return  # nothing but whitespace so far
-        if have < n:
-            self.out.append("\n" * (n - have))
-
-    def handle_starttag(self, tag, attrs):
-        if tag in self.FORBIDDEN:
-            raise UnsafeHTML(f"<{tag}> element")
-        for name, value in attrs:
-            if name.lower().startswith("on") or (value and value.strip().lower().startswith("javascript:")):
-                raise UnsafeHTML(f"<{tag} {name}=...> attribute")
-        if tag in self.BLOCK:
-            self._nl(2)
-        elif tag == "br":
-            self.out.append("\n")
-        elif tag in ("ul", "ol"):
-            self._nl(2 if not self.lists else 1)
-            self.lists.append([tag, 0])
-        elif tag == "li":
-            self._nl(1)
-            depth = max(len(self.lists) - 1, 0)
-            if self.lists and self.lists[-1][0] == "ol":
-                self.lists[-1][1] += 1
-                self.out.append("  " * depth + f"{self.lists[-1][1]}. ")
-            else:
-                self.out.append("  " * depth + "- ")
-        elif tag == "pre":
-            self._nl(2)
-            self.out.append("```\n")
-            self.pre += 1
-        elif tag == "code" and not self.pre:
-            self.out.append("`")
-            self.code_inline += 1
-        elif tag == "img":
-            alt = dict(attrs).get("alt")
-            if alt:
-                self.out.append(f"[image: {alt}]")
-
-    def handle_endtag(self, tag):
-        if tag in self.BLOCK:
-            self._nl(2)
-        elif tag in ("ul", "ol"):
-            if self.lists:
-                self.lists.pop()
-            self._nl(2 if not self.lists else 1)
-        elif tag == "pre":
-            if self.pre:
-                self.pre -= 1
-                if not "".join(self.out).endswith("\n"):
-                    self.out.append("\n")
-                self.out.append("```")
-                self._nl(2)
-        elif tag == "code" and self.code_inline:
-            self.out.append("`")
-            self.code_inline -= 1
-
-    def handle_data(self, data):
-        if self.pre:
-            self.out.append(data)
-        else:
-            data = re.sub(r"\s+", " ", data)
-            if not self.out or self.out[-1].endswith("\n") or self.out[-1].endswith(("- ", ". ")):
-                data = data.lstrip()
-            if data:
-                self.out.append(data)
-
-
-def html_to_text(body: str) -> str:
-    """Convert (already XML-unescaped) HTML to text. Raises :class:`UnsafeHTML` on script-like content."""
-    parser = _HTMLToText()
-    parser.feed(body)
-    parser.close()
-    text = "".join(parser.out)
-    lines = [ln.rstrip() for ln in text.split("\n")]
-    text = "\n".join(lines)
-    text = re.sub(r"\n{3,}", "\n\n", text)
-    return text.strip()
-
-
-def clean_text(text: str) -> str:
-    """Collapse runs of spaces and blank lines; keep paragraph breaks."""
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
-    text = re.sub(r"[ \t\u00a0]+", " ", text)
-    text = re.sub(r" *\n *", "\n", text)
-    text = re.sub(r"\n{3,}", "\n\n", text)
-    return text.strip()
+MAX_TITLE_CHARS = 1_000
 
 
 def parse_tags(raw: str | None) -> list[str]:
@@ -371,43 +240,15 @@ def load_stackexchange(path: str | Path, drops: Drops, min_score: int = 1, domai
 def _csv_rows(path: Path, needed: tuple[str, ...]) -> list[tuple[int, dict]]:
     """``(line, row)`` of a CSV file with a header row (a record's line is where it starts); the ``needed``
     columns must be in the header. Checks encoding, NUL bytes, quoting (strict) and the number of fields."""
-    if not path.exists():
-        raise DataError(path, None, None, "file not found")
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = data[:e.start].count(b"\n") + 1
-        raise DataError(path, line, None, "not valid UTF-8: save the file as CSV UTF-8") from None
-    if "\x00" in text:
-        raise DataError(path, text[:text.index("\x00")].count("\n") + 1, None, "a NUL byte: binary data, not CSV text")
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
-    header, rows, start = None, [], 1
-    try:
-        for row in reader:
-            line, start = start, reader.line_num + 1
-            if not any(cell.strip() for cell in row):
-                continue
-            if header is None:
-                header = row
-                for name in needed:
-                    if name not in header:
-                        raise DataError(path, line, name, f"missing column (columns: {', '.join(' '.join(c.split()) for c in header)})")
-                continue
-            if len(row) > len(header):
-                raise DataError(path, line, None, f"{len(row)} fields but the header has {len(header)} (an unquoted comma?)")
-            if len(row) < len(header):
-                raise DataError(path, line, header[len(row)], "missing: the row has fewer fields than the header")
-            rows.append((line, dict(zip(header, row))))
-    except csv.Error as e:
-        if "unexpected end of data" in str(e):
-            raise DataError(path, start, None, "bad CSV: a quote opened here is never closed") from None
-        raise DataError(path, reader.line_num, None, f"bad CSV: {e}") from None
-    if header is None:
-        raise DataError(path, None, None, "file is empty")
-    if not rows:
-        raise DataError(path, None, None, "file has a header but no rows")
-    return rows
+    header, rows = read_csv_table(path, needed)
+    out = []
+    for line, row in rows:
+        if len(row) > len(header):
+            raise DataError(path, line, None, f"{len(row)} fields but the header has {len(header)} (an unquoted comma?)")
+        if len(row) < len(header):
+            raise DataError(path, line, header[len(row)], "missing: the row has fewer fields than the header")
+        out.append((line, dict(zip(header, row))))
+    return out
 
 
 def _text_field(path, line, rec: dict, name: str, required: bool) -> str | None:
@@ -462,74 +303,3 @@ def load_source(spec: dict, drops: Drops, root: Path = Path(".")) -> list[dict]:
     if kind == "stackexchange":
         return load_stackexchange(path, drops, **spec)
     return load_qa(path, drops, **spec)
-
-
-# --------------------------------------------------------------------------- filter, dedupe, split
-def dedupe(records: list[dict], drops: Drops) -> list[dict]:
-    """Keep the first record of each normalised question (sources are read in params order)."""
-    seen, out = set(), []
-    for rec in records:
-        key = normalize_text(rec["question"])
-        if key in seen:
-            drops.add("duplicate")
-            continue
-        seen.add(key)
-        out.append(rec)
-    return out
-
-
-def filter_lengths(records: list[dict], count_tokens, drops: Drops, min_question_tokens: int,
-                   max_question_tokens: int, max_answer_tokens: int) -> list[dict]:
-    out = []
-    for rec in records:
-        n = count_tokens(rec["question"])
-        if n < min_question_tokens:
-            drops.add("question_too_short")
-            continue
-        if n > max_question_tokens:
-            drops.add("question_too_long")
-            continue
-        if rec.get("answer") and count_tokens(rec["answer"]) > max_answer_tokens:
-            drops.add("answer_too_long")  # the question stays; its forum answer is dropped
-            rec = {**rec, "answer": None}
-        out.append(rec)
-    return out
-
-
-def _order_key(seed: int, rec_id: str) -> str:
-    return hashlib.sha256(f"{seed}:{rec_id}".encode()).hexdigest()
-
-
-def split(records: list[dict], sizes: dict, seed: int, eval_records: list[dict] | None = None) -> dict[str, list[dict]]:
-    """Deterministic disjoint split by id. ``eval`` is filled first, then rs, rm, sft, so growing a later
-    split never moves questions between earlier ones. ``eval_records`` (an external eval file) replace
-    the eval split; their questions are removed from the pool."""
-    for name in sizes:
-        if name not in SPLITS:
-            raise DataError("params.yaml", "prepare.splits", name, f"unknown split (known: {', '.join(SPLITS)})")
-    for name in SPLITS:
-        if name not in sizes and not (name == "eval" and eval_records is not None):
-            # a missing split once became an empty file that a later stage read as "no questions"
-            raise DataError("params.yaml", "prepare.splits", name, "missing split size; every split needs one")
-        n = sizes.get(name, 0)
-        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
-            raise DataError("params.yaml", "prepare.splits", name, f"size must be a non-negative integer, not {n!r}")
-    pool = sorted(records, key=lambda r: _order_key(seed, r["id"]))
-    out: dict[str, list[dict]] = {}
-    if eval_records is not None:
-        eval_ids = {r["id"] for r in eval_records}
-        pool = [r for r in pool if r["id"] not in eval_ids]
-        out["eval"] = sorted(eval_records, key=lambda r: r["id"])
-    needed = sum(sizes.get(n, 0) for n in SPLITS if n not in out)
-    if needed > len(pool):
-        raise DataError("params.yaml", "prepare.splits", None,
-                        f"split sizes ask for {needed} questions but only {len(pool)} remain after cleaning, "
-                        f"filtering and dedupe; lower the sizes or add sources")
-    i = 0
-    for name in SPLITS:
-        if name in out:
-            continue
-        n = sizes.get(name, 0)
-        out[name] = sorted(pool[i:i + n], key=lambda r: r["id"])
-        i += n
-    return out
