@@ -27,7 +27,8 @@ def test_sft_changes_adapter_and_lowers_loss(tiny_base, tmp_path):
 
     train, val = split_train_val(_records(24), 0.25, seed=0)
     m = train_sft(tiny_base, train, val, tmp_path / "adapter", lora={"r": 8, "alpha": 16, "dropout": 0.0},
-                  learning_rate=1e-2, epochs=3, batch_size=6, max_length=96, seed=0,
+                  trainer={"learning_rate": 1e-2, "lr_scheduler_type": "cosine", "num_train_epochs": 3,
+                           "per_device_train_batch_size": 6, "max_length": 96, "seed": 0},
                   scratch_dir=tmp_path / "scratch", live_dir=tmp_path / "live")
     assert m["eval_loss"] < m["eval_loss_base"] - 0.5, m
     assert m["train_loss_last_step"] < m["train_loss_first_step"], m
@@ -42,7 +43,8 @@ def test_sft_changes_adapter_and_lowers_loss(tiny_base, tmp_path):
     assert isinstance(model, PeftModel)
     # continuing from the adapter keeps training it
     m2 = train_sft(tiny_base, train, val, tmp_path / "adapter2", init_adapter=tmp_path / "adapter",
-                   learning_rate=5e-3, epochs=1, batch_size=6, max_length=96, seed=0, scratch_dir=tmp_path / "s2")
+                   trainer={"learning_rate": 5e-3, "num_train_epochs": 1, "per_device_train_batch_size": 6,
+                            "max_length": 96, "seed": 0}, section="rs", scratch_dir=tmp_path / "s2")
     assert m2["eval_loss_start"] == pytest.approx(m["eval_loss"], abs=1e-3)
     assert m2["init_adapter"] == str(tmp_path / "adapter")
 
