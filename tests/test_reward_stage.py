@@ -193,10 +193,10 @@ def test_reward_model_stage_errors_are_one_line(project):
     write_params(project / "params.yaml", {"reward_model": {"sources": ["nope_vs_sft"]}})
     r = _run()
     assert r.exit_code == 1 and "Traceback" not in r.output and "nope_vs_sft" in r.output, r.output
-    write_params(project / "params.yaml", {"reward_model": {"sources": [], "max_length": 8}})
+    write_params(project / "params.yaml", {"reward_model": {"sources": [], "trainer": {"max_length": 8}}})
     r = _run()
     assert r.exit_code == 1 and "Traceback" not in r.output and "max_length" in r.output, r.output
-    write_params(project / "params.yaml", {"reward_model": {"max_length": 320, "unsure": "sometimes"}})
+    write_params(project / "params.yaml", {"reward_model": {"trainer": {"max_length": 320}, "unsure": "sometimes"}})
     r = _run()
     assert r.exit_code == 1 and "reward_model.unsure" in r.output, r.output
     write_params(project / "params.yaml", {"reward_model": {"unsure": "drop", "allow_unvalidated": "yes"}})
