@@ -418,6 +418,24 @@ SECTION_OWNED = {
 }
 
 
+# transformers' length-grouped samplers measure a row by its input_ids: SFT rows have them; TRL 1.16's preference
+# rows (prompt_ids / chosen_ids / rejected_ids) do not, and GRPOTrainer brings its own sampler
+_NO_LENGTH_GROUPING = {
+    "reward_model": "RewardTrainer's rows have no input_ids column to measure (chosen_ids / rejected_ids)",
+    "dpo": "DPOTrainer's rows have no input_ids column to measure (prompt_ids / chosen_ids / rejected_ids)",
+    "grpo": "GRPOTrainer samples with its own RepeatSampler (prompts, not lengths)",
+}
+
+
+def trainer_value_problem(section: str, key: str, value) -> str | None:
+    """Why a value TRL would take is refused here (it would fail or be ignored mid-training); None: accepted."""
+    if key == "train_sampling_strategy" and value in ("group_by_length", "batch_rebalance") \
+            and section in _NO_LENGTH_GROUPING:
+        return (f"length-grouped sampling does not work for this trainer: {_NO_LENGTH_GROUPING[section]}; "
+                f"use random or sequential, got {_show(value)}")
+    return None
+
+
 @functools.lru_cache(maxsize=1)
 def _recorded_fields() -> dict | None:
     """``{config class name: frozenset of field names}`` from trl_fields.json when it was recorded for the installed
@@ -472,8 +490,9 @@ class TrainerSettings(Section):
     def _trl_fields(cls, data):
         if isinstance(data, dict):
             fields = (_recorded_fields() or {}).get(TRAINER_CONFIGS[cls._section])
-            for key in data:
-                problem = trainer_key_problem(cls._section, str(key), fields)
+            for key, value in data.items():
+                problem = trainer_key_problem(cls._section, str(key), fields) or \
+                    trainer_value_problem(cls._section, str(key), value)
                 if problem:
                     raise PydanticCustomError("param", problem, {"key": str(key)})
         return data

@@ -24,7 +24,7 @@ import json
 import sys
 from typing import Any, Mapping
 
-from .params_schema import TRAINER_CONFIGS, TRL_FIELDS_FILE, ParamsError, trainer_key_problem
+from .params_schema import TRAINER_CONFIGS, TRL_FIELDS_FILE, ParamsError, trainer_key_problem, trainer_value_problem
 
 
 def config_class(section: str):
@@ -41,8 +41,8 @@ def check(section: str, settings: Mapping[str, Any], where: str = "params.yaml")
     """ParamsError naming ``<section>.trainer.<key>`` for the first key the config class does not take, or that the
     code or the section owns."""
     fields = field_names(config_class(section))
-    for key in settings:
-        problem = trainer_key_problem(section, str(key), fields)
+    for key, value in settings.items():
+        problem = trainer_key_problem(section, str(key), fields) or trainer_value_problem(section, str(key), value)
         if problem:
             raise ParamsError(f"{where}: {section}.trainer.{key}: {problem}")
 

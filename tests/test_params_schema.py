@@ -176,6 +176,8 @@ BAD = [
     ("grpo.trainer.per_device_train_batch_size", 8, "grpo.trainer.per_device_train_batch_size",
      "grpo.prompts_per_step x grpo.num_generations"),
     ("grpo.trainer.num_genrations", 8, "grpo.trainer.num_genrations", "unknown setting of trl.GRPOConfig"),
+    ("dpo.trainer.train_sampling_strategy", "group_by_length", "dpo.trainer.train_sampling_strategy",
+     "length-grouped sampling does not work for this trainer: DPOTrainer's rows have no input_ids"),
     ("reward_model.trainer.eval_strategy", "steps", "reward_model.trainer.eval_strategy", "best-dev-epoch selection"),
     ("reward_model.trainer.max_length", DELETE, "reward_model.trainer.max_length", "missing; expected an integer >= 1"),
     ("reward_model.trainer.center_rewards_coefficient", 0.1, "reward_model.trainer.center_rewards_coefficient",

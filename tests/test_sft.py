@@ -58,3 +58,38 @@ def test_sft_stage_forum_needs_forum_answers(workdir, tiny_base):
     r = CliRunner().invoke(sft.main, ["--base", str(tiny_base)])
     assert r.exit_code == 1 and "sft.data=forum needs forum answers" in r.output
     assert not (workdir / "models").exists()
+
+
+def test_length_grouped_batches_are_used_and_deterministic(tiny_base, tmp_path):
+    """sft.trainer.train_sampling_strategy: group_by_length (transformers' LengthGroupedSampler over the tokenized
+    input_ids): batches of similar length, less padding, and a rerun gives the same adapter bytes."""
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    from sciexplain.sft import sft_config
+
+    recs = [{"id": f"q{i}", "question": f"Why does ice float? ({i})", "answer": TARGET + " More." * (i % 7)}
+            for i in range(20)]
+    trainer = {"learning_rate": 1e-2, "num_train_epochs": 1, "per_device_train_batch_size": 2, "max_length": 96,
+               "seed": 0, "train_sampling_strategy": "group_by_length"}
+    assert sft_config(trainer, tmp_path / "c").train_sampling_strategy == "group_by_length"
+    seen = []
+    orig = LengthGroupedSampler.__iter__
+
+    def spy(self):
+        order = list(orig(self))
+        seen.append([self.lengths[i] for i in order])
+        return iter(order)
+
+    LengthGroupedSampler.__iter__ = spy
+    try:
+        out = []
+        for k in range(2):
+            train_sft(tiny_base, recs, [], tmp_path / f"a{k}", lora={"r": 4, "alpha": 8, "dropout": 0.0},
+                      trainer=trainer, scratch_dir=tmp_path / f"s{k}")
+            out.append((tmp_path / f"a{k}" / "adapter_model.safetensors").read_bytes())
+    finally:
+        LengthGroupedSampler.__iter__ = orig
+    assert out[0] == out[1]
+    assert len(seen) == 2 and seen[0] == seen[1] and len(seen[0]) == 20  # every example once, the same order
+    # each mega-batch is sorted by length (longest first) except the swapped-in longest example
+    assert max(seen[0]) == seen[0][0]
