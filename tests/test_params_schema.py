@@ -334,12 +334,12 @@ def test_stage_names_and_modules(tmp_path):
         "answer": {"foreach": ["base", "sft"], "do": {"cmd": "python -m stages.answer --model-name ${item}",
                                                       "params": ["generate.seed", "engine.backend"]}},
         "train": {"matrix": {"section": ["sft", "rs"]}, "cmd": "python -m stages.sft --section ${item.section}",
-                  "params": [{"params.yaml": ["sft.seed", "rs.seed"]}]},
+                  "params": [{"params.yaml": ["sft.trainer", "rs.trainer"]}]},
         "everything": {"cmd": "python -m stages.evaluate", "params": [{"params.yaml": None}]},
     }}))
     ps._stages.cache_clear()
     assert ps.declared_keys("answer@base", other) == ["generate.seed", "engine.backend"]
-    assert ps.declared_keys("train@sft", other) == ["sft.seed", "rs.seed"]
+    assert ps.declared_keys("train@sft", other) == ["sft.trainer", "rs.trainer"]
     assert ps.declared_keys("everything", other) is None
     assert ps.stages_of_module("stages.answer", [], other) == ["answer"]
     bad = _set(PARAMS, "generate.seed", -1)
