@@ -93,3 +93,26 @@ def test_length_grouped_batches_are_used_and_deterministic(tiny_base, tmp_path):
     assert len(seen) == 2 and seen[0] == seen[1] and len(seen[0]) == 20  # every example once, the same order
     # each mega-batch is sorted by length (longest first) except the swapped-in longest example
     assert max(seen[0]) == seen[0][0]
+
+
+def test_a_trl_setting_added_to_params_reaches_the_trainer(workdir, tiny_base):
+    """The sft stage passes sft.trainer straight into trl.SFTConfig: settings params.yaml does not list
+    (warmup_steps, max_steps) and changed ones (lr_scheduler_type) show in the DVCLive learning-rate curve."""
+    import csv
+
+    from stages import sft
+
+    recs = [{"id": f"q{i}", "question": f"Why does ice float? ({i})", "answer": TARGET, "keep": True} for i in range(10)]
+    (workdir / "data/generations/teacher").mkdir(parents=True)
+    (workdir / "data/generations/teacher/sft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    write_params(workdir / "params.yaml", {"sft": {
+        "lora": {"r": 4, "alpha": 8, "dropout": 0.0}, "val_fraction": 0.0,
+        "trainer": {"learning_rate": 1e-2, "lr_scheduler_type": "linear", "warmup_steps": 2, "max_steps": 4,
+                    "per_device_train_batch_size": 2, "max_length": 64}}})
+    r = CliRunner().invoke(sft.main, ["--base", str(tiny_base)])
+    assert r.exit_code == 0, r.output
+    with open(workdir / "metrics/sft/plots/metrics/learning_rate.tsv") as f:  # the rate each step trained with
+        lrs = [float(row["learning_rate"]) for row in csv.DictReader(f, delimiter="\t")]
+    assert json.loads((workdir / "metrics/sft.json").read_text())["steps"] == 4
+    # linear warm-up over 2 steps to 1e-2, then linear decay to 0 at step 4 (params.yaml's cosine would not give this)
+    assert lrs == pytest.approx([0.0, 5e-3, 1e-2, 5e-3]), lrs
