@@ -7,6 +7,12 @@ as bounds. A bad value is one line naming the file, the key path, what is allowe
     params.yaml: teacher.temperature: expected a number >= 0, got 'hot'
     params.yaml: prepare.sources[0].min_scor: unknown key; allowed: type, path, min_score, domain, require_answer
 
+The ``trainer`` mapping of ``sft``, ``rs``, ``reward_model``, ``dpo`` and ``grpo`` passes through to TRL's config
+class (:mod:`sciexplain.trainer_config`): its names are checked against the class's fields as recorded in
+trl_fields.json (no TRL import here), a setting the code owns is refused with the reason::
+
+    params.yaml: sft.trainer.learnin_rate: unknown setting of trl.SFTConfig; did you mean learning_rate?
+
 :func:`check_stage` checks the sections a stage of dvc.yaml declares under ``params:`` (a key that the stage does
 not declare may be missing, so a trimmed params file still drives a single stage; a present key is always checked);
 :func:`check_file` checks a whole file, every section required. :func:`sciexplain.cli.read_params` calls
