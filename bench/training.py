@@ -51,7 +51,8 @@ def run(base_dir: str, n: int = 16, batch_size: int = 4, max_length: int = 448) 
     per_token = 2 * flops_per_token(load_causal_lm(base_dir))  # 4N
     peak = matmul_peak_gflops(threads=torch.get_num_threads())
     with tempfile.TemporaryDirectory() as scratch:
-        m = train_sft(base_dir, recs, [], None, epochs=1, batch_size=batch_size, max_length=max_length,
+        m = train_sft(base_dir, recs, [], None, trainer={"num_train_epochs": 1, "per_device_train_batch_size": batch_size,
+                                                        "max_length": max_length, "seed": 0},
                       scratch_dir=scratch, lora={"r": 16, "alpha": 64, "dropout": 0.1,
                                                  "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj",
                                                                     "gate_proj", "up_proj", "down_proj"]})

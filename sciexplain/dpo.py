@@ -23,7 +23,7 @@ import math
 import time
 
 from .dist import evaluate_before_train, is_main_process, save_adapter
-from .models import (count_parameters, has_cuda, keep_adapter_in_compute_dtype, load_tokenizer, load_trainable_policy,
+from .models import (count_parameters, keep_adapter_in_compute_dtype, load_tokenizer, load_trainable_policy,
                      training_init_kwargs, training_quantization_config)
 from .prompts import student_messages
 
@@ -50,42 +50,38 @@ def _loss_types(loss_type) -> list[str]:
     return types
 
 
-def _config(scratch_dir, *, beta, loss_type, learning_rate, epochs, batch_size, grad_accum, max_length, seed, evaluate,
-            model_init_kwargs=None):
-    import torch
-    from trl import DPOConfig
+# the stage's choices where the params' dpo.trainer says nothing (sciexplain.trainer_config.build)
+DEFAULTS = dict(activation_checkpointing=False, logging_steps=1, save_strategy="no", dataloader_num_workers=0,
+                disable_tqdm=False)
 
-    cuda = has_cuda()
-    return DPOConfig(
-        output_dir=str(scratch_dir), seed=seed, data_seed=seed, model_init_kwargs=model_init_kwargs,
-        use_cpu=not cuda, bf16=cuda and torch.cuda.is_bf16_supported(), fp16=False,
-        activation_checkpointing=False,
-        per_device_train_batch_size=batch_size, per_device_eval_batch_size=batch_size,
-        gradient_accumulation_steps=grad_accum, num_train_epochs=epochs, learning_rate=learning_rate,
-        lr_scheduler_type="cosine", beta=float(beta), loss_type=_loss_types(loss_type),
-        max_length=max_length, eval_strategy="epoch" if evaluate else "no", logging_steps=1,
-        save_strategy="no", report_to="none", dataloader_num_workers=0, disable_tqdm=False,
-    )
+
+def dpo_config(trainer: dict | None, scratch_dir, *, beta, loss_type, evaluate: bool, model_init_kwargs=None):
+    """``trl.DPOConfig``: :data:`DEFAULTS` < ``trainer`` (the params' ``dpo.trainer``) < ``beta``, ``loss_type``
+    (the section's own keys) and what the code owns."""
+    from .trainer_config import build, precision
+
+    return build("dpo", trainer, defaults={**DEFAULTS, "eval_strategy": "epoch" if evaluate else "no"},
+                 owned={"output_dir": str(scratch_dir), "report_to": "none", "model_init_kwargs": model_init_kwargs,
+                        "beta": float(beta), "loss_type": _loss_types(loss_type), **precision()})
 
 
 def build_dpo_trainer(base_dir, train_pairs: list[dict], val_pairs: list[dict], *, init_adapter=None,
-                      lora: dict | None = None, beta: float = 0.1, loss_type="sigmoid", learning_rate: float = 5e-5,
-                      epochs: float = 1, batch_size: int = 2, grad_accum: int = 1, max_length: int = 512,
-                      seed: int = 0, scratch_dir="scratch/dpo", quantize_4bit="auto", callbacks=()):
-    """A ready DPOTrainer: policy = ``init_adapter`` (trainable), reference = its frozen copy (see module doc)."""
+                      lora: dict | None = None, beta: float = 0.1, loss_type="sigmoid", trainer: dict | None = None,
+                      scratch_dir="scratch/dpo", quantize_4bit="auto", callbacks=()):
+    """A ready DPOTrainer: policy = ``init_adapter`` (trainable), reference = its frozen copy (see module doc).
+    ``trainer``: ``trl.DPOConfig`` settings (the params' ``dpo.trainer``, see :func:`dpo_config`)."""
     from datasets import Dataset
     from transformers import set_seed
     from trl import DPOTrainer
 
-    set_seed(seed)
+    from_path = init_adapter is None  # the config first: a bad trainer setting stops before any model loads
+    args = dpo_config(trainer, scratch_dir, beta=beta, loss_type=loss_type, evaluate=bool(val_pairs),
+                      model_init_kwargs=training_init_kwargs(quantize_4bit) if from_path else None)
+    set_seed(args.seed)
     tok = load_tokenizer(base_dir, padding_side="right")
     model, peft_config = load_trainable_policy(base_dir, init_adapter, lora, quantize_4bit)
-    from_path = isinstance(model, str)
     train_ds = Dataset.from_list(to_preference_rows(train_pairs))
     val_ds = Dataset.from_list(to_preference_rows(val_pairs)) if val_pairs else None
-    args = _config(scratch_dir, beta=beta, loss_type=loss_type, learning_rate=learning_rate, epochs=epochs,
-                   batch_size=batch_size, grad_accum=grad_accum, max_length=max_length, seed=seed,
-                   evaluate=val_ds is not None, model_init_kwargs=training_init_kwargs(quantize_4bit) if from_path else None)
     return DPOTrainer(model=model, ref_model=None, args=args, train_dataset=train_ds, eval_dataset=val_ds,
                       processing_class=tok, peft_config=peft_config, callbacks=list(callbacks),
                       quantization_config=training_quantization_config(quantize_4bit) if from_path else None)
@@ -109,8 +105,7 @@ def _eval(trainer, suffix: str = "") -> dict:
 
 
 def train_dpo(base_dir, pairs: list[dict], val_pairs: list[dict], out_dir, *, init_adapter=None,
-              lora: dict | None = None, beta: float = 0.1, loss_type="sigmoid", learning_rate: float = 5e-5,
-              epochs: float = 1, batch_size: int = 2, grad_accum: int = 1, max_length: int = 512, seed: int = 0,
+              lora: dict | None = None, beta: float = 0.1, loss_type="sigmoid", trainer: dict | None = None,
               scratch_dir="scratch/dpo", live_dir=None, quantize_4bit="auto") -> dict:
     """DPO from ``init_adapter`` on ``pairs`` ({id, question, chosen, rejected}); save the policy adapter to
     ``out_dir`` (None: do not save). Under ``accelerate launch`` call it on every rank; only the main process writes
@@ -128,13 +123,14 @@ def train_dpo(base_dir, pairs: list[dict], val_pairs: list[dict], out_dir, *, in
 
         live = Live(str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None)
         callbacks.append(DVCLiveCallback(live=live))
+    settings = trainer
     trainer = build_dpo_trainer(base_dir, pairs, val_pairs, init_adapter=init_adapter, lora=lora, beta=beta,
-                                loss_type=loss_type, learning_rate=learning_rate, epochs=epochs,
-                                batch_size=batch_size, grad_accum=grad_accum, max_length=max_length, seed=seed,
-                                scratch_dir=scratch_dir, quantize_4bit=quantize_4bit, callbacks=callbacks)
+                                loss_type=loss_type, trainer=settings, scratch_dir=scratch_dir,
+                                quantize_4bit=quantize_4bit, callbacks=callbacks)
+    max_length = trainer.args.max_length
     n_train = len(trainer.train_dataset)
     if n_train == 0:
-        raise UserError(f"every DPO training pair was dropped: each prompt alone fills dpo.max_length {max_length}")
+        raise UserError(f"every DPO training pair was dropped: each prompt alone fills dpo.trainer.max_length {max_length}")
     keep_adapter_in_compute_dtype(trainer.model)  # QLoRA on the CPU: LoRA weights stay fp32
     tokens, truncated = _lengths(trainer.train_dataset, max_length)
     trainable, total = count_parameters(trainer.model)
@@ -159,7 +155,7 @@ def train_dpo(base_dir, pairs: list[dict], val_pairs: list[dict], out_dir, *, in
     metrics["train_rewards_margins_last_step"] = logs[-1]["rewards/margins"] if logs else None
     if trainer.eval_dataset is not None:
         metrics.update(_eval(trainer))
-    n_tokens = tokens * math.ceil(epochs)
+    n_tokens = tokens * math.ceil(trainer.args.num_train_epochs)
     metrics.update({"train_seconds": seconds, "train_tokens": n_tokens,
                     "train_tokens_per_s": n_tokens / max(seconds, 1e-9), "steps": int(trainer.state.global_step),
                     "processes": int(trainer.args.world_size)})

@@ -191,24 +191,23 @@ def vllm_kwargs(use_vllm: bool = False, vllm_mode: str = "colocate", vllm_server
     return kw
 
 
-def _config(scratch_dir, *, beta, learning_rate, max_steps, num_generations, prompts_per_step, max_completion_length,
-            temperature, top_p, seed, vllm: dict | None = None):
-    import torch
-    from trl import GRPOConfig
+# the stage's choices where the params' grpo.trainer says nothing (sciexplain.trainer_config.build)
+DEFAULTS = dict(activation_checkpointing=False, disable_dropout=True, logging_steps=1, save_strategy="no",
+                dataloader_num_workers=0, disable_tqdm=False)
 
-    cuda = has_cuda()
-    return GRPOConfig(
-        **vllm_kwargs(**(vllm or {})),
-        output_dir=str(scratch_dir), seed=seed, data_seed=seed,
-        use_cpu=not cuda, bf16=cuda and torch.cuda.is_bf16_supported(), fp16=False, activation_checkpointing=False,
-        per_device_train_batch_size=int(num_generations) * int(prompts_per_step),  # counts completions
-        num_generations=int(num_generations), max_completion_length=int(max_completion_length),
-        temperature=float(temperature), top_p=float(top_p), beta=float(beta),
-        learning_rate=float(learning_rate), lr_scheduler_type="constant", max_steps=int(max_steps),
-        num_iterations=1,  # one update per sampled batch: the guard's numbers describe the policy it checks
-        disable_dropout=True, logging_steps=1, save_strategy="no", report_to="none",
-        dataloader_num_workers=0, disable_tqdm=False,
-    )
+
+def grpo_config(trainer: dict | None, scratch_dir, *, beta, num_generations, prompts_per_step, max_completion_length,
+                temperature, top_p, vllm: dict | None = None):
+    """``trl.GRPOConfig``: :data:`DEFAULTS` < ``trainer`` (the params' ``grpo.trainer``) < the section's GRPO knobs,
+    the batch they make (``prompts_per_step`` x ``num_generations`` completions), one update per sampled batch (the
+    guard's numbers describe the policy it checks), the vLLM rollout settings, and what the code owns."""
+    from .trainer_config import build, precision
+
+    owned = {**vllm_kwargs(**(vllm or {})), "output_dir": str(scratch_dir), "report_to": "none", **precision(),
+             "per_device_train_batch_size": int(num_generations) * int(prompts_per_step),  # counts completions
+             "num_generations": int(num_generations), "max_completion_length": int(max_completion_length),
+             "temperature": float(temperature), "top_p": float(top_p), "beta": float(beta), "num_iterations": 1}
+    return build("grpo", trainer, defaults=DEFAULTS, owned=owned)
 
 
 def _first_last(logs: list[dict], key: str) -> tuple:
@@ -217,13 +216,15 @@ def _first_last(logs: list[dict], key: str) -> tuple:
 
 
 def train_grpo(base_dir, questions: list[str], out_dir, *, scorer, init_adapter, beta: float = 0.05,
-              learning_rate: float = 5e-5, max_steps: int = 8, num_generations: int = 4, prompts_per_step: int = 2,
-              max_completion_length: int = 128, temperature: float = 1.0, top_p: float = 1.0, seed: int = 0,
+              num_generations: int = 4, prompts_per_step: int = 2, max_completion_length: int = 128,
+              temperature: float = 1.0, top_p: float = 1.0, trainer: dict | None = None,
               guard: dict | None = None, score_batch_size: int = 8, scratch_dir="scratch/grpo", live_dir=None,
               quantize_4bit="auto", vllm: dict | None = None) -> dict:
     """GRPO from ``init_adapter`` on ``questions`` with ``scorer.score(questions, answers, batch_size)`` as the
-    reward; save the policy adapter to ``out_dir`` (None: do not save). ``guard``: :class:`GuardCallback` kwargs;
-    ``vllm``: :func:`vllm_kwargs` kwargs (rollouts on vLLM). Call it on every rank under ``accelerate launch``.
+    reward; save the policy adapter to ``out_dir`` (None: do not save). ``trainer``: ``trl.GRPOConfig`` settings
+    (the params' ``grpo.trainer``: learning rate, ``max_steps``, ``seed``, ...; see :func:`grpo_config`);
+    ``guard``: :class:`GuardCallback` kwargs; ``vllm``: :func:`vllm_kwargs` kwargs (rollouts on vLLM).
+    Call it on every rank under ``accelerate launch``.
     Returns metrics (steps run, early stop and reason, KL, reward / repetition / length of the first and last step)."""
     import torch
     from datasets import Dataset
@@ -234,11 +235,10 @@ def train_grpo(base_dir, questions: list[str], out_dir, *, scorer, init_adapter,
 
     if not questions:
         raise UserError("no questions to train on")
-    args = _config(scratch_dir, beta=beta, learning_rate=learning_rate, max_steps=max_steps,
-                   num_generations=num_generations, prompts_per_step=prompts_per_step,
-                   max_completion_length=max_completion_length, temperature=temperature, top_p=top_p, seed=seed,
-                   vllm=vllm)
-    set_seed(seed)
+    args = grpo_config(trainer, scratch_dir, beta=beta, num_generations=num_generations,
+                       prompts_per_step=prompts_per_step, max_completion_length=max_completion_length,
+                       temperature=temperature, top_p=top_p, vllm=vllm)
+    set_seed(args.seed)
     tok = load_tokenizer(base_dir, padding_side="left")
     # the base placed as GRPOTrainer would place a model id (TRL/accelerate own placement) + the adapter, trainable
     model = load_trainable_adapter(base_dir, init_adapter, quantize_4bit)
@@ -262,7 +262,7 @@ def train_grpo(base_dir, questions: list[str], out_dir, *, scorer, init_adapter,
     logs = [h for h in trainer.state.log_history if "reward" in h]
     steps = int(trainer.state.global_step)
     metrics: dict = {
-        "enabled": True, "algorithm": ALGORITHM, "questions": len(questions), "max_steps": int(max_steps),
+        "enabled": True, "algorithm": ALGORITHM, "questions": len(questions), "max_steps": int(args.max_steps),
         "steps_run": steps, "stopped_early": guard_cb.reason is not None, "stop_reason": guard_cb.reason,
         "stop_step": guard_cb.stop_step,
         "policy_updates": guard_cb.policy_updates if guard_cb.policy_updates is not None else steps,

@@ -6,7 +6,8 @@
 The overlay is a partial params.yaml. Each leaf becomes one ``-S key=value`` (mappings are walked key by key;
 lists and the free-form mappings in :data:`FREE_FORM` are set whole), so params.yaml and its comments stay as
 they are and the experiment records exactly what changed. A key that params.yaml does not have is refused
-with one line naming it, so a typo never becomes a silent no-op.
+with one line naming it, so a typo never becomes a silent no-op; inside a ``trainer`` mapping (:data:`OPEN`, TRL
+config settings) it is added with ``+key=value``, and the params schema checks its name against the TRL config.
 """
 from __future__ import annotations
 
@@ -20,6 +21,9 @@ from .records import DataError, load_params
 
 FREE_FORM = ("engine.served_names", "engine.weights", "vllm", "judge.panel", "reward_model.rubric",
              "prepare.sources")
+# TRL config pass-through mappings: walked key by key like the rest, and a setting params.yaml does not list yet is
+# added (Hydra's ``+key=value``); its name is checked against the TRL config by the params schema, not here
+OPEN = ("sft.trainer", "rs.trainer", "reward_model.trainer", "dpo.trainer", "grpo.trainer")
 
 
 def flatten(base: dict, overlay: dict, where: str = "", source: str = "overlay") -> list[tuple[str, object]]:
@@ -28,6 +32,9 @@ def flatten(base: dict, overlay: dict, where: str = "", source: str = "overlay")
     for key, new in overlay.items():
         dotted = f"{where}.{key}" if where else str(key)
         if not isinstance(base, dict) or key not in base:
+            if where in OPEN and isinstance(base, dict):
+                out.append((f"+{dotted}", new))
+                continue
             if where not in FREE_FORM:
                 raise DataError(source, None, dotted, "not a key of params.yaml (a typo?)")
         old = base.get(key) if isinstance(base, dict) else None

@@ -7,6 +7,12 @@ as bounds. A bad value is one line naming the file, the key path, what is allowe
     params.yaml: teacher.temperature: expected a number >= 0, got 'hot'
     params.yaml: prepare.sources[0].min_scor: unknown key; allowed: type, path, min_score, domain, require_answer
 
+The ``trainer`` mapping of ``sft``, ``rs``, ``reward_model``, ``dpo`` and ``grpo`` passes through to TRL's config
+class (:mod:`sciexplain.trainer_config`): its names are checked against the class's fields as recorded in
+trl_fields.json (no TRL import here), a setting the code owns is refused with the reason::
+
+    params.yaml: sft.trainer.learnin_rate: unknown setting of trl.SFTConfig; did you mean learning_rate?
+
 :func:`check_stage` checks the sections a stage of dvc.yaml declares under ``params:`` (a key that the stage does
 not declare may be missing, so a trimmed params file still drives a single stage; a present key is always checked);
 :func:`check_file` checks a whole file, every section required. :func:`sciexplain.cli.read_params` calls
@@ -381,23 +387,142 @@ def _check_sft_data(value):
     raise PydanticCustomError("param", "expected one of teacher, forum or a .jsonl file, got {got}", {"got": _show(value)})
 
 
+# --------------------------------------------------------------------------- trainer: TRL config pass-through
+
+# Each training section's ``trainer`` mapping goes straight into its TRL config class (``sft.trainer`` ->
+# ``trl.SFTConfig(**...)``), so any TRL / transformers setting is a params edit. Its keys are checked against the
+# config dataclass's fields: at stage start from the field lists recorded in trl_fields.json (importing TRL takes
+# seconds; reading the installed versions takes milliseconds), and again where the config is built
+# (sciexplain.trainer_config, against dataclasses.fields of the real class, before any model loads).
+TRAINER_CONFIGS = {"sft": "SFTConfig", "rs": "SFTConfig", "reward_model": "RewardConfig", "dpo": "DPOConfig",
+                   "grpo": "GRPOConfig"}
+TRL_FIELDS_FILE = Path(__file__).with_name("trl_fields.json")
+
+_PRECISION = "chosen by the code: bf16 where the CUDA GPU supports it, else fp32 (bf16 is ~400x slower on this CPU)"
+# settings the code owns in every trainer: refused in a trainer mapping, with the reason
+CODE_OWNED = {
+    "output_dir": "the stage's --scratch folder (trainer scratch is never a DVC output)",
+    "report_to": "the stage logs its curves to DVCLive itself (--live)",
+    "use_cpu": "detected: the CPU unless a CUDA GPU is present",
+    "bf16": _PRECISION, "fp16": _PRECISION,
+    "model_init_kwargs": "built from model.quantize_4bit (dtype, 4-bit loading)",
+    "push_to_hub": "the adapter is a DVC output, not a hub upload",
+}
+_BEST_EPOCH = ("owned by the best-dev-epoch selection (reward_model.val_fraction, early_stopping_patience, "
+               "until_beats_constant)")
+# settings a section owns: another key of the section, or what the code derives from it
+SECTION_OWNED = {
+    "reward_model": {**{k: _BEST_EPOCH for k in ("eval_strategy", "save_strategy", "save_only_model", "save_total_limit",
+                                                 "load_best_model_at_end", "metric_for_best_model",
+                                                 "greater_is_better")},
+                     "center_rewards_coefficient": "set reward_model.center_rewards_coefficient"},
+    "dpo": {"beta": "set dpo.beta", "loss_type": "set dpo.loss_type"},
+    "grpo": {**{k: f"set grpo.{k}" for k in ("beta", "num_generations", "max_completion_length", "temperature", "top_p",
+                                             "use_vllm", "vllm_mode", "vllm_server_base_url",
+                                             "vllm_gpu_memory_utilization")},
+             "per_device_train_batch_size": "derived: grpo.prompts_per_step x grpo.num_generations (completions per step)",
+             "num_iterations": "fixed at 1 (one update per sampled batch: the guard checks the policy that sampled)"},
+}
+
+
+# transformers' length-grouped samplers measure a row by its input_ids: SFT rows have them; TRL 1.16's preference
+# rows (prompt_ids / chosen_ids / rejected_ids) do not, and GRPOTrainer brings its own sampler
+_NO_LENGTH_GROUPING = {
+    "reward_model": "RewardTrainer's rows have no input_ids column to measure (chosen_ids / rejected_ids)",
+    "dpo": "DPOTrainer's rows have no input_ids column to measure (prompt_ids / chosen_ids / rejected_ids)",
+    "grpo": "GRPOTrainer samples with its own RepeatSampler (prompts, not lengths)",
+}
+
+
+def trainer_value_problem(section: str, key: str, value) -> str | None:
+    """Why a value TRL would take is refused here (it would fail or be ignored mid-training); None: accepted."""
+    if key == "train_sampling_strategy" and value in ("group_by_length", "batch_rebalance") \
+            and section in _NO_LENGTH_GROUPING:
+        return (f"length-grouped sampling does not work for this trainer: {_NO_LENGTH_GROUPING[section]}; "
+                f"use random or sequential, got {_show(value)}")
+    return None
+
+
+@functools.lru_cache(maxsize=1)
+def _recorded_fields() -> dict | None:
+    """``{config class name: frozenset of field names}`` from trl_fields.json when it was recorded for the installed
+    trl and transformers versions; None otherwise (then the keys are checked only where the config is built)."""
+    import json
+    from importlib import metadata
+
+    try:
+        doc = json.loads(TRL_FIELDS_FILE.read_text(encoding="utf-8"))
+        if doc["versions"] != {pkg: metadata.version(pkg) for pkg in doc["versions"]}:
+            return None
+    except (OSError, ValueError, KeyError, metadata.PackageNotFoundError):
+        return None
+    base = set(doc["TrainingArguments"])
+    return {name: frozenset(base | set(extra)) for name, extra in doc["configs"].items()}
+
+
+def trainer_key_problem(section: str, key: str, fields) -> str | None:
+    """Why ``<section>.trainer.<key>`` is refused (unknown to the TRL config, or owned elsewhere); None: accepted."""
+    cls = TRAINER_CONFIGS[section]
+    owned = {**CODE_OWNED, **SECTION_OWNED.get(section, {})}
+    if key in owned:
+        reason = owned[key]
+        return (f"not a trainer setting here: {reason}" if reason.startswith("set ")
+                else f"set by the code, not by params: {reason}")
+    if fields is not None and key not in fields:
+        import difflib
+
+        near = difflib.get_close_matches(key, sorted(fields), n=1, cutoff=0.75)
+        hint = f"; did you mean {near[0]}?" if near else ""
+        return f"unknown setting of trl.{cls}{hint}"
+    return None
+
+
+class TrainerSettings(Section):
+    """A TRL config's keyword arguments: the settings every stage reads typed here, any other field of the config
+    class passed through (TRL checks its value when the config is built)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+    _section: typing.ClassVar[str] = ""
+    learning_rate: Num(gt=0) = None
+    num_train_epochs: Num(gt=0) = None
+    max_steps: Int(ge=-1) = None
+    per_device_train_batch_size: Count() = None
+    per_device_eval_batch_size: Count() = None
+    gradient_accumulation_steps: Count() = None
+    max_length: Count() = None
+    seed: Seed()  # also seeds the stage's own splits
+
+    @model_validator(mode="before")
+    @classmethod
+    def _trl_fields(cls, data):
+        if isinstance(data, dict):
+            fields = (_recorded_fields() or {}).get(TRAINER_CONFIGS[cls._section])
+            for key, value in data.items():
+                problem = trainer_key_problem(cls._section, str(key), fields) or \
+                    trainer_value_problem(cls._section, str(key), value)
+                if problem:
+                    raise PydanticCustomError("param", problem, {"key": str(key)})
+        return data
+
+
+def _trainer(section: str, **required):
+    """The ``trainer`` model of ``section`` (``required``: typed keys that must be set there)."""
+    return type(f"{section.title().replace('_', '')}Trainer", (TrainerSettings,),
+                {"_section": section, "__annotations__": dict(required), "__module__": __name__})
+
+
 class TrainingParams(Section):
-    learning_rate: Num(gt=0)
-    epochs: Count()
-    batch_size: Count()
-    grad_accum: Count()
-    max_length: Count()
     val_fraction: Fraction()
-    seed: Seed()
 
 
 class SftParams(TrainingParams):
     data: Annotated[Str(what="teacher, forum or a .jsonl file"), AfterValidator(_check_sft_data)]
     lora: SftLora
+    trainer: _trainer("sft")
 
 
 class RsParams(TrainingParams):
-    pass
+    trainer: _trainer("rs")
 
 
 class TrainParams(Section):
@@ -653,16 +778,12 @@ class RewardLora(Section):
 
 class RewardModelParams(Section):
     lora: RewardLora
-    learning_rate: Num(gt=0)
-    epochs: Count()
+    trainer: _trainer("reward_model", max_length=Count())  # max_length: also the stage's own truncation
     early_stopping_patience: Int(ge=1, null=True)
     until_beats_constant: Bool()
-    batch_size: Count()
-    max_length: Count()
     center_rewards_coefficient: Num(ge=0, null=True)
     unsure: OneOf(*UNSURE_MODES)
     val_fraction: Fraction()
-    seed: Seed()
     sources: PairList()
     judge_labels: Bool()
     rm_models: StrList(what="a list of model names without duplicates")
@@ -684,13 +805,8 @@ def _loss_type_check(value):
 class DpoParams(Section):
     beta: Num(gt=0)
     loss_type: Annotated[Union[str, list[str]], BeforeValidator(_loss_type_check)]
-    learning_rate: Num(gt=0)
-    epochs: Count()
-    batch_size: Count()
-    grad_accum: Count()
-    max_length: Count()
+    trainer: _trainer("dpo")
     val_fraction: Fraction()
-    seed: Seed()
     extra_pairs: Str(null=True, what="a JSONL file of {question, chosen, rejected} pairs")
 
 
@@ -705,14 +821,12 @@ class GrpoGuard(Section):
 class GrpoParams(Section):
     enabled: Bool()
     beta: Num(ge=0)
-    learning_rate: Num(gt=0)
-    max_steps: Count()
     num_generations: Int(ge=2)
     prompts_per_step: Count()
     max_completion_length: Count()
     temperature: Num(gt=0)
     top_p: TopP()
-    seed: Seed()
+    trainer: _trainer("grpo")
     score_batch_size: Count()
     guard: GrpoGuard
     use_vllm: Bool()

@@ -26,10 +26,8 @@ log = logging.getLogger(__name__)
 
 def train_reward_model(base_dir, train_pairs: Sequence[Mapping], out_dir, *, lora_r: int = 16, lora_alpha: int = 64,
                        lora_dropout: float = 0.1, target_modules=None, lora_layers: int | None = None,
-                       learning_rate: float = 1e-4,
-                       epochs: float = 1, batch_size: int = 4, max_length: int = 384,
-                       center_rewards_coefficient: float | None = None, seed: int = 0, scratch_dir="scratch/reward",
-                       live_dir=None, logging_steps: int = 1, use_margin: bool = True,
+                       trainer: dict | None = None, center_rewards_coefficient: float | None = None,
+                       scratch_dir="scratch/reward", live_dir=None, use_margin: bool = True,
                        quantize_4bit="auto", eval_pairs: Sequence[Mapping] | None = None,
                        early_stopping_patience: int | None = 1, until_beats_constant: bool = True) -> dict:
     """Train a LoRA reward model on ``train_pairs`` (see :mod:`sciexplain.preferences`) and save it to
@@ -46,19 +44,26 @@ def train_reward_model(base_dir, train_pairs: Sequence[Mapping], out_dir, *, lor
                constant_loss, beats_constant, epochs_run, stopped} | None (without eval_pairs)}
         (stopped: "beat the constant" | "no better dev loss" | "epoch cap")
 
-    ``epochs`` is the cap; without ``eval_pairs`` every epoch runs and the last one is kept.
+    ``trainer``: ``trl.RewardConfig`` settings (the params' ``reward_model.trainer``, see :func:`reward_config`;
+    ``max_length`` is required: the pairs are pre-truncated to it). Its ``num_train_epochs`` is the cap; without
+    ``eval_pairs`` every epoch runs and the last one is kept.
     The dev loss is TRL's eval loss: ``-logsigmoid(r_c - r_r - margin)`` plus the reward-centering term
     (which the constant predictor r_c = r_r = 0 pays nothing for, so the comparison is conservative).
     """
     import torch
     from datasets import Dataset
     from transformers import AutoConfig
-    from trl import RewardConfig, RewardTrainer
+    from trl import RewardTrainer
 
     from .dist import is_main_process, save_adapter
-    from .models import (_check_dir, compute_dtype, count_parameters, has_cuda, keep_adapter_in_compute_dtype,
-                         load_tokenizer, lora_config, training_init_kwargs, training_quantization_config)
+    from .models import (_check_dir, count_parameters, keep_adapter_in_compute_dtype, load_tokenizer, lora_config,
+                         training_quantization_config)
 
+    settings = dict(trainer or {})
+    if not isinstance(settings.get("max_length"), int):
+        raise UserError(f"reward_model.trainer.max_length: expected an integer (the pairs are truncated to it), "
+                        f"got {settings.get('max_length')!r}")
+    max_length = int(settings["max_length"])
     _check_dir(base_dir, "base model")
     tok = load_tokenizer(base_dir, padding_side="right")
     enc = ChatEncoder(tok, max_length)
@@ -89,24 +94,9 @@ def train_reward_model(base_dir, train_pairs: Sequence[Mapping], out_dir, *, lor
         n_layers = int(AutoConfig.from_pretrained(str(base_dir)).num_hidden_layers)
         peft_cfg.layers_to_transform = list(range(max(0, n_layers - int(lora_layers)), n_layers))
         peft_cfg.layers_pattern = "layers"
-    args = RewardConfig(
-        output_dir=str(scratch_dir), report_to="none",
-        # with a dev split: evaluate every epoch, keep (adapter-only) checkpoints in the scratch folder, restore the best
-        eval_strategy="epoch" if select_best else "no", save_strategy="epoch" if select_best else "no",
-        save_only_model=True, save_total_limit=1 if select_best else None, load_best_model_at_end=select_best,
-        metric_for_best_model="eval_loss" if select_best else None, greater_is_better=False if select_best else None,
-        per_device_eval_batch_size=int(batch_size),
-        # the trainer loads the base (placement is TRL's / accelerate's) after set_seed(seed): the score head,
-        # initialised at load time, is the same on every rank and every rerun
-        model_init_kwargs=training_init_kwargs(quantize_4bit),
-        use_cpu=not has_cuda(), bf16=compute_dtype() == torch.bfloat16, activation_checkpointing=False,
-        per_device_train_batch_size=int(batch_size), num_train_epochs=float(epochs),
-        learning_rate=float(learning_rate), lr_scheduler_type="linear", warmup_steps=0,
-        seed=int(seed), data_seed=int(seed), logging_steps=int(logging_steps), max_length=int(max_length),
-        center_rewards_coefficient=None if center_rewards_coefficient in (None, 0) else float(center_rewards_coefficient),
-        disable_dropout=False,  # the base has no dropout; keep the LoRA dropout the params ask for
-        dataloader_num_workers=0, disable_tqdm=False,
-    )
+    args = reward_config(settings, scratch_dir, select_best=select_best, quantize_4bit=quantize_4bit,
+                         center_rewards_coefficient=center_rewards_coefficient)
+    epochs = float(args.num_train_epochs)
     callbacks = []
     const = None
     if select_best:
@@ -163,6 +153,32 @@ def train_reward_model(base_dir, train_pairs: Sequence[Mapping], out_dir, *, lor
         "trainable_params": int(trainable), "total_params": int(total),
         "dev": dev,
     }
+
+
+# the stage's choices where the params' reward_model.trainer says nothing (sciexplain.trainer_config.build)
+DEFAULTS = dict(warmup_steps=0, logging_steps=1, activation_checkpointing=False,
+                disable_dropout=False,  # the base has no dropout; keep the LoRA dropout the params ask for
+                dataloader_num_workers=0, disable_tqdm=False)
+
+
+def reward_config(trainer: dict | None, scratch_dir, *, select_best: bool, quantize_4bit="auto",
+                  center_rewards_coefficient: float | None = None):
+    """``trl.RewardConfig``: :data:`DEFAULTS` < ``trainer`` (the params' ``reward_model.trainer``) < what the code
+    owns: the best-dev-epoch selection (with a dev split: evaluate every epoch, keep adapter-only checkpoints in the
+    scratch folder, restore the best), ``center_rewards_coefficient`` (the section's own key; 0 = off), placement.
+    The trainer loads the base (placement is TRL's / accelerate's) after ``set_seed(seed)``: the score head,
+    initialised at load time, is the same on every rank and every rerun."""
+    from .models import training_init_kwargs
+    from .trainer_config import build, precision
+
+    owned = {
+        "output_dir": str(scratch_dir), "report_to": "none", "model_init_kwargs": training_init_kwargs(quantize_4bit),
+        "eval_strategy": "epoch" if select_best else "no", "save_strategy": "epoch" if select_best else "no",
+        "save_only_model": True, "save_total_limit": 1 if select_best else None, "load_best_model_at_end": select_best,
+        "metric_for_best_model": "eval_loss" if select_best else None, "greater_is_better": False if select_best else None,
+        "center_rewards_coefficient": None if center_rewards_coefficient in (None, 0) else float(center_rewards_coefficient),
+        **precision()}
+    return build("reward_model", trainer, defaults=DEFAULTS, owned=owned)
 
 
 def _StopWhenBeatsConstant(constant: float):

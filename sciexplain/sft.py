@@ -15,7 +15,7 @@ import math
 import time
 
 from .dist import evaluate_before_train, is_main_process, save_adapter
-from .models import (count_parameters, has_cuda, keep_adapter_in_compute_dtype, load_tokenizer, load_trainable_policy,
+from .models import (count_parameters, keep_adapter_in_compute_dtype, load_tokenizer, load_trainable_policy,
                      training_init_kwargs, training_quantization_config)
 from .prompts import student_messages
 from .splits import hash_order
@@ -35,29 +35,29 @@ def split_train_val(records: list[dict], val_fraction: float, seed: int) -> tupl
     return ranked[n_val:], ranked[:n_val]
 
 
-def _config(scratch_dir, *, learning_rate, epochs, batch_size, grad_accum, max_length, seed, has_val=True,
-            model_init_kwargs=None):
-    from trl import SFTConfig
+# the stage's choices where the params' sft.trainer / rs.trainer says nothing (sciexplain.trainer_config.build)
+DEFAULTS = dict(
+    activation_checkpointing=False,  # TRL's default (True) only costs time at this scale
+    completion_only_loss=True, packing=False, logging_steps=1, save_strategy="no", dataloader_num_workers=0,
+    disable_tqdm=False,
+)
 
-    cuda = has_cuda()
-    return SFTConfig(
-        output_dir=str(scratch_dir), seed=seed, data_seed=seed, model_init_kwargs=model_init_kwargs,
-        use_cpu=not cuda, bf16=cuda and __import__("torch").cuda.is_bf16_supported(), fp16=False,
-        activation_checkpointing=False,  # TRL's default (True) only costs time at this scale
-        per_device_train_batch_size=batch_size, per_device_eval_batch_size=batch_size,
-        gradient_accumulation_steps=grad_accum, num_train_epochs=epochs, learning_rate=learning_rate,
-        lr_scheduler_type="cosine",
-        max_length=max_length, completion_only_loss=True, packing=False,
-        eval_strategy="epoch" if has_val else "no", logging_steps=1, save_strategy="no", report_to="none",
-        dataloader_num_workers=0, disable_tqdm=False,
-    )
+
+def sft_config(trainer: dict | None, scratch_dir, *, has_val: bool = True, model_init_kwargs=None,
+               section: str = "sft"):
+    """``trl.SFTConfig``: :data:`DEFAULTS` < ``trainer`` (the params' ``<section>.trainer``) < what the code owns."""
+    from .trainer_config import build, precision
+
+    return build(section, trainer, defaults={**DEFAULTS, "eval_strategy": "epoch" if has_val else "no"},
+                 owned={"output_dir": str(scratch_dir), "report_to": "none", "model_init_kwargs": model_init_kwargs,
+                        **precision()})
 
 
 def train_sft(base_dir, train_records: list[dict], val_records: list[dict], out_dir, *, init_adapter=None,
-              lora: dict | None = None, learning_rate: float = 2e-4, epochs: float = 1, batch_size: int = 4,
-              grad_accum: int = 1, max_length: int = 384, seed: int = 0, quantize_4bit="auto",
+              lora: dict | None = None, trainer: dict | None = None, section: str = "sft", quantize_4bit="auto",
               scratch_dir="scratch/sft", live_dir=None, answer_field: str = "answer") -> dict:
     """Train a LoRA adapter (new, or continuing ``init_adapter``) and save it to ``out_dir`` (None: do not save).
+    ``trainer``: ``trl.SFTConfig`` settings (the params' ``<section>.trainer``, see :func:`sft_config`).
     Call it on every rank under ``accelerate launch``: only the main process writes (``out_dir``, ``live_dir``).
     Returns metrics (the same on every rank)."""
     import torch
@@ -65,15 +65,15 @@ def train_sft(base_dir, train_records: list[dict], val_records: list[dict], out_
     from transformers import set_seed
     from trl import SFTTrainer
 
-    set_seed(seed)
+    # the config first: a bad trainer setting stops before any model loads
+    from_path = init_adapter is None
+    args = sft_config(trainer, scratch_dir, has_val=bool(val_records), section=section,
+                      model_init_kwargs=training_init_kwargs(quantize_4bit) if from_path else None)
+    set_seed(args.seed)
     tok = load_tokenizer(base_dir, padding_side="right")
     model, peft_config = load_trainable_policy(base_dir, init_adapter, lora, quantize_4bit)
-    from_path = isinstance(model, str)
     train_ds = Dataset.from_list(to_conversations(train_records, answer_field))
     val_ds = Dataset.from_list(to_conversations(val_records, answer_field)) if val_records else None
-    args = _config(scratch_dir, learning_rate=learning_rate, epochs=epochs, batch_size=batch_size,
-                   grad_accum=grad_accum, max_length=max_length, seed=seed, has_val=val_ds is not None,
-                   model_init_kwargs=training_init_kwargs(quantize_4bit) if from_path else None)
     callbacks = []
     live = None
     if live_dir is not None and is_main_process():
@@ -94,7 +94,7 @@ def train_sft(base_dir, train_records: list[dict], val_records: list[dict], out_
         metrics["eval_loss_start"] = evaluate_before_train(trainer, metric_key_prefix="start")["start_loss"]
         with trainer.model.disable_adapter():
             metrics["eval_loss_base"] = evaluate_before_train(trainer, metric_key_prefix="base")["base_loss"]
-    n_tokens = sum(len(x) for x in trainer.train_dataset["input_ids"]) * math.ceil(epochs)
+    n_tokens = sum(len(x) for x in trainer.train_dataset["input_ids"]) * math.ceil(args.num_train_epochs)
     t0 = time.perf_counter()
     result = trainer.train()
     seconds = time.perf_counter() - t0

@@ -57,11 +57,9 @@ def main(base_dir, pairs_path, extra_opt, init_adapter, out_dir, metrics_path, l
     p = read_params(params_path)
     extra = extra_opt or get(p, "dpo.extra_pairs")
     pairs, counts = load_pairs(pairs_path, extra)
-    train, val = split_pairs(pairs, get(p, "dpo.val_fraction"), get(p, "dpo.seed"))
-    hyper = {"beta": get(p, "dpo.beta"), "loss_type": get(p, "dpo.loss_type"),
-             "learning_rate": get(p, "dpo.learning_rate"), "epochs": get(p, "dpo.epochs"),
-             "batch_size": get(p, "dpo.batch_size"), "grad_accum": get(p, "dpo.grad_accum"),
-             "max_length": get(p, "dpo.max_length"), "seed": get(p, "dpo.seed"),
+    trainer = get(p, "dpo.trainer")  # trl.DPOConfig settings; its seed also splits train/val
+    train, val = split_pairs(pairs, get(p, "dpo.val_fraction"), trainer["seed"])
+    hyper = {"beta": get(p, "dpo.beta"), "loss_type": get(p, "dpo.loss_type"), "trainer": trainer,
              "quantize_4bit": get(p, "model.quantize_4bit")}
     out = Path(out_dir)
     # every rank trains and takes part in the save (sciexplain.dist.save_adapter); only the main process writes

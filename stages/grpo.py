@@ -61,11 +61,11 @@ def main(base_dir, init_adapter, reward_dir, reward_metrics, prompts_path, out_d
              "max_code_fence_share": get(p, "grpo.guard.max_code_fence_share"),
              "max_repeated_line_share": get(p, "grpo.guard.max_repeated_line_share"),
              "restore_last_good": get(p, "grpo.guard.restore_last_good")}
-    hyper = {"beta": get(p, "grpo.beta"), "learning_rate": get(p, "grpo.learning_rate"),
-             "max_steps": get(p, "grpo.max_steps"), "num_generations": get(p, "grpo.num_generations"),
+    hyper = {"beta": get(p, "grpo.beta"), "num_generations": get(p, "grpo.num_generations"),
              "prompts_per_step": get(p, "grpo.prompts_per_step"),
              "max_completion_length": get(p, "grpo.max_completion_length"),
-             "temperature": get(p, "grpo.temperature"), "top_p": get(p, "grpo.top_p"), "seed": get(p, "grpo.seed"),
+             "temperature": get(p, "grpo.temperature"), "top_p": get(p, "grpo.top_p"),
+             "trainer": get(p, "grpo.trainer"),  # trl.GRPOConfig settings (learning rate, max_steps, seed, ...)
              "score_batch_size": get(p, "grpo.score_batch_size"), "quantize_4bit": quantize}
     # every rank trains and takes part in the save (sciexplain.dist.save_adapter); only the main process writes
     metrics = grpo.train_grpo(base_dir, questions, out, scorer=scorer, init_adapter=init_adapter, guard=guard,

@@ -4,7 +4,7 @@ Training pairs: the validate stage's human pairs (``<human-pairs>/train.jsonl``)
 the comparison sheets named in ``reward_model.sources``; judge-labelled pairs (the rubric judging the base/sft/
 teacher answers on the rm split, and judge-* files on those sheets) only with ``reward_model.judge_labels: true``,
 and then the metrics name each judge and its pair count. A dev split of the training questions
-(``reward_model.val_fraction``) picks the epoch: up to ``reward_model.epochs``, stopping once the dev loss beats
+(``reward_model.val_fraction``) picks the epoch: up to ``reward_model.trainer.num_train_epochs``, stopping once the dev loss beats
 the constant predictor's (``reward_model.until_beats_constant``) or after ``reward_model.early_stopping_patience``
 epochs without a better dev loss; the best dev epoch is kept.
 
@@ -61,14 +61,15 @@ def main(base_dir, human_dir, compare_root, declared_pairs, annotations_root, ju
     p = read_params(params_path)
     unsure = get(p, "reward_model.unsure")
     prefs._check_unsure(unsure)
-    seed = int(get(p, "reward_model.seed"))
+    trainer = get(p, "reward_model.trainer")  # trl.RewardConfig settings; its seed also splits, caps and resamples
+    seed = int(trainer["seed"])
     judge_labels = get(p, "reward_model.judge_labels")
     allow = get(p, "reward_model.allow_unvalidated")
     for key, value in (("reward_model.judge_labels", judge_labels), (PARAM, allow)):
         if not isinstance(value, bool):
             raise DataError("params.yaml", None, key, f"must be true or false, got {value!r}")
     rubric_params = get(p, "reward_model.rubric") or {}
-    max_length = int(get(p, "reward_model.max_length"))
+    max_length = int(trainer["max_length"])
     tok = load_tokenizer(base_dir)
     enc = ChatEncoder(tok, max_length)
     prompt_fn = enc.prompt
@@ -124,9 +125,7 @@ def main(base_dir, human_dir, compare_root, declared_pairs, annotations_root, ju
         base_dir, train, out_dir,
         lora_r=get(p, "reward_model.lora.r"), lora_alpha=get(p, "reward_model.lora.alpha"),
         lora_dropout=get(p, "reward_model.lora.dropout"), lora_layers=get(p, "reward_model.lora.layers"),
-        learning_rate=get(p, "reward_model.learning_rate"), epochs=get(p, "reward_model.epochs"),
-        batch_size=get(p, "reward_model.batch_size"), max_length=max_length,
-        center_rewards_coefficient=get(p, "reward_model.center_rewards_coefficient"), seed=seed,
+        trainer=trainer, center_rewards_coefficient=get(p, "reward_model.center_rewards_coefficient"),
         scratch_dir=scratch_dir, live_dir=live_dir, quantize_4bit=get(p, "model.quantize_4bit"),
         eval_pairs=dev or None, early_stopping_patience=get(p, "reward_model.early_stopping_patience"),
         until_beats_constant=get(p, "reward_model.until_beats_constant"))
@@ -142,7 +141,7 @@ def main(base_dir, human_dir, compare_root, declared_pairs, annotations_root, ju
         raise RuntimeError(f"reward model's pooling is wrong: {pooling}")
     test_fit = [r for r in test if enc.fits(prompt_fn(r["question"]))]
     if not test_fit:
-        raise DataError(human_dir / "test.jsonl", None, "reward_model.max_length",
+        raise DataError(human_dir / "test.jsonl", None, "reward_model.trainer.max_length",
                         f"no held-out pair's question fits max_length {max_length}")
     ev = heldout_eval(test_fit, scorer, rubric_params=rubric_params, seed=seed,
                       n_resamples=int(get(p, "reward_model.bootstrap")), batch_size=bs)

@@ -30,12 +30,6 @@ def load_targets(data: str, prepared: Path, teacher: Path) -> list[dict]:
     return recs
 
 
-def _hyper(p: dict, section: str) -> dict:
-    return {"learning_rate": get(p, f"{section}.learning_rate"), "epochs": get(p, f"{section}.epochs"),
-            "batch_size": get(p, f"{section}.batch_size"), "grad_accum": get(p, f"{section}.grad_accum"),
-            "max_length": get(p, f"{section}.max_length"), "seed": get(p, f"{section}.seed")}
-
-
 @click.command()
 @click.option("--section", default="sft", show_default=True, help="params section (sft or rs)")
 @click.option("--base", "base_dir", default="models/base", show_default=True)
@@ -52,14 +46,15 @@ def main(section, base_dir, data_opt, prepared, teacher, init_adapter, out_dir, 
     p = read_params(params_path)
     data = data_opt or get(p, f"{section}.data")
     recs = load_targets(data, Path(prepared), Path(teacher))
-    train, val = split_train_val(recs, get(p, f"{section}.val_fraction"), get(p, f"{section}.seed"))
+    trainer = get(p, f"{section}.trainer")  # trl.SFTConfig settings; its seed also splits train/val
+    train, val = split_train_val(recs, get(p, f"{section}.val_fraction"), trainer["seed"])
     out = Path(out_dir)
     lora = None if init_adapter else {  # continuing an adapter keeps its LoRA shape
         "r": get(p, f"{section}.lora.r"), "alpha": get(p, f"{section}.lora.alpha"),
         "dropout": get(p, f"{section}.lora.dropout"), "target_modules": get(p, f"{section}.lora.target_modules")}
     # every rank trains and takes part in the save; the adapter is written to a scratch folder and swapped into
     # place by the main process once all ranks have saved (sciexplain.dist.save_adapter)
-    metrics = train_sft(base_dir, train, val, out, init_adapter=init_adapter, lora=lora, **_hyper(p, section),
+    metrics = train_sft(base_dir, train, val, out, init_adapter=init_adapter, lora=lora, trainer=trainer, section=section,
                         quantize_4bit=get(p, "model.quantize_4bit"), scratch_dir=scratch, live_dir=live_dir)
     if not is_main_process():
         return

@@ -78,8 +78,9 @@ def _sft_project(workdir: Path, tiny_base: Path, batch_size: int) -> None:
         (workdir / path).parent.mkdir(parents=True, exist_ok=True)
         (workdir / path).write_text("".join(json.dumps(r) + "\n" for r in recs))
     write_params(workdir / "params.yaml", {"sft": {
-        "data": "teacher", "lora": {"r": 4, "alpha": 8, "dropout": 0.0}, "learning_rate": 1e-2, "epochs": 1,
-        "batch_size": batch_size, "grad_accum": 1, "max_length": 64, "val_fraction": 0.2, "seed": 0}})
+        "data": "teacher", "lora": {"r": 4, "alpha": 8, "dropout": 0.0}, "val_fraction": 0.2,
+        "trainer": {"learning_rate": 1e-2, "num_train_epochs": 1, "per_device_train_batch_size": batch_size,
+                    "gradient_accumulation_steps": 1, "max_length": 64, "seed": 0}}})
 
 
 def test_sft_two_processes_match_one(workdir, tiny_base, tmp_path_factory):
@@ -169,7 +170,7 @@ def test_dpo_two_processes(workdir, tiny_base, sft_adapter):  # noqa: F811
 
     shutil.copytree(tiny_base, workdir / "models/base")
     _stage_setup(workdir, _pairs(12))
-    write_params(workdir / "params.yaml", {"dpo": {"batch_size": 2}})
+    write_params(workdir / "params.yaml", {"dpo": {"trainer": {"per_device_train_batch_size": 2}}})
     r = launch(workdir, "stages.dpo", "--init-adapter", str(sft_adapter))
     out = workdir / "models/dpo"
     assert sorted(p.name for p in out.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]  # no "ref"

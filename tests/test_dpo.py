@@ -56,7 +56,8 @@ def test_dpo_prefers_chosen_and_reference_is_the_sft_adapter(tiny_base, sft_adap
     from sciexplain.dpo import train_dpo
 
     m = train_dpo(tiny_base, _pairs(16), _pairs(4, start=100), tmp_path / "dpo", init_adapter=sft_adapter,
-                  beta=0.1, loss_type="sigmoid", learning_rate=1e-2, epochs=2, batch_size=8, max_length=96, seed=0,
+                  beta=0.1, loss_type="sigmoid", trainer={"learning_rate": 1e-2, "num_train_epochs": 2,
+                                                          "per_device_train_batch_size": 8, "max_length": 96, "seed": 0},
                   scratch_dir=tmp_path / "scratch", live_dir=tmp_path / "live")
     # reference == SFT policy: before any step every implicit reward is exactly 0 (with the adapter-disabled base
     # as reference, rewards/chosen would be beta * (logp_sft - logp_base) != 0 since the adapter is non-trivial)
@@ -80,7 +81,7 @@ def test_reference_logps_are_the_sft_model_not_the_base(tiny_base, sft_adapter, 
     from sciexplain.dpo import build_dpo_trainer
     from sciexplain.models import load_causal_lm, load_tokenizer
 
-    tr = build_dpo_trainer(tiny_base, _pairs(2), [], init_adapter=sft_adapter, max_length=96,
+    tr = build_dpo_trainer(tiny_base, _pairs(2), [], init_adapter=sft_adapter, trainer={"max_length": 96},
                            scratch_dir=tmp_path / "s")
     assert tr.ref_model is None and sorted(tr.model.peft_config) == ["default", "ref"]
     tok = load_tokenizer(tiny_base)
@@ -106,7 +107,7 @@ def test_beta_and_loss_type_reach_the_trainer(tiny_base, sft_adapter, tmp_path, 
     # at the start policy == reference, so the loss is the loss function at margin 0:
     # sigmoid -log(sigmoid(0)) = ln 2; IPO (0 - 1/(2 beta))^2
     tr = build_dpo_trainer(tiny_base, _pairs(2), _pairs(2, start=50), init_adapter=sft_adapter, beta=beta,
-                           loss_type=loss_type, max_length=96, scratch_dir=tmp_path / "s")
+                           loss_type=loss_type, trainer={"max_length": 96}, scratch_dir=tmp_path / "s")
     assert tr.evaluate()["eval_loss"] == pytest.approx(expected, rel=1e-4)
 
 
@@ -121,8 +122,9 @@ def test_unknown_loss_type_is_a_user_error(tiny_base, sft_adapter, tmp_path):
 def _stage_setup(workdir, pairs, extra=None):
     (workdir / "data/rs").mkdir(parents=True)
     (workdir / "data/rs/dpo_pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
-    dpo = {"beta": 0.1, "loss_type": "sigmoid", "learning_rate": 0.01, "epochs": 1, "batch_size": 4, "grad_accum": 1,
-           "max_length": 96, "val_fraction": 0.25, "seed": 0, "extra_pairs": None}
+    dpo = {"beta": 0.1, "loss_type": "sigmoid", "val_fraction": 0.25, "extra_pairs": None,
+           "trainer": {"learning_rate": 0.01, "num_train_epochs": 1, "per_device_train_batch_size": 4,
+                       "gradient_accumulation_steps": 1, "max_length": 96, "seed": 0}}
     if extra is not None:
         (workdir / "extra.jsonl").write_text("".join(json.dumps(p) + "\n" for p in extra))
         dpo["extra_pairs"] = "extra.jsonl"

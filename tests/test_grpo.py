@@ -43,8 +43,9 @@ def sft_adapter(tiny_base, tmp_path_factory):
 def _run(tiny_base, sft_adapter, tmp_path, scorer=None, **kw):
     from sciexplain.grpo import train_grpo
 
-    args = dict(beta=0.1, learning_rate=1e-2, max_steps=3, num_generations=4, prompts_per_step=1,
-                max_completion_length=12, seed=0, score_batch_size=3, scratch_dir=tmp_path / "scratch")
+    args = dict(beta=0.1, num_generations=4, prompts_per_step=1, max_completion_length=12,
+                trainer={"learning_rate": 1e-2, "lr_scheduler_type": "constant", "max_steps": 3, "seed": 0},
+                score_batch_size=3, scratch_dir=tmp_path / "scratch")
     args.update(kw)
     return train_grpo(tiny_base, QUESTIONS, tmp_path / "grpo", scorer=scorer or StandInScorer(),
                      init_adapter=sft_adapter, **args)
@@ -115,8 +116,9 @@ def test_guard_stops_on_repetition(tiny_base, sft_adapter, tmp_path):
     assert "distinct-3-gram ratio" in m["stop_reason"] and m["policy_updates"] == 1
 
 
-PPO_PARAMS = {"enabled": False, "beta": 0.1, "learning_rate": 0.01, "max_steps": 2, "num_generations": 2,
-              "prompts_per_step": 1, "max_completion_length": 8, "temperature": 1.0, "top_p": 1.0, "seed": 0,
+PPO_PARAMS = {"enabled": False, "beta": 0.1, "num_generations": 2,
+              "prompts_per_step": 1, "max_completion_length": 8, "temperature": 1.0, "top_p": 1.0,
+              "trainer": {"learning_rate": 0.01, "lr_scheduler_type": "constant", "max_steps": 2, "seed": 0},
               "score_batch_size": 4,
               "guard": {"max_kl": 10.0, "min_distinct3": None, "max_code_fence_share": 0.5,
                         "max_repeated_line_share": None, "restore_last_good": True}}

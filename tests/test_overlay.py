@@ -46,3 +46,23 @@ def test_the_printed_command(tmp_path):
     r = CliRunner().invoke(main, [str(ROOT / "configs/study.yaml"), "--params", str(ROOT / "params.yaml")])
     assert r.exit_code == 0
     assert r.output.startswith("dvc exp run -S base_model.source=meta-llama/Llama-2-7b-chat-hf")
+
+
+def test_an_overlay_may_add_a_trl_setting_to_a_trainer_mapping(tmp_path):
+    """sft.trainer passes through to trl.SFTConfig: a setting params.yaml does not list is added (+key=value), one
+    it lists is set; the schema then checks the name against the TRL config."""
+    from dvc.utils.hydra import apply_overrides
+
+    from sciexplain import params_schema as ps
+
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    changes = flatten(load_params(tmp_path / "params.yaml"),
+                      {"sft": {"trainer": {"warmup_steps": 5, "learning_rate": 1.0e-4}}})
+    assert changes == [("+sft.trainer.warmup_steps", 5), ("sft.trainer.learning_rate", 1.0e-4)]
+    apply_overrides(str(tmp_path / "params.yaml"), set_flags(changes)[1::2])
+    after = load_params(tmp_path / "params.yaml")
+    assert after["sft"]["trainer"]["warmup_steps"] == 5 and after["sft"]["trainer"]["learning_rate"] == 1.0e-4
+    assert after["sft"]["trainer"]["seed"] == 0  # the rest of the mapping stays
+    ps.check_file(after)
+    with pytest.raises(DataError, match="'sft.trainr'"):
+        flatten(load_params(ROOT / "params.yaml"), {"sft": {"trainr": {"seed": 1}}})

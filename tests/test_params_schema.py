@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import json
 import os
 import subprocess
 import sys
@@ -164,10 +165,27 @@ BAD = [
     ("reward_model.rubric", {"t_better": 2}, "reward_model.rubric.t_better", "in [0, 1], got 2"),
     ("reward_model.sources", ["base-sft"], "reward_model.sources", "'x_vs_y'"),
     ("sft.lora.target_modules", [], "sft.lora.target_modules", "a list of module names"),
-    ("sft.learning_rate", "5e-5", "sft.learning_rate", "expected a number > 0, got '5e-5'"),
+    ("sft.trainer.learning_rate", "5e-5", "sft.trainer.learning_rate", "expected a number > 0, got '5e-5'"),
+    ("sft.trainer.learnin_rate", 1.0e-4, "sft.trainer.learnin_rate",
+     "unknown setting of trl.SFTConfig; did you mean learning_rate?"),
+    ("sft.trainer.seed", DELETE, "sft.trainer.seed", "missing; expected an integer >= 0"),
+    ("sft.trainer.output_dir", "out", "sft.trainer.output_dir", "set by the code, not by params: the stage's --scratch"),
+    ("sft.trainer", 3, "sft.trainer", "expected a mapping with keys learning_rate"),
+    ("dpo.trainer.beta", 0.2, "dpo.trainer.beta", "not a trainer setting here: set dpo.beta"),
+    ("dpo.trainer.bf16", True, "dpo.trainer.bf16", "bf16 where the CUDA GPU supports it"),
+    ("grpo.trainer.per_device_train_batch_size", 8, "grpo.trainer.per_device_train_batch_size",
+     "grpo.prompts_per_step x grpo.num_generations"),
+    ("grpo.trainer.num_genrations", 8, "grpo.trainer.num_genrations", "unknown setting of trl.GRPOConfig"),
+    ("dpo.trainer.train_sampling_strategy", "group_by_length", "dpo.trainer.train_sampling_strategy",
+     "length-grouped sampling does not work for this trainer: DPOTrainer's rows have no input_ids"),
+    ("reward_model.trainer.eval_strategy", "steps", "reward_model.trainer.eval_strategy", "best-dev-epoch selection"),
+    ("reward_model.trainer.max_length", DELETE, "reward_model.trainer.max_length", "missing; expected an integer >= 1"),
+    ("reward_model.trainer.center_rewards_coefficient", 0.1, "reward_model.trainer.center_rewards_coefficient",
+     "set reward_model.center_rewards_coefficient"),
     ("sft.data", "teachers", "sft.data", "one of teacher, forum or a .jsonl file"),
     ("sft.val_fraction", 1, "sft.val_fraction", "in [0, 1)"),
-    ("rs.epochs", 1.5, "rs.epochs", "an integer >= 1"),
+    ("rs.trainer.num_train_epochs", 0, "rs.trainer.num_train_epochs", "expected a number > 0, got 0"),
+    ("rs.trainer.per_device_train_batch_size", 2.0, "rs.trainer.per_device_train_batch_size", "an integer >= 1"),
     ("compare.pairs", ["base_vs_sft"], "compare.pairs", "a non-empty mapping like {sft_vs_base: [sft, base]}"),
     ("compare.pairs", {"base_sft": ["base", "sft"]}, "compare.pairs.base_sft", "x_vs_y"),
     ("compare.pairs", {"rs_vs_base": ["base", "rs"]}, "compare.pairs.rs_vs_base", "the pair's two models ['rs', 'base']"),
@@ -316,12 +334,12 @@ def test_stage_names_and_modules(tmp_path):
         "answer": {"foreach": ["base", "sft"], "do": {"cmd": "python -m stages.answer --model-name ${item}",
                                                       "params": ["generate.seed", "engine.backend"]}},
         "train": {"matrix": {"section": ["sft", "rs"]}, "cmd": "python -m stages.sft --section ${item.section}",
-                  "params": [{"params.yaml": ["sft.seed", "rs.seed"]}]},
+                  "params": [{"params.yaml": ["sft.trainer", "rs.trainer"]}]},
         "everything": {"cmd": "python -m stages.evaluate", "params": [{"params.yaml": None}]},
     }}))
     ps._stages.cache_clear()
     assert ps.declared_keys("answer@base", other) == ["generate.seed", "engine.backend"]
-    assert ps.declared_keys("train@sft", other) == ["sft.seed", "rs.seed"]
+    assert ps.declared_keys("train@sft", other) == ["sft.trainer", "rs.trainer"]
     assert ps.declared_keys("everything", other) is None
     assert ps.stages_of_module("stages.answer", [], other) == ["answer"]
     bad = _set(PARAMS, "generate.seed", -1)
@@ -382,11 +400,11 @@ def test_teacher_stage_stops_before_generating(tmp_path):
 
 
 def test_the_rs_round_of_stages_sft_checks_the_rs_section(tmp_path):
-    r = _run_stage(tmp_path, "stages.sft", _set(PARAMS, "rs.learning_rate", "1e-4"), "--section", "rs",
+    r = _run_stage(tmp_path, "stages.sft", _set(PARAMS, "rs.trainer.learning_rate", "1e-4"), "--section", "rs",
                    "--base", "no-model-here", "--data", "none.jsonl", "--out", "models/rs", "--metrics", "m.json",
                    "--live", "live", "--scratch", "scratch")
     out = (r.stdout + r.stderr).strip().splitlines()
-    assert r.returncode == 1 and out == ["Error: bad.yaml: rs.learning_rate: expected a number > 0, got '1e-4'"], out
+    assert r.returncode == 1 and out == ["Error: bad.yaml: rs.trainer.learning_rate: expected a number > 0, got '1e-4'"], out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]
 
 
@@ -467,3 +485,83 @@ def test_batch_backends_refuse_a_repetition_penalty_before_any_work():
     msg = _error(bad, stage="teacher")
     assert msg.startswith("params.yaml: teacher.repetition_penalty: ") and "expected 1.0, got 1.1" in msg
     ps.check_stage(_set(bad, "teacher.repetition_penalty", 1.0), "teacher", "params.yaml")
+
+
+# --------------------------------------------------------------------------- trainer: TRL config pass-through
+
+def test_trl_fields_json_matches_the_installed_trl():
+    """trl_fields.json (what the stage-start check reads instead of importing TRL) is the real dataclass fields
+    (refresh: python -m sciexplain.trainer_config --write)."""
+    from sciexplain.trainer_config import recorded_fields
+
+    assert json.loads(ps.TRL_FIELDS_FILE.read_text()) == recorded_fields()
+    assert ps._recorded_fields() is not None  # recorded for the installed versions: checked at stage start
+    assert "learning_rate" in ps._recorded_fields()["SFTConfig"] and "beta" in ps._recorded_fields()["DPOConfig"]
+
+
+def test_every_owned_trainer_setting_is_a_field_of_its_config():
+    """A refusal names a real setting (a renamed TRL field would otherwise be refused for the wrong reason)."""
+    fields = ps._recorded_fields()
+    for section, cls in ps.TRAINER_CONFIGS.items():
+        owned = set(ps.CODE_OWNED) | set(ps.SECTION_OWNED.get(section, {}))
+        assert owned <= fields[cls], (section, owned - fields[cls])
+
+
+def test_the_schema_check_does_not_import_trl():
+    code = ("import sys, yaml; from sciexplain import params_schema as ps; "
+            "ps.check_file(yaml.safe_load(open('params.yaml'))); "
+            "assert ps._recorded_fields() is not None; "
+            "print(sorted(m for m in ('trl', 'transformers', 'torch') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, env=_env())
+    assert r.returncode == 0 and r.stdout.strip() == "[]", r
+
+
+def test_any_trl_setting_reaches_the_built_config():
+    """A setting params.yaml does not list (lr_scheduler_type, warmup_steps, weight_decay, ...) passes straight into
+    trl.SFTConfig / DPOConfig / RewardConfig / GRPOConfig; the code-owned ones stay the code's."""
+    from sciexplain.dpo import dpo_config
+    from sciexplain.grpo import grpo_config
+    from sciexplain.reward_train import reward_config
+    from sciexplain.sft import sft_config
+
+    params = _set(_set(PARAMS, "rs.trainer.lr_scheduler_type", "constant_with_warmup"), "rs.trainer.warmup_steps", 3)
+    params = _set(params, "rs.trainer.train_sampling_strategy", "group_by_length")
+    assert ps.problems(params) == []
+    cfg = sft_config(params["rs"]["trainer"], "scratch/x", section="rs")
+    assert cfg.lr_scheduler_type == "constant_with_warmup" and cfg.warmup_steps == 3
+    assert cfg.train_sampling_strategy == "group_by_length"
+    assert cfg.learning_rate == 1e-4 and cfg.num_train_epochs == 1 and cfg.max_length == 448
+    assert cfg.seed == cfg.data_seed == 0 and cfg.per_device_eval_batch_size == 4  # derived where not set
+    assert cfg.output_dir == "scratch/x" and cfg.report_to in ([], "none", ["none"]) and cfg.use_cpu
+    assert cfg.completion_only_loss is True and cfg.logging_steps == 1  # code defaults
+    assert sft_config({**params["rs"]["trainer"], "logging_steps": 5}, "s", section="rs").logging_steps == 5
+    d = dpo_config({**PARAMS["dpo"]["trainer"], "weight_decay": 0.01}, "s", beta=0.2, loss_type="ipo", evaluate=False)
+    assert d.weight_decay == 0.01 and d.beta == 0.2 and d.loss_type == ["ipo"] and d.eval_strategy == "no"
+    r = reward_config({**PARAMS["reward_model"]["trainer"], "max_grad_norm": 0.5}, "s", select_best=True)
+    assert r.max_grad_norm == 0.5 and r.load_best_model_at_end and r.eval_strategy == "epoch"
+    g = grpo_config({**PARAMS["grpo"]["trainer"], "scale_rewards": "batch"}, "s", beta=0.05, num_generations=4,
+                    prompts_per_step=2, max_completion_length=16, temperature=1.0, top_p=1.0)
+    assert g.scale_rewards == "batch" and g.per_device_train_batch_size == 8 and g.max_steps == 8
+
+
+def test_a_trainer_typo_stops_where_the_config_is_built_too():
+    """Without the recorded list (other TRL versions) the same one line comes from the real dataclass fields,
+    before any model loads; TRL's own refusal of a value is one line naming the subsection."""
+    from sciexplain.sft import sft_config
+
+    with pytest.raises(ps.ParamsError, match=r"^params.yaml: sft.trainer.learnin_rate: unknown setting of "
+                                             r"trl.SFTConfig; did you mean learning_rate\?$"):
+        sft_config({"learnin_rate": 1e-4, "seed": 0}, "s")
+    with pytest.raises(ps.ParamsError, match=r"^params.yaml: rs.trainer.use_cpu: set by the code"):
+        sft_config({"use_cpu": False, "seed": 0}, "s", section="rs")
+    with pytest.raises(ps.ParamsError, match=r"^params.yaml: sft.trainer: trl.SFTConfig refused the settings: "):
+        sft_config({"lr_scheduler_type": "sometimes", "seed": 0}, "s")
+
+
+def test_a_stage_stops_on_a_trainer_typo_before_loading_a_model(tmp_path):
+    r = _run_stage(tmp_path, "stages.sft", _set(PARAMS, "sft.trainer.num_train_epoch", 3), "--section", "sft",
+                   "--base", "no-model-here", "--out", "models/sft", "--metrics", "m.json", "--live", "live",
+                   "--scratch", "scratch")
+    out = (r.stdout + r.stderr).strip().splitlines()
+    assert r.returncode == 1 and out == ["Error: bad.yaml: sft.trainer.num_train_epoch: unknown setting of "
+                                         "trl.SFTConfig; did you mean num_train_epochs?"], out

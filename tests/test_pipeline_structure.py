@@ -176,9 +176,10 @@ def test_stage_reads_only_declared_params(name):
 
 
 def test_the_params_check_sees_f_string_keys():
-    """sft and rs share stages/sft.py, which reads f"{section}.learning_rate": the check resolves it per stage."""
+    """sft and rs share stages/sft.py, which reads f"{section}.trainer": the check resolves it per stage."""
     script = ROOT / "stages/sft.py"
-    assert "rs.learning_rate" in params_read(script, STAGES["rs"]["cmd"])
+    assert "rs.trainer" in params_read(script, STAGES["rs"]["cmd"])
+    assert "sft.trainer" in params_read(script, STAGES["sft"]["cmd"])
     assert "sft.lora.r" in params_read(script, STAGES["sft"]["cmd"])
     assert "answer.models.sft" in params_read(ROOT / "stages/answer.py", STAGES["answer@sft"]["cmd"])
     assert "validate.margin_full_gap" in params_read(ROOT / "stages/validate.py", STAGES["validate"]["cmd"])
@@ -188,3 +189,22 @@ def test_dvc_yaml_library_deps_are_what_the_tool_writes():
     """dvc.yaml's sciexplain/ lines are exactly what ``python scripts/dvc_deps.py --write`` makes of the imports."""
     text = (ROOT / "dvc.yaml").read_text()
     assert dvc_deps.rewrite(text, ROOT) == text, "run: python scripts/dvc_deps.py --write"
+
+
+TRAINING_STAGES = {"sft": "sft", "rs": "rs", "reward_model": "reward_model", "dpo": "dpo", "grpo": "grpo"}
+
+
+@pytest.mark.parametrize("name", sorted(TRAINING_STAGES))
+def test_a_training_stage_declares_its_trainer_subsection_whole(name):
+    """``<section>.trainer`` passes through to the TRL config: the stage reads it whole and declares it as one key
+    (so any setting added there reruns the stage), never key by key."""
+    from sciexplain import params_schema as ps
+
+    section = TRAINING_STAGES[name]
+    st = STAGES[name]
+    m = re.search(r"-m (stages\.\w+)", st["cmd"])
+    assert f"{section}.trainer" in params_read(ROOT / (m.group(1).replace(".", "/") + ".py"), st["cmd"])
+    declared = st.get("params", [])
+    assert f"{section}.trainer" in declared, f"stage {name} must declare {section}.trainer"
+    assert not [d for d in declared if d.startswith(f"{section}.trainer.")], f"stage {name}: declare the subsection whole"
+    assert isinstance(PARAMS[section]["trainer"], dict) and section in ps.TRAINER_CONFIGS

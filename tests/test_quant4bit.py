@@ -46,7 +46,8 @@ def test_qlora_steps_then_merge_into_the_fp32_base(tiny_base, tmp_path):
     recs = [{"id": f"q{i}", "question": f"Why does ice float? ({i})", "answer": TARGET} for i in range(10)]
     train, val = split_train_val(recs, 0.2, seed=0)
     m = train_sft(tiny_base, train, val, tmp_path / "qlora", lora={"r": 4, "alpha": 8, "dropout": 0.0},
-                  learning_rate=1e-2, epochs=2, batch_size=4, max_length=64, seed=0, quantize_4bit=True,
+                  trainer={"learning_rate": 1e-2, "lr_scheduler_type": "cosine", "num_train_epochs": 2,
+                           "per_device_train_batch_size": 4, "max_length": 64, "seed": 0}, quantize_4bit=True,
                   scratch_dir=tmp_path / "scratch")
     assert m["steps"] == 4 and m["train_loss_last_step"] < m["train_loss_first_step"], m
     assert m["eval_loss"] < m["eval_loss_start"], m

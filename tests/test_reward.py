@@ -50,8 +50,14 @@ def synthetic(tok, n, seed, margin=1.0):
     return out
 
 
-TRAIN_KW = dict(lora_r=8, lora_alpha=16, lora_dropout=0.0, learning_rate=3e-3, epochs=3, batch_size=8,
-                max_length=64, seed=0)
+TRAINER = {"learning_rate": 3e-3, "lr_scheduler_type": "linear", "num_train_epochs": 3, "per_device_train_batch_size": 8,
+           "max_length": 64, "seed": 0}
+TRAIN_KW = dict(lora_r=8, lora_alpha=16, lora_dropout=0.0, trainer=TRAINER)
+
+
+def kw_with(**trainer) -> dict:
+    """TRAIN_KW with these reward_model.trainer settings changed."""
+    return {**TRAIN_KW, "trainer": {**TRAINER, **trainer}}
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +112,7 @@ def test_truncation_counted_nothing_dropped(tiny_base, tok, tmp_path):
     assert all(len(r["chosen_ids"]) <= 64 and len(r["rejected_ids"]) <= 64 for r in rows)
     assert max(len(r["chosen_ids"]) for r in rows) == 64
     res = train_reward_model(tiny_base, pairs, tmp_path / "rm", scratch_dir=tmp_path / "s",
-                             **{**TRAIN_KW, "max_length": 64, "epochs": 1})
+                             **kw_with(max_length=64, num_train_epochs=1))
     assert res["pairs"] == 6 and res["truncated_pairs"] == 3 and res["dropped"] == 0
     assert res["steps"] == 1  # all 6 pairs in one batch of 8: none was filtered out
 
@@ -179,7 +185,7 @@ def test_early_stopping_restores_the_best_dev_epoch(tiny_base, tok, tmp_path):
     so epoch 1 is best, training stops after epoch 2 (patience 1, cap 4) and the saved model is epoch 1's."""
     train = synthetic(tok, 32, 11)
     dev = [{**p, "chosen": p["rejected"], "rejected": p["chosen"], "margin": 0.5} for p in synthetic(tok, 12, 12)]
-    kw = {**TRAIN_KW, "epochs": 4, "center_rewards_coefficient": None}
+    kw = {**kw_with(num_train_epochs=4), "center_rewards_coefficient": None}
     res = train_reward_model(tiny_base, train, tmp_path / "rm", scratch_dir=tmp_path / "s", live_dir=tmp_path / "live",
                              eval_pairs=dev, early_stopping_patience=1, until_beats_constant=False, **kw)
     d = res["dev"]
@@ -200,7 +206,7 @@ def test_training_stops_once_the_dev_loss_beats_the_constant(tiny_base, tok, tmp
     """Easy dev pairs like the training ones: the first epoch already beats the constant predictor, so the cap
     (4 epochs) is not used."""
     res = train_reward_model(tiny_base, synthetic(tok, 64, 13), tmp_path / "rm", scratch_dir=tmp_path / "s",
-                             eval_pairs=synthetic(tok, 16, 14, margin=0.0), **{**TRAIN_KW, "epochs": 4})
+                             eval_pairs=synthetic(tok, 16, 14, margin=0.0), **kw_with(num_train_epochs=4))
     d = res["dev"]
     assert d["stopped"] == "beat the constant" and d["epochs_run"] == 1.0 and len(d["loss_by_epoch"]) == 1, d
     assert d["beats_constant"] and d["best_loss"] < d["constant_loss"] == pytest.approx(math.log(2), abs=1e-4)
@@ -210,7 +216,7 @@ def test_margin_changes_the_loss(tiny_base, tok, tmp_path):
     losses = {}
     for m in (0.0, 1.0):
         res = train_reward_model(tiny_base, synthetic(tok, 8, 5, margin=m), tmp_path / f"rm{m}",
-                                 scratch_dir=tmp_path / "s", **{**TRAIN_KW, "epochs": 1})
+                                 scratch_dir=tmp_path / "s", **kw_with(num_train_epochs=1))
         losses[m] = res["train_loss"]
     # one step from the same init: -logsigmoid(d - margin) with d ~ 0 is ~0.69 vs ~1.31
     assert losses[1.0] > losses[0.0] + 0.3, losses

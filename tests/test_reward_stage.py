@@ -90,9 +90,11 @@ def project(workdir, tiny_base):
     _write(workdir / "data/human_pairs/train.jsonl", train)
     _write(workdir / "data/human_pairs/test.jsonl", test)
     write_params(workdir / "params.yaml", {"reward_model": {
-        "lora": {"r": 8, "alpha": 16, "dropout": 0.0, "layers": 1}, "learning_rate": 3e-3, "epochs": 2,
-        "early_stopping_patience": 1, "until_beats_constant": True, "batch_size": 8, "max_length": 320, "center_rewards_coefficient": 0.01,
-        "unsure": "drop", "val_fraction": 0.25, "seed": 0, "sources": ["base_vs_sft"], "judge_labels": False,
+        "lora": {"r": 8, "alpha": 16, "dropout": 0.0, "layers": 1},
+        "trainer": {"learning_rate": 3e-3, "num_train_epochs": 2, "per_device_train_batch_size": 8, "max_length": 320,
+                    "seed": 0},
+        "early_stopping_patience": 1, "until_beats_constant": True, "center_rewards_coefficient": 0.01,
+        "unsure": "drop", "val_fraction": 0.25, "sources": ["base_vs_sft"], "judge_labels": False,
         "rm_models": ["base", "sft", "teacher"], "rubric": {}, "max_train_pairs": None, "score_batch_size": 8,
         "bootstrap": 200, "allow_unvalidated": True}})
     return workdir
@@ -168,7 +170,7 @@ def test_reward_model_stage_trains_on_people(project):
 
 
 def test_judge_labels_only_when_asked_and_named(project):
-    write_params(project / "params.yaml", {"reward_model": {"judge_labels": True, "epochs": 1, "allow_unvalidated": False}})
+    write_params(project / "params.yaml", {"reward_model": {"judge_labels": True, "trainer": {"num_train_epochs": 1}, "allow_unvalidated": False}})
     r = _run()
     assert r.exit_code == 0, r.output  # the stage itself never refuses: it writes the figures the gate reads
     m = json.loads((project / "metrics/reward_model.json").read_text())
@@ -191,10 +193,10 @@ def test_reward_model_stage_errors_are_one_line(project):
     write_params(project / "params.yaml", {"reward_model": {"sources": ["nope_vs_sft"]}})
     r = _run()
     assert r.exit_code == 1 and "Traceback" not in r.output and "nope_vs_sft" in r.output, r.output
-    write_params(project / "params.yaml", {"reward_model": {"sources": [], "max_length": 8}})
+    write_params(project / "params.yaml", {"reward_model": {"sources": [], "trainer": {"max_length": 8}}})
     r = _run()
     assert r.exit_code == 1 and "Traceback" not in r.output and "max_length" in r.output, r.output
-    write_params(project / "params.yaml", {"reward_model": {"max_length": 320, "unsure": "sometimes"}})
+    write_params(project / "params.yaml", {"reward_model": {"trainer": {"max_length": 320}, "unsure": "sometimes"}})
     r = _run()
     assert r.exit_code == 1 and "reward_model.unsure" in r.output, r.output
     write_params(project / "params.yaml", {"reward_model": {"unsure": "drop", "allow_unvalidated": "yes"}})

@@ -1,0 +1,103 @@
+"""The TRL config of a training stage: its params ``trainer`` mapping passed straight through, plus what the code owns.
+
+``<section>.trainer`` (``sft``, ``rs``, ``reward_model``, ``dpo``, ``grpo``) holds keyword arguments of the stage's
+TRL config class (``SFTConfig``, ``RewardConfig``, ``DPOConfig``, ``GRPOConfig``: TRL's settings and every
+``transformers.TrainingArguments`` one), so any TRL setting is a params edit. :func:`build` makes the config::
+
+    code defaults  <  the params' trainer mapping  <  code-owned settings (refused in the mapping)
+
+- code defaults: the stage's choices a params edit may change (``logging_steps=1``, ``save_strategy="no"``,
+  ``activation_checkpointing=False``, ``data_seed`` = ``seed``, the eval batch = the train batch, ...);
+- code-owned (:data:`sciexplain.params_schema.CODE_OWNED`, ``SECTION_OWNED``): the scratch ``output_dir``,
+  ``report_to`` (DVCLive is wired by the stage), ``use_cpu`` / ``bf16`` / ``fp16`` (detected),
+  ``model_init_kwargs`` (from ``model.quantize_4bit``), and what a section derives from its own keys.
+
+Keys are checked against ``dataclasses.fields`` of the real class before the config (or any model) is built: a typo
+is one line naming the key path (``params.yaml: sft.trainer.learnin_rate: unknown setting of trl.SFTConfig; did you
+mean learning_rate?``). The same check runs at stage start from trl_fields.json (:mod:`sciexplain.params_schema`);
+``python -m sciexplain.trainer_config --write`` records the field lists of the installed TRL there.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from typing import Any, Mapping
+
+from .params_schema import TRAINER_CONFIGS, TRL_FIELDS_FILE, ParamsError, trainer_key_problem, trainer_value_problem
+
+
+def config_class(section: str):
+    import trl
+
+    return getattr(trl, TRAINER_CONFIGS[section])
+
+
+def field_names(cls) -> frozenset[str]:
+    return frozenset(f.name for f in dataclasses.fields(cls) if f.init)
+
+
+def check(section: str, settings: Mapping[str, Any], where: str = "params.yaml") -> None:
+    """ParamsError naming ``<section>.trainer.<key>`` for the first key the config class does not take, or that the
+    code or the section owns."""
+    fields = field_names(config_class(section))
+    for key, value in settings.items():
+        problem = trainer_key_problem(section, str(key), fields) or trainer_value_problem(section, str(key), value)
+        if problem:
+            raise ParamsError(f"{where}: {section}.trainer.{key}: {problem}")
+
+
+def precision() -> dict:
+    """Code-owned: the CPU unless CUDA is present; bf16 where the GPU supports it, else fp32 (never fp16)."""
+    from .models import has_cuda
+
+    cuda = has_cuda()
+    return {"use_cpu": not cuda, "bf16": bool(cuda and __import__("torch").cuda.is_bf16_supported()), "fp16": False}
+
+
+def build(section: str, settings: Mapping[str, Any] | None, *, defaults: Mapping[str, Any] | None = None,
+          owned: Mapping[str, Any] | None = None):
+    """``trl.<Config>(**(defaults | settings | owned))`` for ``section`` after :func:`check`. ``seed`` also becomes
+    ``data_seed`` and the train batch the eval batch, unless the settings name them."""
+    settings = dict(settings or {})
+    check(section, settings)
+    kwargs = {**(defaults or {}), **settings}
+    if "seed" in kwargs:
+        kwargs.setdefault("data_seed", kwargs["seed"])
+    if "per_device_train_batch_size" in kwargs:
+        kwargs.setdefault("per_device_eval_batch_size", kwargs["per_device_train_batch_size"])
+    kwargs.update(owned or {})
+    try:
+        return config_class(section)(**kwargs)
+    except (TypeError, ValueError) as e:  # TRL's / transformers' own checks of the values
+        raise ParamsError(f"params.yaml: {section}.trainer: trl.{TRAINER_CONFIGS[section]} refused the settings: "
+                          f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+
+
+def recorded_fields() -> dict:
+    """What trl_fields.json records: the installed versions, TrainingArguments' fields, each config's own."""
+    from importlib import metadata
+
+    from transformers import TrainingArguments
+
+    base = field_names(TrainingArguments)
+    configs = {name: sorted(field_names(getattr(__import__("trl"), name)) - base)
+               for name in sorted(set(TRAINER_CONFIGS.values()))}
+    return {"versions": {pkg: metadata.version(pkg) for pkg in ("trl", "transformers")},
+            "TrainingArguments": sorted(base), "configs": configs}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    text = json.dumps(recorded_fields(), indent=1) + "\n"
+    if argv == ["--write"]:
+        TRL_FIELDS_FILE.write_text(text, encoding="utf-8")
+        print(f"wrote {TRL_FIELDS_FILE}")
+        return 0
+    current = TRL_FIELDS_FILE.read_text(encoding="utf-8") if TRL_FIELDS_FILE.exists() else ""
+    print("up to date" if current == text else f"stale: run python -m sciexplain.trainer_config --write")
+    return 0 if current == text else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
