@@ -256,6 +256,18 @@ def _inference_kwargs(quantize_4bit, device: str | None) -> dict:
     raise ValueError(f"device must be None (automatic) or 'cpu', not {device!r}")
 
 
+def _with_adapter(model, adapter, trainable: bool):
+    """``model`` + its LoRA ``adapter`` (a PEFT folder; None: the model itself); eval mode unless ``trainable``."""
+    if adapter:
+        from peft import PeftModel
+
+        _check_dir(adapter, "adapter")
+        model = PeftModel.from_pretrained(model, str(adapter), is_trainable=trainable)
+    if not trainable:
+        model.eval()
+    return model
+
+
 def load_causal_lm(base_dir, adapter: str | os.PathLike | None = None, quantize_4bit="auto",
                    trainable: bool = False, device: str | None = None):
     """The base causal LM (+ a LoRA adapter) for generation or scoring, placed by :func:`_quant_kwargs` (GPU in
@@ -265,14 +277,7 @@ def load_causal_lm(base_dir, adapter: str | os.PathLike | None = None, quantize_
 
     _check_dir(base_dir, "base model")
     model = AutoModelForCausalLM.from_pretrained(str(base_dir), **_inference_kwargs(quantize_4bit, device))
-    if adapter:
-        from peft import PeftModel
-
-        _check_dir(adapter, "adapter")
-        model = PeftModel.from_pretrained(model, str(adapter), is_trainable=trainable)
-    if not trainable:
-        model.eval()
-    return model
+    return _with_adapter(model, adapter, trainable)
 
 
 def load_seq_classifier(base_dir, adapter=None, quantize_4bit="auto", trainable: bool = False, tokenizer=None,
@@ -286,14 +291,7 @@ def load_seq_classifier(base_dir, adapter=None, quantize_4bit="auto", trainable:
     model = AutoModelForSequenceClassification.from_pretrained(
         str(base_dir), num_labels=1, **_inference_kwargs(quantize_4bit, device))
     model.config.pad_token_id = tokenizer.pad_token_id
-    if adapter:
-        from peft import PeftModel
-
-        _check_dir(adapter, "adapter")
-        model = PeftModel.from_pretrained(model, str(adapter), is_trainable=trainable)
-    if not trainable:
-        model.eval()
-    return model
+    return _with_adapter(model, adapter, trainable)
 
 
 def lora_config(r: int = 16, alpha: int = 64, dropout: float = 0.1, target_modules=None, task_type: str = "CAUSAL_LM",
