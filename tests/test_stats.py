@@ -326,3 +326,15 @@ def test_paired_wilcoxon_identical_and_bad():
         paired_wilcoxon([1, 2], [1])
     with pytest.raises(ValueError):
         paired_wilcoxon([], [])
+
+
+def test_paired_wilcoxon_float_noise_is_a_tie():
+    """The same answer scored in batches of other widths: rewards ~1e-7 apart are a tie, not a difference."""
+    from sciexplain.stats import paired_wilcoxon
+
+    base = [-0.958, -1.521257996559143, -0.14686644077301025, 0.33488011360168457, 1.2]
+    other = [-2.144, -1.5212578773498535, -0.1468648910522461, 0.33488011360168457, 0.7]
+    w = paired_wilcoxon(other, base)
+    assert w["n"] == 5 and w["n_nonzero"] == 2
+    assert paired_wilcoxon([x + 1e-7 for x in base], base)["n_nonzero"] == 0
+    assert paired_wilcoxon([x + 1e-3 for x in base], base)["n_nonzero"] == 5  # a real difference stays one
