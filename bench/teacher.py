@@ -9,8 +9,9 @@ engine and keeps its KV cache (:mod:`sciexplain.llamacpp_backend`).
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from sciexplain.records import read_jsonl
 
 from .common import timed
 
@@ -18,7 +19,7 @@ from .common import timed
 def teacher_questions(n: int) -> list[tuple[str, str]]:
     for path in ("data/prepared/sft.jsonl", "data/raw/questions.jsonl"):
         if Path(path).exists():
-            rows = [json.loads(l) for l in Path(path).read_text().splitlines() if l.strip()]
+            rows = read_jsonl(path, required=("question",))
             return [(r.get("id", str(i)), r["question"]) for i, r in enumerate(rows[:n])]
     raise FileNotFoundError("no questions: data/prepared/sft.jsonl or data/raw/questions.jsonl")
 
