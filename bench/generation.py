@@ -5,8 +5,12 @@ identical and tokens/s compare directly. Contenders:
 
 * ``study loop``: one ``model.generate(do_sample=True)`` per sample, batch 1 (the study's way); measured on the
   first ``loop_sequences`` sequences only (at ~18 tokens/s the whole work would take minutes) -- a rate.
-* ``batched HF (today)``: what :class:`sciexplain.local_backend.LocalBackend` does: prompts sorted by length,
-  ``generate.batch_size`` = 16 rows, each row sampled from its own seeded stream (:class:`SeededSampler`).
+* ``batched HF (generate, before)``: what :class:`sciexplain.local_backend.LocalBackend` did until 2026-11-26:
+  ``model.generate`` on prompts sorted by length, 16 rows, each row sampled from its own seeded stream
+  (:class:`SeededSampler`).
+* ``backend loop``: :class:`LocalBackend` itself (its own decode loop; no stop token here, so the work is the same).
+* ``stopping work``: an answer stage's work (answers stop at their end of turn): ``generate`` computes every row
+  until the longest stops; the backend loop drops a row when it stops.
 * ``full-sort sampler (before)``: the same with the sampler the local backend had before (a full-vocabulary sort
   and a 49k-way multinomial per row and step), to measure the top-k nucleus draw that replaced it.
 * levers on that path: rows per batch (32, 64), no length sorting, eager attention instead of SDPA, one thread,
@@ -93,6 +97,43 @@ def hf_batched(model, tok, prompt_ids, samples: int, new_tokens: int, rows_per_b
                                  logits_processor=LogitsProcessorList([sampler]), pad_token_id=tok.pad_token_id)
         total += (out.shape[1] - width) * len(batch)
     return total
+
+
+def generate_decode(self, input_ids, attention_mask, sampling, sampler):
+    """``LocalBackend._decode`` as it was before 2026-11-26: ``model.generate``, every row computed until the longest
+    stops (a contender: the backend with this swapped in)."""
+    import torch
+    from transformers import LogitsProcessorList
+
+    kwargs = dict(max_new_tokens=sampling.max_new_tokens, eos_token_id=self.stops or None,
+                  pad_token_id=self.tokenizer.pad_token_id, do_sample=False, temperature=None, top_p=None, top_k=None,
+                  repetition_penalty=sampling.repetition_penalty)
+    if sampler is not None:
+        kwargs["logits_processor"] = LogitsProcessorList([sampler])
+    with torch.inference_mode():
+        out = self.lm.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+    return out[:, input_ids.shape[1]:].tolist()
+
+
+def backend_run(model, tok, qs: list[str], samples: int, new_tokens: int, rows_per_batch: int, stop: bool = True,
+                before: bool = False, repetition_penalty: float = 1.0) -> int:
+    """Completion tokens of :class:`LocalBackend` itself on the work (``stop=False``: no stop token, exactly
+    ``new_tokens`` per row, the fixed work of the other contenders); ``before``: with ``generate`` as its decoder."""
+    import types
+
+    from sciexplain.generation import GenRequest, SamplingParams
+    from sciexplain.local_backend import LocalBackend
+    from sciexplain.prompts import student_messages
+
+    be = LocalBackend(None, model=model, tokenizer=tok, batch_size=rows_per_batch, label="bench")
+    if not stop:
+        be.stops = []
+    if before:
+        be._decode = types.MethodType(generate_decode, be)
+    reqs = [GenRequest.from_messages(str(i), student_messages(q), sample=s) for i, q in enumerate(qs) for s in range(samples)]
+    sp = SamplingParams(max_new_tokens=new_tokens, temperature=TEMPERATURE, top_p=TOP_P, seed=0,
+                        repetition_penalty=repetition_penalty)
+    return sum(r.completion_tokens for r in be.generate(reqs, sp))
 
 
 def study_loop(model, tok, prompt_ids, samples: int, new_tokens: int, limit: int) -> int:
@@ -185,10 +226,12 @@ def run(base_dir: str, gguf: Path | None, n_questions: int = 16, samples: int = 
             f"first {loop_sequences} sequences")
     measure("batched HF, 16 rows, full-sort sampler (before)",
             lambda: hf_batched(model, tok, ids, samples, new_tokens, 16, sampler_cls=FullSortSampler))
-    measure("batched HF, 16 rows (today)", lambda: hf_batched(model, tok, ids, samples, new_tokens, 16))
+    measure("batched HF, 16 rows (generate, before)", lambda: hf_batched(model, tok, ids, samples, new_tokens, 16))
     if not quick:
         measure("batched HF, 32 rows", lambda: hf_batched(model, tok, ids, samples, new_tokens, 32))
     measure("batched HF, 64 rows", lambda: hf_batched(model, tok, ids, samples, new_tokens, 64))
+    measure("backend loop, 16 rows", lambda: backend_run(model, tok, qs, samples, new_tokens, 16, stop=False))
+    measure("backend loop, 64 rows (one batch, as the default)", lambda: backend_run(model, tok, qs, samples, new_tokens, 64, stop=False))
     if not quick:
         measure("batched HF, 64 rows, unsorted", lambda: hf_batched(model, tok, ids, samples, new_tokens, 64, sort=False))
         torch.set_num_threads(1)
@@ -228,6 +271,20 @@ def run(base_dir: str, gguf: Path | None, n_questions: int = 16, samples: int = 
                                                          "tokens_per_s": round(tokens / dt, 1),
                                                          "note": "stops at end of turn; one stream"}
             print(f"  llama.cpp: {tokens} tokens in {dt:.1f} s = {tokens / dt:.1f} tokens/s", flush=True)
+    # the answer stages' work: answers stop at their end of turn (mean ~55% of the cap), so rows finish at different
+    # steps; generate computes every row until the longest stops, the backend loop drops a row when it stops
+    stop_qs = questions(4 if quick else 24)
+    cap = 48 if quick else 384
+    stopping = {}
+    for name, rows_per_batch, before in (("generate (before), 16 rows", 16, True), ("backend loop, 16 rows", 16, False),
+                                         (f"backend loop, all {len(stop_qs)} rows in one batch", len(stop_qs), False)):
+        tokens, dt = timed(lambda: backend_run(model, tok, stop_qs, 1, cap, rows_per_batch, before=before,
+                                               repetition_penalty=1.1))
+        stopping[name] = {"tokens": tokens, "seconds": round(dt, 2), "tokens_per_s": round(tokens / dt, 1)}
+        print(f"  stopping work, {name}: {tokens} tokens in {dt:.1f} s = {tokens / dt:.1f} tokens/s", flush=True)
+    first = next(iter(stopping.values()))
+    for r in stopping.values():
+        r["vs_generate"] = round(first["seconds"] / r["seconds"], 2)
     study = rows["study loop (1 generate per sample)"]["tokens_per_s"]
     for r in rows.values():
         if "tokens_per_s" in r:
@@ -240,4 +297,6 @@ def run(base_dir: str, gguf: Path | None, n_questions: int = 16, samples: int = 
         "threads": threads, "contenders": rows, "best": best_name,
         "ratio_vs_study_loop": best["vs_study_loop"], "target_vs_study_loop": 10.0,
         "share_of_roofline": best["of_roofline"], "target_share_of_roofline": 0.5,
+        "stopping_work": {"work": f"{len(stop_qs)} questions x 1 sample, up to {cap} new tokens, stop at end of turn, "
+                                  "repetition penalty 1.1 (an answer stage)", "contenders": stopping},
     }

@@ -11,6 +11,7 @@ tried, predicted and measured goes into ``bench/RESULTS.md`` by hand.
 """
 from __future__ import annotations
 
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -40,6 +41,8 @@ def _embedded_gguf() -> Path | None:
 def main(only, tiny, quick, compile_lever, out_path):
     from . import generation, scoring, teacher, training
 
+    # a SIGTERM (a time limit, `kill`) unwinds like Ctrl-C: the llama.cpp server a bench started is stopped on the way
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
     base, reward, gguf = "models/base", "models/reward", _embedded_gguf()
     if tiny:
         sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -79,6 +82,8 @@ def main(only, tiny, quick, compile_lever, out_path):
                      "yes" if g["ratio_vs_study_loop"] >= 10 else "no"))
         rows.append(("generation", f"roofline {g['roofline_tokens_per_s']} tokens/s ({g['matmul_peak_gflops']} GFLOP/s)", "",
                      f"{g['share_of_roofline']:.0%}", ">= 50%", "yes" if g["share_of_roofline"] >= 0.5 else "no"))
+        for name, r in g.get("stopping_work", {}).get("contenders", {}).items():
+            rows.append(("generation (stopping)", name, r["tokens_per_s"], f"{r['vs_generate']}x generate", "", ""))
     te = results.get("teacher")
     if te:
         for name, r in te["contenders"].items():

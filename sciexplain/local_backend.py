@@ -1,8 +1,9 @@
 """The ``local`` generation backend: any transformers causal LM (+ LoRA adapter).
 
-Batched with left padding and the KV cache; a LoRA adapter is merged into the fp32 weights for generation; the samples of one prompt are rows of one batch;
-prompts are grouped by length so a batch carries little padding; generation stops at EOS / end of
-turn or ``max_new_tokens``.
+Batched with left padding and the KV cache; a LoRA adapter is merged into the fp32 weights for generation; the
+samples of one prompt are rows of one batch; prompts are grouped by length so a batch carries little padding; a row
+stops at EOS / end of turn or ``max_new_tokens`` and then leaves the batch (:meth:`LocalBackend._decode`: the
+decoding of ``generate`` without computing finished rows).
 
 Seeds: every sampled row draws its tokens from its own random stream, seeded with
 :func:`sciexplain.generation.request_seed` (seed, request id, sample index) -- the same rule as the
@@ -74,6 +75,10 @@ class SeededSampler:
             tokens[r] = i[min(j, m - 1)]
         return tokens
 
+    def keep(self, rows: list[int]) -> None:
+        """Only these rows go on (the others stopped): their streams continue where they were."""
+        self.generators = [self.generators[r] for r in rows]
+
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         probs = torch.softmax(scores.float() / self.temperature, dim=-1)
         out = torch.full_like(scores, float("-inf"))
@@ -135,27 +140,73 @@ class LocalBackend:
         return results  # type: ignore[return-value]
 
     @torch.inference_mode()
-    def _generate_batch(self, batch, requests, sampling: SamplingParams, n: int, batch_index: int):
-        from transformers import LogitsProcessorList
+    def _decode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, sampling: SamplingParams,
+                sampler: "SeededSampler | None") -> list[list[int]]:
+        """The new tokens of every row (a finished row ends with its stop token).
 
+        The decoding of ``generate`` (left padding, positions from the mask, the repetition penalty over the whole
+        row, then the seeded draw or argmax), with one difference: a row that stops leaves the batch (its KV cache,
+        mask, ids and random stream are dropped), so the rows still running no longer carry it. ``generate`` keeps
+        computing finished rows until the longest row stops; with answers that stop at ~55% of the token cap on
+        average, that was ~45% of every batch's work (bench/RESULTS.md). A row's tokens depend only on its own
+        prompt, seed and logits, as before.
+        """
+        from transformers import DynamicCache
+        from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
+
+        penalty = (RepetitionPenaltyLogitsProcessor(float(sampling.repetition_penalty))
+                   if sampling.repetition_penalty != 1.0 else None)
+        stops = torch.tensor(self.stops, device=input_ids.device)
+        rows = input_ids.shape[0]
+        out: list[list[int]] = [[] for _ in range(rows)]
+        live = list(range(rows))  # batch position -> row
+        ids, mask = input_ids, attention_mask
+        position = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+        cache = DynamicCache(config=self.lm.config)
+        step_ids, step_pos = ids, position
+        for _ in range(sampling.max_new_tokens):
+            logits = self.lm(input_ids=step_ids, attention_mask=mask, position_ids=step_pos, past_key_values=cache,
+                             use_cache=True, logits_to_keep=1).logits[:, -1, :].float()
+            if penalty is not None:
+                logits = penalty(ids, logits)
+            if sampler is not None:
+                token = sampler.draw(torch.softmax(logits / sampler.temperature, dim=-1)).to(ids.device)
+            else:
+                token = logits.argmax(-1)
+            for r, t in zip(live, token.tolist()):
+                out[r].append(t)
+            stopped = torch.isin(token, stops)
+            if len(out[live[0]]) == sampling.max_new_tokens or bool(stopped.all()):
+                break
+            ids = torch.cat([ids, token[:, None]], dim=-1)
+            mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1)
+            step_ids, step_pos = token[:, None], position[:, -1:] + 1
+            position = step_pos
+            if bool(stopped.any()):  # the stopped rows leave the batch
+                keep = (~stopped).nonzero().squeeze(-1)
+                cache.batch_select_indices(keep)
+                ids, mask, step_ids, step_pos, position = (t[keep] for t in (ids, mask, step_ids, step_pos, position))
+                kept = keep.tolist()
+                live = [live[k] for k in kept]
+                if sampler is not None:
+                    sampler.keep(kept)
+        return out
+
+    def _generate_batch(self, batch, requests, sampling: SamplingParams, n: int, batch_index: int):
         tok = self.tokenizer
         # one row per request: the samples of a prompt are adjacent rows of the same prompt
         rows = [(n_prompt, text, i) for n_prompt, text, idx in batch for i in sorted(idx, key=lambda k: requests[k].sample)]
         enc = tok([r[1] for r in rows], return_tensors="pt", padding=True, add_special_tokens=False)
-        enc = {k: v.to(self.lm.device) for k, v in enc.items()}
-        kwargs = dict(max_new_tokens=sampling.max_new_tokens, eos_token_id=self.stops, pad_token_id=tok.pad_token_id,
-                      do_sample=False, temperature=None, top_p=None, top_k=None)
-        if sampling.repetition_penalty != 1.0:  # applied before SeededSampler (transformers runs its own processors first)
-            kwargs["repetition_penalty"] = float(sampling.repetition_penalty)
+        sampler = None
         if sampling.temperature > 0:
             seeds = [self.request_seed(requests[r[2]], sampling) for r in rows]
-            kwargs["logits_processor"] = LogitsProcessorList([SeededSampler(seeds, sampling.temperature, sampling.top_p)])
+            sampler = SeededSampler(seeds, sampling.temperature, sampling.top_p)
         t0 = time.perf_counter()
-        out = self.lm.generate(**enc, **kwargs)
+        new = self._decode(enc["input_ids"].to(self.lm.device), enc["attention_mask"].to(self.lm.device),
+                           sampling, sampler)
         dt = time.perf_counter() - t0
-        new = out[:, enc["input_ids"].shape[1]:]
         generated = 0
-        for (n_prompt, _text, i), row in zip(rows, new.tolist()):
+        for (n_prompt, _text, i), row in zip(rows, new):
             stop_at = next((j for j, t in enumerate(row) if t in self.stops), None)
             finished = stop_at is not None
             used = row[: stop_at] if finished else row

@@ -25,6 +25,7 @@ What llama.cpp's server (llama-cpp-python 0.3.36) does with the OpenAI request f
 """
 from __future__ import annotations
 
+import atexit
 import importlib
 import json
 import os
@@ -90,6 +91,9 @@ class LlamaServer:
         # No chat_format flag: the server then formats chats with the template stored in the GGUF.
         self.proc = subprocess.Popen(self.command, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      start_new_session=True)
+        # its own session keeps it out of the terminal's Ctrl-C group, so it must be stopped explicitly: by __exit__,
+        # or at interpreter exit (a SIGTERM turned into SystemExit, as bench.run does, also reaches this)
+        atexit.register(self.stop)
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -105,6 +109,7 @@ class LlamaServer:
         raise RuntimeError(f"llama_cpp.server did not answer /v1/models within {self.startup_timeout:g}s:\n{self.log()[-3000:]}")
 
     def stop(self) -> None:
+        atexit.unregister(self.stop)
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:

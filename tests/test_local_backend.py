@@ -80,6 +80,42 @@ def test_a_sample_does_not_depend_on_its_batch_mates(backend):
     assert [r.text for r in mixed] == [by_key[("q4", 2)], by_key[("q1", 1)], by_key[("q0", 0)]]
 
 
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_decoding_that_drops_stopped_rows_equals_generate(backend, temperature):
+    """The backend's decode loop (stopped rows leave the batch) gives what ``generate`` gives (every row kept to the
+    end), greedy and seeded sampling, with a repetition penalty, for rows that stop at different steps."""
+    import torch
+    from transformers import LogitsProcessorList
+
+    from sciexplain.local_backend import SeededSampler
+
+    tok = backend.tokenizer
+    texts = [backend.prompt_text([{"role": "user", "content": q}]) for q in QUESTIONS]
+    enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    sp = SamplingParams(max_new_tokens=14, temperature=temperature, top_p=0.9, repetition_penalty=1.3, seed=5)
+    seeds = list(range(11, 11 + len(texts)))
+    sampler = (lambda: SeededSampler(seeds, temperature, 0.9)) if temperature > 0 else (lambda: None)
+    stops_before = backend.stops
+    free = backend._decode(enc["input_ids"], enc["attention_mask"], sp, sampler())
+    # stop on tokens the rows emit at different steps, so rows leave the batch one by one
+    backend.stops = stops_before + sorted({free[r][s] for r, s in ((0, 2), (1, 5), (3, 9))} - set(stops_before))
+    try:
+        got = backend._decode(enc["input_ids"], enc["attention_mask"], sp, sampler())
+        kwargs = dict(max_new_tokens=14, eos_token_id=backend.stops, pad_token_id=tok.pad_token_id, do_sample=False,
+                      temperature=None, top_p=None, top_k=None, repetition_penalty=1.3)
+        if temperature > 0:
+            kwargs["logits_processor"] = LogitsProcessorList([sampler()])
+        with torch.inference_mode():
+            ref = backend.lm.generate(**enc, **kwargs)[:, enc["input_ids"].shape[1]:].tolist()
+    finally:
+        backend.stops = stops_before
+    lengths = [len(r) for r in got]
+    assert len(set(lengths)) > 2 and min(lengths) < 14  # rows stopped early, at different steps
+    for row, want in zip(got, ref):
+        assert row == want[: len(row)]
+        assert all(t == tok.pad_token_id for t in want[len(row):])  # generate only padded after the stop
+
+
 def test_repetition_penalty_changes_sampling_and_off_keeps_cache_keys(backend):
     """repetition_penalty > 1 reaches generate (the answers change); 1.0 is off: the same answers as before the
     knob existed and the same cache key (SamplingParams.as_dict leaves it out)."""
