@@ -30,7 +30,9 @@ def test_study_overlay_round_trips_through_dvc(tmp_path):
     after = load_params(tmp_path / "params.yaml")
     _contains(after, overlay)
     assert after["engine"]["backend"] == "vllm" and after["prepare"]["splits"]["eval"] == 100
-    assert after["sft"]["lora"] == load_params(ROOT / "params.yaml")["sft"]["lora"]  # untouched keys stay
+    before = load_params(ROOT / "params.yaml")
+    assert after["sft"]["lora"] == {**before["sft"]["lora"], "dropout": 0.1}  # one key set, its siblings untouched
+    assert after["sft"]["val_fraction"] == before["sft"]["val_fraction"]
 
 
 def test_a_typo_in_an_overlay_is_refused(tmp_path):
