@@ -46,9 +46,16 @@ def machine() -> dict:
             "python": platform.python_version(), "torch": torch.__version__, "host": platform.node()}
 
 
-def write_results(benches: dict, path: Path = RESULTS_JSON) -> Path:
-    """``bench/results.json``: one object per bench (ratio, target, met, raw figures), atomically."""
-    doc = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(), "benches": benches}
+def write_results(benches: dict, path: Path = RESULTS_JSON, merge: bool = False) -> Path:
+    """``bench/results.json``: one object per bench (ratio, target, met, raw figures, the date it ran), atomically.
+    ``merge``: the benches not run now keep their earlier figures."""
+    now = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    benches = {name: {**b, "date": now} for name, b in benches.items()}
+    if merge and path.exists():
+        old = json.loads(path.read_text())
+        kept = {name: {"date": old.get("date"), **b} for name, b in old.get("benches", {}).items()}
+        benches = {**kept, **benches}
+    doc = {"date": now, "machine": machine(), "benches": benches}
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(doc, indent=2, sort_keys=False) + "\n")
     tmp.replace(path)
