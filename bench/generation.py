@@ -112,7 +112,7 @@ def generate_decode(self, input_ids, attention_mask, sampling, sampler):
         kwargs["logits_processor"] = LogitsProcessorList([sampler])
     with torch.inference_mode():
         out = self.lm.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-    return out[:, input_ids.shape[1]:].tolist()
+    return enumerate(out[:, input_ids.shape[1]:].tolist())
 
 
 def backend_run(model, tok, qs: list[str], samples: int, new_tokens: int, rows_per_batch: int, stop: bool = True,

@@ -3,7 +3,7 @@
 Batched with left padding and the KV cache; a LoRA adapter is merged into the fp32 weights for generation; the
 samples of one prompt are rows of one batch; prompts are grouped by length so a batch carries little padding; a row
 stops at EOS / end of turn or ``max_new_tokens`` and then leaves the batch (:meth:`LocalBackend._decode`: the
-decoding of ``generate`` without computing finished rows).
+decoding of ``generate`` without computing finished rows); its answer is handed on (cached, counted) at once.
 
 Seeds: every sampled row draws its tokens from its own random stream, seeded with
 :func:`sciexplain.generation.request_seed` (seed, request id, sample index) -- the same rule as the
@@ -18,7 +18,7 @@ import logging
 import time
 from collections import OrderedDict
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -141,8 +141,9 @@ class LocalBackend:
 
     @torch.inference_mode()
     def _decode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, sampling: SamplingParams,
-                sampler: "SeededSampler | None") -> list[list[int]]:
-        """The new tokens of every row (a finished row ends with its stop token).
+                sampler: "SeededSampler | None") -> Iterator[tuple[int, list[int]]]:
+        """``(row, new tokens)`` of every row, yielded as soon as the row is done (a finished row ends with its stop
+        token), so its answer is cached and counted while the others still run.
 
         The decoding of ``generate`` (left padding, positions from the mask, the repetition penalty over the whole
         row, then the seeded draw or argmax), with one difference: a row that stops leaves the batch (its KV cache,
@@ -178,6 +179,9 @@ class LocalBackend:
             stopped = torch.isin(token, stops)
             if len(out[live[0]]) == sampling.max_new_tokens or bool(stopped.all()):
                 break
+            for r, done in zip(live, stopped.tolist()):
+                if done:
+                    yield r, out[r]
             ids = torch.cat([ids, token[:, None]], dim=-1)
             mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1)
             step_ids, step_pos = token[:, None], position[:, -1:] + 1
@@ -190,7 +194,8 @@ class LocalBackend:
                 live = [live[k] for k in kept]
                 if sampler is not None:
                     sampler.keep(kept)
-        return out
+        for r in live:
+            yield r, out[r]
 
     def _generate_batch(self, batch, requests, sampling: SamplingParams, n: int, batch_index: int):
         tok = self.tokenizer
@@ -202,11 +207,10 @@ class LocalBackend:
             seeds = [self.request_seed(requests[r[2]], sampling) for r in rows]
             sampler = SeededSampler(seeds, sampling.temperature, sampling.top_p)
         t0 = time.perf_counter()
-        new = self._decode(enc["input_ids"].to(self.lm.device), enc["attention_mask"].to(self.lm.device),
-                           sampling, sampler)
-        dt = time.perf_counter() - t0
         generated = 0
-        for (n_prompt, _text, i), row in zip(rows, new):
+        for r, row in self._decode(enc["input_ids"].to(self.lm.device), enc["attention_mask"].to(self.lm.device),
+                                   sampling, sampler):
+            n_prompt, _text, i = rows[r]
             stop_at = next((j for j, t in enumerate(row) if t in self.stops), None)
             finished = stop_at is not None
             used = row[: stop_at] if finished else row
@@ -215,6 +219,7 @@ class LocalBackend:
             text = tok.decode(used, skip_special_tokens=True).strip()
             yield i, GenResult(id=requests[i].id, sample=requests[i].sample, text=text, prompt_tokens=n_prompt,
                                completion_tokens=n_completion, finished=finished)
+        dt = time.perf_counter() - t0
         self.stats["generated_tokens"] += generated
         self.stats["seconds"] += dt
         self.stats["sequences"] += len(rows)

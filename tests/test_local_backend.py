@@ -96,11 +96,17 @@ def test_decoding_that_drops_stopped_rows_equals_generate(backend, temperature):
     seeds = list(range(11, 11 + len(texts)))
     sampler = (lambda: SeededSampler(seeds, temperature, 0.9)) if temperature > 0 else (lambda: None)
     stops_before = backend.stops
-    free = backend._decode(enc["input_ids"], enc["attention_mask"], sp, sampler())
+    def decode():
+        order = list(backend._decode(enc["input_ids"], enc["attention_mask"], sp, sampler()))
+        assert [len(t) for _, t in order] == sorted(len(t) for _, t in order)  # each row handed on when it stops
+        done = dict(order)
+        return [done[r] for r in range(len(texts))]
+
+    free = decode()
     # stop on tokens the rows emit at different steps, so rows leave the batch one by one
     backend.stops = stops_before + sorted({free[r][s] for r, s in ((0, 2), (1, 5), (3, 9))} - set(stops_before))
     try:
-        got = backend._decode(enc["input_ids"], enc["attention_mask"], sp, sampler())
+        got = decode()
         kwargs = dict(max_new_tokens=14, eos_token_id=backend.stops, pad_token_id=tok.pad_token_id, do_sample=False,
                       temperature=None, top_p=None, top_k=None, repetition_penalty=1.3)
         if temperature > 0:
