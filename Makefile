@@ -54,6 +54,8 @@ test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
 
 bench: setup
+	@test -d .dvc || $(VENV)/bin/dvc init -q
+	$(VENV)/bin/dvc repro base_model   # the real model the benches run on (a no-op once built; scoring also needs `dvc repro reward_model`)
 	$(PY) -m bench.run
 
 # Every key of params.yaml, and the study overlay applied onto it, against the typed schema (each stage also
