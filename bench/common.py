@@ -39,23 +39,27 @@ def flops_per_token(model) -> float:
 
 
 def machine() -> dict:
+    """The machine a result came from: CPU model and the flags that matter, cores, torch and llama.cpp builds."""
     import torch
 
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "gpu": gpu,
-            "python": platform.python_version(), "torch": torch.__version__, "host": platform.node()}
+    from sciexplain.machine import facts
+
+    return {**facts(engine=True), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "python": platform.python_version(), "host": platform.node()}
 
 
 def write_results(benches: dict, path: Path = RESULTS_JSON, merge: bool = False) -> Path:
     """``bench/results.json``: one object per bench (ratio, target, met, raw figures, the date it ran), atomically.
     ``merge``: the benches not run now keep their earlier figures."""
     now = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    benches = {name: {**b, "date": now} for name, b in benches.items()}
+    here = machine()
+    benches = {name: {**b, "date": now, "machine": here} for name, b in benches.items()}  # a figure names its machine
     if merge and path.exists():
         old = json.loads(path.read_text())
-        kept = {name: {"date": old.get("date"), **b} for name, b in old.get("benches", {}).items()}
+        kept = {name: {"date": old.get("date"), "machine": old.get("machine"), **b}
+                for name, b in old.get("benches", {}).items()}
         benches = {**kept, **benches}
-    doc = {"date": now, "machine": machine(), "benches": benches}
+    doc = {"date": now, "machine": here, "benches": benches}
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(doc, indent=2, sort_keys=False) + "\n")
     tmp.replace(path)

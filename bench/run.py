@@ -20,7 +20,7 @@ import click
 
 from .common import RESULTS_JSON, table, write_results
 
-BENCHES = ("generation", "teacher", "scoring", "training")
+BENCHES = ("generation", "teacher", "scoring", "training", "precision")
 
 
 def _embedded_gguf() -> Path | None:
@@ -39,7 +39,9 @@ def _embedded_gguf() -> Path | None:
 @click.option("--compile", "compile_lever", is_flag=True, help="also try a static KV cache with torch.compile")
 @click.option("--out", "out_path", default=str(RESULTS_JSON), show_default=True)
 def main(only, tiny, quick, compile_lever, out_path):
-    from . import generation, scoring, teacher, training
+    from sciexplain.machine import cpu_model, facts
+
+    from . import generation, precision, scoring, teacher, training
 
     # a SIGTERM (a time limit, `kill`) unwinds like Ctrl-C: the llama.cpp server a bench started is stopped on the way
     signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
@@ -52,6 +54,9 @@ def main(only, tiny, quick, compile_lever, out_path):
     elif not Path(base).exists():
         raise click.ClickException(f"{base} not found: run `dvc repro base_model` first (or --tiny)")
     todo = only or BENCHES
+    f = facts(engine=True)
+    print(f"machine: {cpu_model()}, {f['cores']} cores, "
+          f"{', '.join(k for k, v in f['features'].items() if v) or 'no AVX2'}; torch {f.get('torch')}", flush=True)
     results = {}
     if "generation" in todo:
         print("generation:", flush=True)
@@ -69,6 +74,11 @@ def main(only, tiny, quick, compile_lever, out_path):
     if "training" in todo:
         print("training:", flush=True)
         results["training"] = training.run(base, n=4 if quick else 16)
+
+    if "precision" in todo:
+        print("precision (fp32 vs bf16):", flush=True)
+        have_reward = reward is not None and Path(reward).exists()
+        results["precision"] = precision.run(base, reward if have_reward else None, quick=quick)
 
     rows = [("bench", "contender", "tokens/s", "ratio", "target", "met")]
     g = results.get("generation")
@@ -107,6 +117,14 @@ def main(only, tiny, quick, compile_lever, out_path):
                                  f"{t['pad_share_length_grouped']:.0%} grouped", t["tokens_per_s"],
                      f"{t['share_of_peak']:.0%} of peak ({t['ratio_vs_before']}x before)", ">= 60%",
                      "yes" if t["share_of_peak"] >= 0.6 else "no"))
+    pr = results.get("precision")
+    if pr:
+        for name, r in pr["contenders"].items():
+            extra = (f", rewards move <= {r['max_abs_reward_diff']}, {r['pair_order_flips']:.1%} of pairs flip"
+                     if "max_abs_reward_diff" in r else "")
+            rows.append((f"precision on {cpu_model()[:28]}", name,
+                         f"{r['float32']['tokens_per_s']} fp32 / {r['bfloat16']['tokens_per_s']} bf16",
+                         f"bf16 {r['bf16_speedup']}x{extra}", "", ""))
     print()
     print(table(rows))
     if not tiny:

@@ -45,6 +45,9 @@ def make_backend(kind: str, *, base_dir=None, adapter=None, quantize_4bit="auto"
 
         if adapter:
             raise DataError("params.yaml", None, where, "the llamacpp backend serves no LoRA adapter: use local or vllm")
+        from .engine_check import require
+
+        require(gguf or "embedded")  # load + decode in a child first: a broken build is one line, not a segfault here
         return LlamaCppBackend(gguf or "embedded")
     if kind == "local":
         from .local_backend import LocalBackend

@@ -1,6 +1,7 @@
 """Shared plumbing for the thin Click commands in stages/: params, clean errors, logging."""
 from __future__ import annotations
 
+import faulthandler
 import functools
 import logging
 import os
@@ -9,6 +10,7 @@ import time
 
 import click
 
+from . import machine
 from .records import DataError, UserError, load_params
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -33,11 +35,14 @@ def stage(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+        faulthandler.enable()  # a crash inside a native engine prints where it happened, not a bare -11
         t0 = time.time()
         try:
             result = fn(*args, **kwargs)
         except UserError as e:
             raise click.ClickException(str(e)) from None
+        finally:
+            machine.DTYPE_SETTING["value"] = None  # a stage run in-process (tests) leaves no dtype behind
         logging.getLogger(fn.__module__).info("done in %.1f s", time.time() - t0)
         return result
 

@@ -107,6 +107,9 @@ class LocalBackend:
         # ``model`` identifies these weights in the response cache (the nn.Module is ``lm``)
         self.model = label or f"{Path(base_dir).name}:{fingerprint(base_dir, adapter)}"
         self.cache_id = f"{self.model}|sampler:{SeededSampler.VERSION}"
+        self.dtype = str(next(self.lm.parameters()).dtype).replace("torch.", "")
+        if self.dtype != "float32":  # bf16 answers differ from fp32 ones: never served from each other's cache
+            self.cache_id += f"|dtype:{self.dtype}"
         self.stops = stop_token_ids(self.tokenizer)
         self.stats = {"generated_tokens": 0, "seconds": 0.0, "sequences": 0}
 

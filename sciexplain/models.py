@@ -81,11 +81,66 @@ def use_4bit(quantize_4bit: str | bool) -> bool:
     raise ModelSourceError(f"model.quantize_4bit must be auto, true or false, not {quantize_4bit!r}")
 
 
-def compute_dtype() -> torch.dtype:
-    """fp32 on CPU (bf16 matmul is orders of magnitude slower there); bf16 on CUDA where supported."""
-    if has_cuda() and torch.cuda.is_bf16_supported():
+COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
+# The kinds of work where bf16 measured faster than fp32 on a CPU with native bf16 (``make bench``'s "precision"
+# section, bench/RESULTS.md): ``model.compute_dtype: auto`` picks bf16 on such a CPU for these only, fp32 for the
+# rest and everywhere on CPUs without native bf16 (there bf16 is hundreds of times slower).
+CPU_BF16_WORK = frozenset({"train"})
+WORK = ("train", "generate", "score")
+
+
+def set_compute_dtype(setting: str | None) -> None:
+    """This process's ``model.compute_dtype`` (``auto`` | ``float32`` | ``bfloat16``; None: no stage said, e.g. a
+    test: bf16 on CUDA, fp32 on the CPU). A stage calls it once with its params before loading a model (every
+    loader and trainer config below reads it); :func:`sciexplain.cli.stage` forgets it when the stage returns."""
+    if setting is not None and str(setting) not in COMPUTE_DTYPES:
+        raise ModelSourceError(f"model.compute_dtype must be one of {', '.join(COMPUTE_DTYPES)}, not {setting!r}")
+    from . import machine
+
+    machine.DTYPE_SETTING["value"] = None if setting is None else str(setting)
+
+
+def compute_dtype(work: str = "generate") -> torch.dtype:
+    """The dtype ``work`` (train | generate | score) computes in here, from ``model.compute_dtype``.
+
+    CUDA: bf16 where the GPU supports it (``float32`` forces fp32). CPU: ``auto`` is bf16 only on a CPU with native
+    bf16 (AMX or AVX512-BF16, :func:`sciexplain.machine.native_bf16`) and only for the work in :data:`CPU_BF16_WORK`;
+    ``bfloat16`` forces it, ``float32`` (and no setting) is fp32. Training keeps fp32 master weights and optimizer
+    state either way: bf16 there means autocast (:func:`sciexplain.trainer_config.precision`)."""
+    if work not in WORK:
+        raise ValueError(f"work must be one of {WORK}, not {work!r}")
+    from .machine import DTYPE_SETTING, native_bf16
+
+    setting = DTYPE_SETTING["value"]
+    if has_cuda():
+        if setting == "float32":
+            return torch.float32
+        return torch.bfloat16 if setting == "bfloat16" or torch.cuda.is_bf16_supported() else torch.float32
+    if setting == "bfloat16":
         return torch.bfloat16
+    if setting == "auto":
+        return torch.bfloat16 if native_bf16() and work in CPU_BF16_WORK else torch.float32
     return torch.float32
+
+
+def dtype_name(work: str = "generate") -> str:
+    """:func:`compute_dtype` as a string, for metrics and cache keys."""
+    return str(compute_dtype(work)).replace("torch.", "")
+
+
+def run_facts(work: str, backend: str = "local") -> dict:
+    """What a stage's metrics record of where and how it ran: the machine (:func:`sciexplain.machine.facts`) and the
+    dtype ``work`` actually used (``backend`` llamacpp: the GGUF's own quantisation; openai: the server's)."""
+    from .machine import facts
+
+    dtype = dtype_name(work) if backend in ("local", "vllm") else {"llamacpp": "gguf"}.get(backend, "server")
+    return {"compute_dtype": dtype, "machine": facts(engine=backend == "llamacpp")}
+
+
+def _storage_dtype() -> torch.dtype:
+    """The dtype weights are *loaded* in for training: bf16 on a bf16 GPU; on the CPU fp32 (master weights; bf16
+    compute there is autocast)."""
+    return compute_dtype("train") if has_cuda() else torch.float32
 
 
 def bnb_config():
@@ -94,7 +149,7 @@ def bnb_config():
     from transformers import BitsAndBytesConfig
 
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=compute_dtype(), bnb_4bit_quant_storage=compute_dtype())
+                              bnb_4bit_compute_dtype=_storage_dtype(), bnb_4bit_quant_storage=_storage_dtype())
 
 
 def _local_device() -> str:
@@ -106,14 +161,14 @@ def _local_device() -> str:
     return f"cuda:{torch.cuda.current_device()}"
 
 
-def _quant_kwargs(quantize_4bit) -> dict:
+def _quant_kwargs(quantize_4bit, work: str = "generate") -> dict:
     """``from_pretrained`` kwargs of a model used for generation or scoring (not trained by a trainer).
 
     CPU: fp32 on the CPU (NF4 4-bit only with ``quantize_4bit: true`` and bitsandbytes' CPU backend). CUDA: the
     whole model on this process's GPU (``cuda:<LOCAL_RANK>`` under ``accelerate launch``, e.g. the reward scorer
     of GRPO on each rank), in bf16, or NF4 4-bit with bf16 compute. Never ``device_map="auto"``.
     """
-    kw = {"dtype": compute_dtype()}
+    kw = {"dtype": compute_dtype(work)}
     if has_cuda():
         kw["device_map"] = {"": _local_device()}
     if use_4bit(quantize_4bit):
@@ -129,7 +184,7 @@ def training_init_kwargs(quantize_4bit) -> dict:
     made current), and ``"auto"`` on a single GPU. The 4-bit config goes to the trainer's
     ``quantization_config`` argument (:func:`training_quantization_config`), as TRL asks.
     """
-    return {"dtype": str(compute_dtype()).replace("torch.", ""), "use_cache": False}
+    return {"dtype": str(_storage_dtype()).replace("torch.", ""), "use_cache": False}
 
 
 def training_quantization_config(quantize_4bit):
@@ -248,9 +303,9 @@ def _check_dir(path, what: str) -> None:
         raise ModelSourceError(f"{what} {path} not found: run the stage that builds it first (dvc repro)")
 
 
-def _inference_kwargs(quantize_4bit, device: str | None) -> dict:
+def _inference_kwargs(quantize_4bit, device: str | None, work: str = "generate") -> dict:
     if device is None:
-        return _quant_kwargs(quantize_4bit)
+        return _quant_kwargs(quantize_4bit, work)
     if device == "cpu":  # e.g. merging an adapter for export: always the fp32 base, never 4-bit
         return {"dtype": torch.float32}
     raise ValueError(f"device must be None (automatic) or 'cpu', not {device!r}")
@@ -289,7 +344,7 @@ def load_seq_classifier(base_dir, adapter=None, quantize_4bit="auto", trainable:
     _check_dir(base_dir, "base model")
     tokenizer = tokenizer or load_tokenizer(base_dir)
     model = AutoModelForSequenceClassification.from_pretrained(
-        str(base_dir), num_labels=1, **_inference_kwargs(quantize_4bit, device))
+        str(base_dir), num_labels=1, **_inference_kwargs(quantize_4bit, device, "score"))
     model.config.pad_token_id = tokenizer.pad_token_id
     return _with_adapter(model, adapter, trainable)
 
@@ -357,7 +412,7 @@ def keep_adapter_in_compute_dtype(model) -> int:
     """TRL 1.16's trainers cast the trainable (LoRA) weights of a 4-bit model to bf16 (the QLoRA paper's choice).
     Where the compute dtype is fp32 (the CPU, where bf16 matmul is ~400x slower), cast them back: call it after
     building the trainer and before ``train()`` (the optimizer is created there). Returns how many were cast."""
-    dtype = compute_dtype()
+    dtype = _storage_dtype()
     if dtype != torch.float32 or not (getattr(model, "is_loaded_in_4bit", False)
                                       or getattr(getattr(model, "base_model", None), "is_loaded_in_4bit", False)):
         return 0

@@ -246,6 +246,7 @@ class BaseModelParams(Section):
 
 class ModelParams(Section):
     quantize_4bit: Quant4bit
+    compute_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
 
 
 class BankSource(Section):

@@ -48,11 +48,14 @@ def check(section: str, settings: Mapping[str, Any], where: str = "params.yaml")
 
 
 def precision() -> dict:
-    """Code-owned: the CPU unless CUDA is present; bf16 where the GPU supports it, else fp32 (never fp16)."""
-    from .models import has_cuda
+    """Code-owned: the CPU unless CUDA is present; bf16 mixed precision where ``model.compute_dtype`` resolves to it
+    for training (a bf16 GPU; on the CPU: ``auto`` on a CPU with native bf16, or ``bfloat16``: accelerate's bf16
+    autocast over fp32 master weights and optimizer state), else fp32. Never fp16."""
+    import torch
 
-    cuda = has_cuda()
-    return {"use_cpu": not cuda, "bf16": bool(cuda and __import__("torch").cuda.is_bf16_supported()), "fp16": False}
+    from .models import compute_dtype, has_cuda
+
+    return {"use_cpu": not has_cuda(), "bf16": compute_dtype("train") == torch.bfloat16, "fp16": False}
 
 
 def build(section: str, settings: Mapping[str, Any] | None, *, defaults: Mapping[str, Any] | None = None,

@@ -30,7 +30,9 @@ def main(model_name, base_dir, adapter, prepared, splits, out_dir, cache_path, m
     from sciexplain.backends import engine_backend
     from sciexplain.generation import SamplingParams
 
+    from sciexplain import models
     p = read_params(params_path)
+    models.set_compute_dtype(get(p, "model.compute_dtype"))  # bf16 or fp32, by CPU and work
     sampling = SamplingParams(max_new_tokens=get(p, "generate.max_new_tokens"), temperature=get(p, "generate.temperature"),
                               top_p=get(p, "generate.top_p"), seed=get(p, "generate.seed"),
                               repetition_penalty=get(p, "generate.repetition_penalty"))
@@ -48,7 +50,7 @@ def main(model_name, base_dir, adapter, prepared, splits, out_dir, cache_path, m
         write_jsonl(Path(out_dir) / f"{s}.jsonl", [next(it) for _ in questions[s]])
     summary["adapter"] = adapter
     summary["backend"] = backend.name
-    write_json(metrics_path or f"metrics/answer_{model_name}.json", summary)
+    write_json(metrics_path or f"metrics/answer_{model_name}.json", {**summary, **models.run_facts("generate", get(p, "engine.backend"))})
     click.echo(f"{model_name}: {summary['answers']} answers for {names}")
 
 

@@ -54,7 +54,9 @@ def split_pairs(pairs: list[dict], val_fraction: float, seed: int) -> tuple[list
 def main(base_dir, pairs_path, extra_opt, init_adapter, out_dir, metrics_path, live_dir, scratch, params_path):
     from sciexplain.dpo import train_dpo
 
+    from sciexplain import models
     p = read_params(params_path)
+    models.set_compute_dtype(get(p, "model.compute_dtype"))  # bf16 or fp32, by CPU and work
     extra = extra_opt or get(p, "dpo.extra_pairs")
     pairs, counts = load_pairs(pairs_path, extra)
     trainer = get(p, "dpo.trainer")  # trl.DPOConfig settings; its seed also splits train/val
@@ -69,7 +71,7 @@ def main(base_dir, pairs_path, extra_opt, init_adapter, out_dir, metrics_path, l
         return
     metrics.update(counts)
     metrics["extra_pairs"] = str(extra) if extra else None
-    write_json(metrics_path, metrics)
+    write_json(metrics_path, {**metrics, **models.run_facts("train")})
     click.echo(f"dpo: {len(train)} train / {len(val)} val pairs; eval reward accuracy "
                f"{metrics.get('eval_rewards_accuracies')} margin {metrics.get('eval_rewards_margins')} -> {out}")
 

@@ -30,7 +30,9 @@ def main(base_dir, init_adapter, reward_dir, reward_metrics, prompts_path, out_d
 
     from sciexplain import grpo
 
+    from sciexplain import models
     p = read_params(params_path)
+    models.set_compute_dtype(get(p, "model.compute_dtype"))  # bf16 or fp32, by CPU and work
     out = Path(out_dir)
     if not get(p, "grpo.enabled"):
         if not is_main_process():
@@ -74,7 +76,7 @@ def main(base_dir, init_adapter, reward_dir, reward_metrics, prompts_path, out_d
         return
     metrics["reward_model"] = str(reward_dir)
     metrics["reward_truncated_answers"] = getattr(scorer, "truncated", None)
-    write_json(metrics_path, metrics)
+    write_json(metrics_path, {**metrics, **models.run_facts("train")})
     stop = f"stopped at step {metrics['stop_step']}: {metrics['stop_reason']}" if metrics["stopped_early"] else "no stop"
     click.echo(f"grpo ({metrics['algorithm']}): {metrics['steps_run']} steps, reward {metrics['reward_mean_first']} -> "
                f"{metrics['reward_mean_last']}, KL {metrics['kl_final']}, {stop} -> {out}")

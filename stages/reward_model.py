@@ -58,7 +58,9 @@ def main(base_dir, human_dir, compare_root, declared_pairs, annotations_root, ju
     from sciexplain.rubric import RubricJudge
 
     t_start = time.time()
+    from sciexplain import models
     p = read_params(params_path)
+    models.set_compute_dtype(get(p, "model.compute_dtype"))  # bf16 or fp32, by CPU and work
     unsure = get(p, "reward_model.unsure")
     prefs._check_unsure(unsure)
     trainer = get(p, "reward_model.trainer")  # trl.RewardConfig settings; its seed also splits, caps and resamples
@@ -185,7 +187,7 @@ def main(base_dir, human_dir, compare_root, declared_pairs, annotations_root, ju
         "stage_runtime_s": round(time.time() - t_start, 1),
         "pooling_check": pooling,
     }
-    write_json(metrics_path, metrics)
+    write_json(metrics_path, {**metrics, **models.run_facts("train")})
     mc = ev["vs_longer"]["reward_model"]
     lg = ev["baselines"]["longer_answer"]
     rb = ev["baselines"]["rubric_judge"]

@@ -28,7 +28,9 @@ def main(model, base_dir, reward_dir, reward_metrics, prepared, generations, out
     from sciexplain.reward import RewardScorer
     from sciexplain.rm_gate import require_validated
 
+    from sciexplain import models
     p = read_params(params_path)
+    models.set_compute_dtype(get(p, "model.compute_dtype"))  # bf16 or fp32, by CPU and work
     questions = read_jsonl(prepared)
     limit = get(p, "evaluate.max_questions")
     ids = [q["id"] for q in (questions[:limit] if limit else questions)]

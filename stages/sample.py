@@ -24,7 +24,9 @@ def main(base_dir, adapter, model_name, questions, out_path, cache_path, metrics
     from sciexplain.backends import engine_backend
     from sciexplain.generation import SamplingParams
 
+    from sciexplain import models
     p = read_params(params_path)
+    models.set_compute_dtype(get(p, "model.compute_dtype"))  # bf16 or fp32, by CPU and work
     n = get(p, "sample.n")
     sampling = SamplingParams(max_new_tokens=get(p, "sample.max_new_tokens"), temperature=get(p, "sample.temperature"),
                               top_p=get(p, "sample.top_p"), seed=get(p, "sample.seed"),
@@ -33,7 +35,7 @@ def main(base_dir, adapter, model_name, questions, out_path, cache_path, metrics
     records, summary = answer_questions(backend, read_jsonl(questions), sampling, cache_path, model_name, n_samples=n,
                                         desc=f"sample x{n}")
     write_jsonl(out_path, records)
-    write_json(metrics_path, summary)
+    write_json(metrics_path, {**summary, **models.run_facts("generate", get(p, "engine.backend"))})
     click.echo(f"sampled {summary['answers']} answers ({n} per question)")
 
 

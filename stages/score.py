@@ -21,7 +21,9 @@ def main(base_dir, reward_dir, reward_metrics, samples, out_path, metrics_path, 
     from sciexplain.rm_gate import require_validated
     from sciexplain.stats import reward_summary
 
+    from sciexplain import models
     p = read_params(params_path)
+    models.set_compute_dtype(get(p, "model.compute_dtype"))  # bf16 or fp32, by CPU and work
     require_validated(reward_metrics, get(p, "reward_model.allow_unvalidated"), "score")
     recs = read_jsonl(samples, required=("id", "question"), allow_empty=False)
     for n, r in enumerate(recs, 1):
@@ -30,7 +32,7 @@ def main(base_dir, reward_dir, reward_metrics, samples, out_path, metrics_path, 
     scorer = RewardScorer(base_dir, reward_dir, quantize_4bit=get(p, "model.quantize_4bit"))
     rewards = scorer.score([r["question"] for r in recs], [r["answer"] for r in recs], batch_size=get(p, "score.batch_size"))
     write_jsonl(out_path, [{**r, "reward": round(float(s), 6)} for r, s in zip(recs, rewards)])
-    write_json(metrics_path, {"scored": len(recs), "reward": reward_summary(rewards)})
+    write_json(metrics_path, {"scored": len(recs), "reward": reward_summary(rewards), **models.run_facts("score")})
     click.echo(f"scored {len(recs)} candidates")
 
 

@@ -43,7 +43,9 @@ def load_targets(data: str, prepared: Path, teacher: Path) -> list[dict]:
 def main(section, base_dir, data_opt, prepared, teacher, init_adapter, out_dir, metrics_path, live_dir, scratch, params_path):
     from sciexplain.sft import split_train_val, train_sft
 
+    from sciexplain import models
     p = read_params(params_path)
+    models.set_compute_dtype(get(p, "model.compute_dtype"))  # bf16 or fp32, by CPU and work
     data = data_opt or get(p, f"{section}.data")
     recs = load_targets(data, Path(prepared), Path(teacher))
     trainer = get(p, f"{section}.trainer")  # trl.SFTConfig settings; its seed also splits train/val
@@ -59,7 +61,7 @@ def main(section, base_dir, data_opt, prepared, teacher, init_adapter, out_dir, 
     if not is_main_process():
         return
     metrics["data"] = data
-    write_json(metrics_path, metrics)
+    write_json(metrics_path, {**metrics, **models.run_facts("train")})
     click.echo(f"{section}: eval loss {metrics.get('eval_loss')} (base {metrics.get('eval_loss_base')}) -> {out}")
 
 

@@ -51,7 +51,9 @@ def main(prepared, base_dir, prompts_dir, out_dir, cache_path, metrics_path, stu
     from sciexplain.backends import make_backend
     from sciexplain.generation import GenRequest, SamplingParams
 
+    from sciexplain import models
     p = read_params(params_path)
+    models.set_compute_dtype(get(p, "model.compute_dtype"))  # bf16 or fp32, by CPU and work
     kind = get(p, "teacher.backend")
     plan = prompts.check_plan(get(p, "teacher.plan"))
     system = prompts.load_system_prompt(prompts_dir, plan)
@@ -119,7 +121,7 @@ def main(prepared, base_dir, prompts_dir, out_dir, cache_path, metrics_path, stu
         "vs_student": check_student(out.get("sft"), student_path, validation_path, base_dir, judge_prompt, judge_cache,
                                     get(p, "judge.panel"), get(p, "teacher.seed")),
     }
-    write_json(metrics_path, metrics)
+    write_json(metrics_path, {**metrics, **models.run_facts("generate", kind)})
     # run-time counters go to the log only: a fully cached rerun must leave the metrics unchanged
     click.echo(f"teacher: cache {cache_stats or '-'}; {tokens_per_s or '-'} tokens/s", err=True)
     click.echo(f"teacher: {sum(kept.values())}/{n} answers kept; filtered {metrics['filtered']}; "

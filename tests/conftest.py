@@ -50,13 +50,13 @@ def make_tiny_tokenizer():
     return fast
 
 
-def make_tiny_model(tokenizer, seed: int = 0, hidden: int = 32, layers: int = 2):
+def make_tiny_model(tokenizer, seed: int = 0, hidden: int = 32, layers: int = 2, kv_heads: int = 2):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
     cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
-                      num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                      num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=kv_heads,
                       max_position_embeddings=1024, tie_word_embeddings=True, initializer_range=0.3,
                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                       pad_token_id=tokenizer.pad_token_id)
@@ -66,9 +66,9 @@ def make_tiny_model(tokenizer, seed: int = 0, hidden: int = 32, layers: int = 2)
     return model
 
 
-def save_tiny_base(path: Path, seed: int = 0) -> Path:
+def save_tiny_base(path: Path, seed: int = 0, **model_kw) -> Path:
     tok = make_tiny_tokenizer()
-    model = make_tiny_model(tok, seed=seed)
+    model = make_tiny_model(tok, seed=seed, **model_kw)
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path)
     tok.padding_side = "left"
@@ -80,6 +80,18 @@ def save_tiny_base(path: Path, seed: int = 0) -> Path:
 def tiny_base(tmp_path_factory) -> Path:
     """A saved tiny random Llama chat model (~30k parameters) + tokenizer, like models/base."""
     return save_tiny_base(tmp_path_factory.mktemp("tiny") / "base")
+
+
+@pytest.fixture(scope="session")
+def tiny_base_4bit(tmp_path_factory) -> Path:
+    """``tiny_base`` with every linear layer 64 or 128 wide (hidden 64, MLP 128, 4 KV heads of 16), for the NF4 tests.
+
+    bitsandbytes 0.50 takes another CPU path on CPUs with avx512_bf16 (AMX Xeons, AMD Zen 4+): an eval-mode
+    Linear4bit forward repacks its weight (``functional._convert_weight_packed_for_cpu``), reshaping the absmax to
+    ``(out, in // blocksize)`` with blocksize 64 and needing ``out % 32 == 0``. On ``tiny_base``'s 32-wide layers that
+    is ``(32, 0)`` ("shape '[32, 0]' is invalid for input of size 16"); with widths that are multiples of 64 the
+    4-bit tests run, and pass, on every CPU, with or without that path (as real models' layers are)."""
+    return save_tiny_base(tmp_path_factory.mktemp("tiny4bit") / "base", hidden=64, kv_heads=4)
 
 
 @pytest.fixture()

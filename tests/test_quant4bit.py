@@ -21,31 +21,31 @@ def _linear4bit_count(model) -> int:
     return sum(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
 
 
-def test_nf4_load_on_cpu(tiny_base):
+def test_nf4_load_on_cpu(tiny_base_4bit):
     if torch.cuda.is_available():
         pytest.skip("CPU check")
-    q = models.load_causal_lm(tiny_base, quantize_4bit=True)
+    q = models.load_causal_lm(tiny_base_4bit, quantize_4bit=True)
     assert q.is_loaded_in_4bit and _linear4bit_count(q) == 2 * 7  # every projection of both layers
     cfg = q.config.quantization_config
     assert cfg.bnb_4bit_quant_type == "nf4" and cfg.bnb_4bit_quant_storage == torch.float32
     ids = torch.tensor([[1, 5, 9, 30, 40]])
     with torch.no_grad():
-        lq, lf = q(ids).logits, models.load_causal_lm(tiny_base)(ids).logits
+        lq, lf = q(ids).logits, models.load_causal_lm(tiny_base_4bit)(ids).logits
     assert torch.isfinite(lq).all() and lq.device.type == "cpu"
     # NF4 rounds each weight to one of 16 levels per 64-weight block: close to the fp32 model, not equal
     assert 0 < (lq - lf).abs().max() < lf.abs().max()
-    rm = models.load_seq_classifier(tiny_base, quantize_4bit=True)  # the reward scorer's path
+    rm = models.load_seq_classifier(tiny_base_4bit, quantize_4bit=True)  # the reward scorer's path
     assert rm.is_loaded_in_4bit and rm(ids).logits.shape == (1, 1)
 
 
-def test_qlora_steps_then_merge_into_the_fp32_base(tiny_base, tmp_path):
+def test_qlora_steps_then_merge_into_the_fp32_base(tiny_base_4bit, tmp_path):
     from safetensors.torch import load_file
 
     from sciexplain.sft import split_train_val, train_sft
 
     recs = [{"id": f"q{i}", "question": f"Why does ice float? ({i})", "answer": TARGET} for i in range(10)]
     train, val = split_train_val(recs, 0.2, seed=0)
-    m = train_sft(tiny_base, train, val, tmp_path / "qlora", lora={"r": 4, "alpha": 8, "dropout": 0.0},
+    m = train_sft(tiny_base_4bit, train, val, tmp_path / "qlora", lora={"r": 4, "alpha": 8, "dropout": 0.0},
                   trainer={"learning_rate": 1e-2, "lr_scheduler_type": "cosine", "num_train_epochs": 2,
                            "per_device_train_batch_size": 4, "max_length": 64, "seed": 0}, quantize_4bit=True,
                   scratch_dir=tmp_path / "scratch")
@@ -56,7 +56,7 @@ def test_qlora_steps_then_merge_into_the_fp32_base(tiny_base, tmp_path):
     assert any("lora_B" in k and v.abs().sum() > 0 for k, v in w.items())
 
     # merge into the de-quantised (fp32) base, never into the 4-bit one
-    peft_fp32 = models.load_causal_lm(tiny_base, adapter=tmp_path / "qlora", device="cpu")
+    peft_fp32 = models.load_causal_lm(tiny_base_4bit, adapter=tmp_path / "qlora", device="cpu")
     ids = torch.tensor([[1, 5, 9, 30, 40, 7]])
     with torch.no_grad():
         want = peft_fp32(ids).logits
@@ -66,5 +66,5 @@ def test_qlora_steps_then_merge_into_the_fp32_base(tiny_base, tmp_path):
     assert torch.allclose(got, want, atol=1e-5)
     # the adapter on the 4-bit base it was trained with: the same model up to the NF4 rounding of the base
     with torch.no_grad():
-        on_4bit = models.load_causal_lm(tiny_base, adapter=tmp_path / "qlora", quantize_4bit=True)(ids).logits
+        on_4bit = models.load_causal_lm(tiny_base_4bit, adapter=tmp_path / "qlora", quantize_4bit=True)(ids).logits
     assert torch.isfinite(on_4bit).all() and not torch.allclose(on_4bit, want, atol=1e-5)
