@@ -44,14 +44,29 @@ def cpu_flags() -> frozenset:
     return _cpuinfo()[1]
 
 
-def native_bf16() -> bool:
-    """The CPU has bf16 arithmetic in hardware (AMX-BF16 or AVX512-BF16): where bf16 matmuls can beat fp32.
+BF16_CLASSES = ("amx", "avx512_bf16")
 
-    ``SCIEXPLAIN_NATIVE_BF16=0|1`` overrides the answer (tests; a CPU that reports its flags wrongly)."""
-    env = os.environ.get("SCIEXPLAIN_NATIVE_BF16", "").strip()
-    if env in ("0", "1"):
-        return env == "1"
-    return bool({"amx_bf16", "avx512_bf16"} & cpu_flags())
+
+def bf16_class() -> str | None:
+    """How this CPU does bf16 in hardware: ``amx`` (AMX-BF16 tiles, Intel Sapphire Rapids and later),
+    ``avx512_bf16`` (AVX512-BF16 dot products only, e.g. AMD Zen 4), or None (no native bf16: there bf16 is
+    emulated and far slower). The two native classes measured differently (bench/RESULTS.md), so ``auto`` treats
+    them apart. ``SCIEXPLAIN_BF16_CLASS=none|amx|avx512_bf16`` overrides the answer (tests; a CPU that reports its
+    flags wrongly)."""
+    env = os.environ.get("SCIEXPLAIN_BF16_CLASS", "").strip()
+    if env:
+        if env not in (*BF16_CLASSES, "none"):
+            raise ValueError(f"SCIEXPLAIN_BF16_CLASS must be none, amx or avx512_bf16, not {env!r}")
+        return None if env == "none" else env
+    flags = cpu_flags()
+    if "amx_bf16" in flags:
+        return "amx"
+    return "avx512_bf16" if "avx512_bf16" in flags else None
+
+
+def native_bf16() -> bool:
+    """The CPU has bf16 arithmetic in hardware (AMX-BF16 or AVX512-BF16)."""
+    return bf16_class() is not None
 
 
 def cores() -> int:
@@ -75,7 +90,7 @@ def facts(engine: bool = False) -> dict:
     """The machine, for a metrics file: CPU model and the flags that matter, cores, torch build (and llama.cpp's
     build string with ``engine=True``)."""
     out = {"cpu": cpu_model(), "arch": platform.machine(), "cores": cores(),
-           "features": {f: f in cpu_flags() for f in FEATURES}, "native_bf16": native_bf16()}
+           "features": {f: f in cpu_flags() for f in FEATURES}, "bf16": bf16_class()}
     try:
         import torch
 

@@ -82,10 +82,17 @@ def use_4bit(quantize_4bit: str | bool) -> bool:
 
 
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
-# The kinds of work where bf16 measured faster than fp32 on a CPU with native bf16 (``make bench``'s "precision"
-# section, bench/RESULTS.md): ``model.compute_dtype: auto`` picks bf16 on such a CPU for these only, fp32 for the
-# rest and everywhere on CPUs without native bf16 (there bf16 is hundreds of times slower).
-CPU_BF16_WORK = frozenset({"train"})
+# The kinds of work where bf16 measured faster than fp32, per class of CPU with native bf16
+# (:func:`sciexplain.machine.bf16_class`; ``make bench``'s "precision" section, bench/RESULTS.md). ``auto`` picks
+# bf16 for these only, fp32 for the rest, and fp32 everywhere on CPUs without native bf16 (there bf16 is emulated,
+# hundreds of times slower).
+#  - amx (Intel Xeon, Sapphire Rapids class; issue 20's measurements): a LoRA step 1.6x (2.6-2.8 s vs 4.3-4.7 s),
+#    the decode loop at 64 rows 1.51x (405.4 vs 268.7 tokens/s); scoring not measured there, so fp32.
+#  - avx512_bf16 without AMX (AMD EPYC, Zen 4 class; this machine): see CPU_BF16_WORK's entry and bench/RESULTS.md.
+CPU_BF16_WORK: dict[str, frozenset] = {
+    "amx": frozenset({"train", "generate"}),
+    "avx512_bf16": frozenset(),
+}
 WORK = ("train", "generate", "score")
 
 
@@ -104,12 +111,13 @@ def compute_dtype(work: str = "generate") -> torch.dtype:
     """The dtype ``work`` (train | generate | score) computes in here, from ``model.compute_dtype``.
 
     CUDA: bf16 where the GPU supports it (``float32`` forces fp32). CPU: ``auto`` is bf16 only on a CPU with native
-    bf16 (AMX or AVX512-BF16, :func:`sciexplain.machine.native_bf16`) and only for the work in :data:`CPU_BF16_WORK`;
+    bf16 (AMX or AVX512-BF16, :func:`sciexplain.machine.bf16_class`) and only for the work :data:`CPU_BF16_WORK`
+    lists for that class of CPU;
     ``bfloat16`` forces it, ``float32`` (and no setting) is fp32. Training keeps fp32 master weights and optimizer
     state either way: bf16 there means autocast (:func:`sciexplain.trainer_config.precision`)."""
     if work not in WORK:
         raise ValueError(f"work must be one of {WORK}, not {work!r}")
-    from .machine import DTYPE_SETTING, native_bf16
+    from .machine import DTYPE_SETTING, bf16_class
 
     setting = DTYPE_SETTING["value"]
     if has_cuda():
@@ -119,7 +127,7 @@ def compute_dtype(work: str = "generate") -> torch.dtype:
     if setting == "bfloat16":
         return torch.bfloat16
     if setting == "auto":
-        return torch.bfloat16 if native_bf16() and work in CPU_BF16_WORK else torch.float32
+        return torch.bfloat16 if work in CPU_BF16_WORK.get(bf16_class(), ()) else torch.float32
     return torch.float32
 
 

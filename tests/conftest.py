@@ -124,6 +124,36 @@ def read_jsonl(path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread_per_test_process():
+    """Every in-process test on one torch thread: the tiny models' matrices are too small to gain from a second
+    thread, and on a busy 2-core machine two threads oversubscribe (test_sft + test_local_backend: 81 s on the
+    default 2 threads, 16 s on one). What the tests assert does not depend on it; the stages they start as
+    subprocesses are given OMP_NUM_THREADS=1 where it matters."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _start_the_tiny_dvc_repro_early(request, tmp_path_factory):
+    """When tests/test_dvc_repro.py is selected, its tiny `dvc repro` (three minutes of stage processes, one at a
+    time) starts at the session's first test, on the second core, instead of when that module is reached."""
+    if not any(item.path.name == "test_dvc_repro.py" for item in request.session.items):
+        yield
+        return
+    import test_dvc_repro
+
+    early = test_dvc_repro.start_early(tmp_path_factory, request.getfixturevalue("tiny_base"))
+    try:
+        yield
+    finally:
+        early.close()
+
+
 @pytest.fixture()
 def one_torch_thread():
     """Tiny models on a shared 2-core machine: 2 torch threads are ~50x slower than 1 (oversubscription)."""

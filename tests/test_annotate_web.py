@@ -188,6 +188,7 @@ def wait_for(predicate, timeout=10.0, what="condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+@pytest.mark.browser
 def test_browser_annotation_flow(served, driver):
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
@@ -274,6 +275,7 @@ def test_browser_annotation_flow(served, driver):
     assert errors == [], errors
 
 
+@pytest.mark.browser
 def test_browser_shows_the_annotators_share_and_progress(tmp_path, driver):
     """Several annotators: the page lists only this annotator's items, progress is done / assigned."""
     from selenium.webdriver.common.action_chains import ActionChains

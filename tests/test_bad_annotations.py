@@ -89,6 +89,7 @@ def test_every_bad_file_is_in_the_table():
     assert files == set(ERRORS) | set(ACCEPTED) and len(ERRORS) >= 8
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("name", sorted(ERRORS))
 def test_a_bad_annotation_file_stops_winrate_with_one_line(ran, tmp_path, name):
     line, field, words = ERRORS[name]
@@ -103,6 +104,7 @@ def test_a_bad_annotation_file_stops_winrate_with_one_line(ran, tmp_path, name):
     assert _snapshot(work) == before  # no output changed, no temp file left
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("name", sorted(ACCEPTED))
 def test_accepted_files_run_and_say_what_was_not_counted(ran, tmp_path, name):
     warning, humans = ACCEPTED[name]

@@ -220,11 +220,13 @@ def summary(request):
                   f"({len([t for t in tried if t in XFAIL])} known to fail: xfail)")
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("kind,name", [_param(k, n) for k, n in ERRORS])
 def test_a_bad_input_stops_the_stage_with_one_line(base, kind, name):
     _check_error(_kind_results(kind, base)[name], kind, name)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("kind,name", [_param(k, n) for k, n in ACCEPTED])
 def test_accepted_inputs_run_and_count_what_they_dropped(base, kind, name):
     spec = MANIFEST[kind]["accepted"][name]

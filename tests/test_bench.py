@@ -3,9 +3,12 @@ measured by `make bench` on the real model, never asserted by a timed test)."""
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT
 
 
+@pytest.mark.e2e
 def test_bench_harness_prints_the_table_on_a_tiny_model(tmp_path):
     out = tmp_path / "results.json"
     r = subprocess.run([sys.executable, "-m", "bench.run", "--tiny", "--quick", "--only", "generation", "--out", str(out)],
@@ -35,6 +38,7 @@ def test_results_of_one_bench_merge_into_the_file(tmp_path):
     assert list(json.loads(path.read_text())["benches"]) == ["training"]
 
 
+@pytest.mark.e2e
 def test_a_sigterm_unwinds_the_bench_like_ctrl_c(tmp_path):
     """SIGTERM (a time limit) becomes SystemExit, so context managers (llama.cpp's server) exit on the way out."""
     import signal

@@ -106,6 +106,7 @@ def _project(repo: Path, tiny_base: Path, server: FakeOpenAIServer) -> None:
     })
 
 
+@pytest.mark.e2e
 def test_no_api_key_in_any_output_cache_dvc_file_or_log(tmp_path, tiny_base):
     canaries = {"OPENAI_API_KEY": f"sk-canary-openai-{secrets.token_hex(12)}",
                 ENGINE_KEY_ENV: f"sk-canary-engine-{secrets.token_hex(12)}"}

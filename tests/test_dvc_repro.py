@@ -11,12 +11,25 @@ import yaml
 
 from conftest import ROOT, write_params
 
+pytestmark = pytest.mark.e2e
+
 PIPELINE_FILES = ["dvc.yaml", "params.yaml", "stages", "sciexplain", "prompts", "data/raw", "data/annotations"]
 
 
-def _run(args, cwd, check=True):
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", DVC_NO_ANALYTICS="1")
-    r = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+def _env() -> dict:
+    # one torch thread per stage: the tiny models' stages are several times slower with 2 threads on a busy 2-core
+    # machine (oversubscription); the stages' outputs are what the tests check, not their speed
+    return dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", DVC_NO_ANALYTICS="1",
+                OMP_NUM_THREADS="1")
+
+
+def _run(args, cwd, check=True, env=None, procs=None):
+    p = subprocess.Popen(args, cwd=cwd, env=env or _env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True)  # its own process group: a stop kills dvc and the stage it runs
+    if procs is not None:
+        procs.append(p)
+    out, err = p.communicate()
+    r = subprocess.CompletedProcess(args, p.returncode, out, err)
     if check and r.returncode != 0:
         raise AssertionError(f"{' '.join(args)} failed ({r.returncode}):\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}")
     return r
@@ -27,38 +40,103 @@ def tiny_params() -> dict:
     return yaml.safe_load((Path(__file__).parent / "fixtures" / "tiny_params.yaml").read_text())
 
 
+class TinyRepro:
+    """The tiny project and its first `dvc repro` (three minutes on 2 cores), built in a thread.
+
+    When this module is selected, conftest starts it at the session's first test (:func:`start_early`), so the
+    repro -- one stage process at a time, one torch thread -- runs on the second core while the in-process tests
+    run on the first; the module's tests wait for it (:meth:`result`) and fail with its error if it failed. Run
+    alone, the module builds it in its own fixture, the same way. The teacher answers through the openai backend
+    from a real local HTTP server (a random tiny model writes no sentence the teacher filters would keep)."""
+
+    def __init__(self, repo: Path, tiny_base: Path):
+        import threading
+
+        from openai_server import FakeOpenAIServer
+
+        self.repo, self.tiny_base, self.env = repo, tiny_base, _env()  # the environment as the session started
+        self.server = FakeOpenAIServer().__enter__()
+        self.procs: list[subprocess.Popen] = []
+        self.error: BaseException | None = None
+        self.stdout = ""
+        self.thread = threading.Thread(target=self._build, name="tiny-dvc-repro", daemon=True)
+        self.thread.start()
+
+    def _build(self) -> None:
+        try:
+            self.stdout = self._repro()
+        except BaseException as e:  # noqa: BLE001  (raised again in the test that waits for it)
+            self.error = e
+
+    def _repro(self) -> str:
+        repo = self.repo
+        for rel in PIPELINE_FILES:
+            src = ROOT / rel
+            if not src.exists():
+                continue
+            dst = repo / rel
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            (shutil.copytree if src.is_dir() else shutil.copy)(src, dst)
+        for pycache in repo.rglob("__pycache__"):
+            shutil.rmtree(pycache)
+        updates = tiny_params()
+        updates["base_model"] = {"source": str(self.tiny_base)}
+        updates["teacher"].update(backend="openai", model="test-teacher", base_url=self.server.base_url,
+                                  api_key_env="none")
+        write_params(repo / "params.yaml", updates)
+        for args in (["git", "init", "-q"], ["dvc", "init", "-q"], ["git", "add", "-A"],
+                     ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny"], ["dvc", "repro"]):
+            r = _run(args, repo, env=self.env, procs=self.procs)
+        return r.stdout
+
+    def result(self) -> tuple[Path, str]:
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.repo, self.stdout
+
+    def close(self) -> None:
+        import signal
+
+        for p in self.procs:
+            if p.poll() is None:  # the session stopped before the repro ended
+                try:
+                    os.killpg(p.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        self.thread.join(60)
+        self.server.__exit__(None, None, None)
+
+
+_EARLY: dict = {}
+
+
+def start_early(tmp_path_factory, tiny_base: Path) -> TinyRepro:
+    """conftest's hook: start the repro now, for this module's tests to find later (conftest closes it)."""
+    _EARLY["repro"] = TinyRepro(tmp_path_factory.mktemp("repo"), tiny_base)
+    return _EARLY["repro"]
+
+
 @pytest.fixture(scope="module")
-def teacher_server():
-    """The teacher answers through the openai backend from a real local HTTP server (a random tiny model writes
-    no sentence the teacher filters would keep)."""
-    from openai_server import FakeOpenAIServer
-
-    with FakeOpenAIServer() as server:
-        yield server
+def _tiny(tmp_path_factory, tiny_base):
+    if "repro" in _EARLY:
+        yield _EARLY["repro"]
+        return
+    tr = TinyRepro(tmp_path_factory.mktemp("repo"), tiny_base)
+    try:
+        yield tr
+    finally:
+        tr.close()
 
 
 @pytest.fixture(scope="module")
-def tiny_repo(tmp_path_factory, tiny_base, teacher_server):
-    repo = tmp_path_factory.mktemp("repo")
-    for rel in PIPELINE_FILES:
-        src = ROOT / rel
-        if not src.exists():
-            continue
-        dst = repo / rel
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, dst)
-    for pycache in repo.rglob("__pycache__"):
-        shutil.rmtree(pycache)
-    updates = tiny_params()
-    updates["base_model"] = {"source": str(tiny_base)}
-    updates["teacher"].update(backend="openai", model="test-teacher", base_url=teacher_server.base_url, api_key_env="none")
-    write_params(repo / "params.yaml", updates)
-    _run(["git", "init", "-q"], repo)
-    _run(["dvc", "init", "-q"], repo)
-    _run(["git", "add", "-A"], repo)
-    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny"], repo)
-    r = _run(["dvc", "repro"], repo)
-    return repo, r.stdout
+def teacher_server(_tiny):
+    return _tiny.server
+
+
+@pytest.fixture(scope="module")
+def tiny_repo(_tiny):
+    return _tiny.result()
 
 
 def _stage_names(repo) -> list[str]:
@@ -154,25 +232,25 @@ def test_outputs_of_the_tiny_run(tiny_repo):
             {k: v for k, v in compare.items() if k != "verdict"}  # the report adds the family's adjustment only
 
 
-def test_a_human_annotation_file_updates_stats_without_regenerating(tiny_repo):
-    repo, _ = tiny_repo
+def test_a_human_annotation_file_updates_stats_without_regenerating(tiny_repo, tmp_path):
     import json
 
+    # on a copy of the reproduced project (its git repo and DVC cache included): the module's project stays as it
+    # was for the other tests without a third `dvc repro` to undo this one (a minute and more on 2 cores)
+    repo = tmp_path / "repo"
+    shutil.copytree(tiny_repo[0], repo, symlinks=True)
+    assert "up to date" in _run(["dvc", "status"], repo).stdout  # the copy is the same project, nothing to rerun
     sheet = [json.loads(line) for line in (repo / "data/compare/sft_vs_base/sheet.jsonl").read_text().splitlines()]
     human = repo / "data/annotations/sft_vs_base/alice.csv"
     human.parent.mkdir(parents=True, exist_ok=True)
     human.write_text("item_id,choice,strength,item_hash\n" + "".join(f"{r['item_id']},A,Better,{r['item_hash']}\n" for r in sheet))
-    try:
-        out = _run(["dvc", "repro"], repo).stdout
-        ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
-        # every winrate reads data/annotations, as reward_model does (people's files may train it): a retrained reward
-        # model reruns what scores with it (rewards@*, score, grpo), never an answer, a sheet or a judge
-        assert {"winrate@sft_vs_base", "report"} <= ran
-        assert not {s for s in ran if s.startswith(("answer", "teacher", "sample", "compare", "judge", "sft", "rs", "dpo"))}, ran
-        compare = json.loads((repo / "metrics/compare/sft_vs_base.json").read_text())
-        assert compare["human_annotators"] == ["alice"] and compare["headline_source"] == "humans"
-        assert compare["humans"]["n_annotators"] == 1 and "judge-rubric" in compare["judges"]  # judges beside, never pooled
-        assert "Running stage" not in _run(["dvc", "repro"], repo).stdout
-    finally:
-        human.unlink()
-        _run(["dvc", "repro"], repo)
+    out = _run(["dvc", "repro"], repo).stdout
+    ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
+    # every winrate reads data/annotations, as reward_model does (people's files may train it): a retrained reward
+    # model reruns what scores with it (rewards@*, score, grpo), never an answer, a sheet or a judge
+    assert {"winrate@sft_vs_base", "report"} <= ran
+    assert not {s for s in ran if s.startswith(("answer", "teacher", "sample", "compare", "judge", "sft", "rs", "dpo"))}, ran
+    compare = json.loads((repo / "metrics/compare/sft_vs_base.json").read_text())
+    assert compare["human_annotators"] == ["alice"] and compare["headline_source"] == "humans"
+    assert compare["humans"]["n_annotators"] == 1 and "judge-rubric" in compare["judges"]  # judges beside, never pooled
+    assert "Running stage" not in _run(["dvc", "repro"], repo).stdout

@@ -22,7 +22,7 @@ from click.testing import CliRunner
 from conftest import ROOT, read_jsonl, write_params
 from llama_server import CountingProxy, LlamaServer, llama_cpp_available
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.engine]
 
 QUESTIONS = ["Why is the sky blue?", "How do vaccines work?", "Why does ice float on water?", "What is photosynthesis?"]
 

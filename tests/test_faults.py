@@ -216,6 +216,7 @@ def test_openai_backend_never_has_more_than_max_concurrency_calls_unrecorded():
 
 # -- (a) teacher, openai -------------------------------------------------------------------------------------
 
+@pytest.mark.e2e
 def test_teacher_openai_killed_twice_resumes_without_loss(tmp_path, servers):
     clean_srv, srv = servers
     args = ["--prepared", "data/prepared", "--out", "data/generations/teacher", "--cache", "data/cache/teacher.jsonl",
@@ -255,6 +256,7 @@ runpy.run_module("stages.teacher", run_name="__main__", alter_sys=True)
 """
 
 
+@pytest.mark.e2e
 def test_teacher_local_killed_resumes_without_loss(tmp_path, tiny_base, one_torch_thread, monkeypatch):
     from click.testing import CliRunner
 
@@ -287,6 +289,7 @@ def test_teacher_local_killed_resumes_without_loss(tmp_path, tiny_base, one_torc
 
 # -- (c) LLM judge on openai ---------------------------------------------------------------------------------
 
+@pytest.mark.e2e
 def test_llm_judge_openai_killed_resumes_without_loss(tmp_path, servers):
     from sciexplain.annotations import build_sheet
 
@@ -319,6 +322,7 @@ def test_llm_judge_openai_killed_resumes_without_loss(tmp_path, servers):
 
 # -- (d) sampling, engine openai, n > 1 ----------------------------------------------------------------------
 
+@pytest.mark.e2e
 def test_sample_openai_n3_killed_resumes_without_loss(tmp_path, servers):
     clean_srv, srv = servers
     n, questions = 3, QUESTIONS[:5]

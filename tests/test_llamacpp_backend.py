@@ -16,7 +16,7 @@ from sciexplain import prompts  # noqa: E402
 from sciexplain.generation import GenRequest, SamplingParams  # noqa: E402
 from sciexplain.records import DataError, UserError  # noqa: E402
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.engine]
 
 QUESTIONS = ["Why is the sky blue?", "How do vaccines train the immune system?", "What is entropy?"]
 SAMPLING = SamplingParams(max_new_tokens=20, temperature=0.7, top_p=0.9, seed=3, repetition_penalty=1.1)
