@@ -62,7 +62,7 @@ def dpo_config(trainer: dict | None, scratch_dir, *, beta, loss_type, evaluate: 
 
     return build("dpo", trainer, defaults={**DEFAULTS, "eval_strategy": "epoch" if evaluate else "no"},
                  owned={"output_dir": str(scratch_dir), "report_to": "none", "model_init_kwargs": model_init_kwargs,
-                        "beta": float(beta), "loss_type": _loss_types(loss_type), **precision()})
+                        "beta": float(beta), "loss_type": _loss_types(loss_type), **precision("policy")})
 
 
 def build_dpo_trainer(base_dir, train_pairs: list[dict], val_pairs: list[dict], *, init_adapter=None,

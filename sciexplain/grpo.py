@@ -203,7 +203,7 @@ def grpo_config(trainer: dict | None, scratch_dir, *, beta, num_generations, pro
     guard's numbers describe the policy it checks), the vLLM rollout settings, and what the code owns."""
     from .trainer_config import build, precision
 
-    owned = {**vllm_kwargs(**(vllm or {})), "output_dir": str(scratch_dir), "report_to": "none", **precision(),
+    owned = {**vllm_kwargs(**(vllm or {})), "output_dir": str(scratch_dir), "report_to": "none", **precision("policy"),
              "per_device_train_batch_size": int(num_generations) * int(prompts_per_step),  # counts completions
              "num_generations": int(num_generations), "max_completion_length": int(max_completion_length),
              "temperature": float(temperature), "top_p": float(top_p), "beta": float(beta), "num_iterations": 1}

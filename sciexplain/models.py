@@ -86,14 +86,18 @@ COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
 # (:func:`sciexplain.machine.bf16_class`; ``make bench``'s "precision" section, bench/RESULTS.md). ``auto`` picks
 # bf16 for these only, fp32 for the rest, and fp32 everywhere on CPUs without native bf16 (there bf16 is emulated,
 # hundreds of times slower).
-#  - amx (Intel Xeon, Sapphire Rapids class; issue 20's measurements): a LoRA step 1.6x (2.6-2.8 s vs 4.3-4.7 s),
-#    the decode loop at 64 rows 1.51x (405.4 vs 268.7 tokens/s); scoring not measured there, so fp32.
-#  - avx512_bf16 without AMX (AMD EPYC, Zen 4 class; this machine): see CPU_BF16_WORK's entry and bench/RESULTS.md.
+#  - amx (Intel Xeon, Sapphire Rapids class; issue 20's measurements): a LoRA SFT step 1.6x (2.6-2.8 s vs
+#    4.3-4.7 s), the decode loop at 64 rows 1.51x (405.4 vs 268.7 tokens/s); scoring not measured there: fp32.
+#  - avx512_bf16 without AMX (AMD EPYC, Zen 4 class; 2026-12-07): LoRA SFT epoch 1.4-1.6x (idle machine), reward
+#    model epoch 2.0x, decode loop 1.59x, reward scoring 1.72x (rewards move <= 0.054, 2% of answer pairs flip).
+#  - ``policy`` work (dpo, grpo) stays fp32 on every CPU: its loss is a difference of summed log-probs between the
+#    policy and its reference, and under bf16 autocast DPO moved far less in its first steps (train loss 0.691 vs
+#    0.650 in fp32 on the same 4 pairs, where the reward model and SFT agreed to 0.005): not within noise.
 CPU_BF16_WORK: dict[str, frozenset] = {
     "amx": frozenset({"train", "generate"}),
-    "avx512_bf16": frozenset(),
+    "avx512_bf16": frozenset({"train", "generate", "score"}),
 }
-WORK = ("train", "generate", "score")
+WORK = ("train", "policy", "generate", "score")
 
 
 def set_compute_dtype(setting: str | None) -> None:
@@ -108,7 +112,7 @@ def set_compute_dtype(setting: str | None) -> None:
 
 
 def compute_dtype(work: str = "generate") -> torch.dtype:
-    """The dtype ``work`` (train | generate | score) computes in here, from ``model.compute_dtype``.
+    """The dtype ``work`` (train | policy | generate | score) computes in here, from ``model.compute_dtype``.
 
     CUDA: bf16 where the GPU supports it (``float32`` forces fp32). CPU: ``auto`` is bf16 only on a CPU with native
     bf16 (AMX or AVX512-BF16, :func:`sciexplain.machine.bf16_class`) and only for the work :data:`CPU_BF16_WORK`

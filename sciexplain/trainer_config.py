@@ -47,15 +47,16 @@ def check(section: str, settings: Mapping[str, Any], where: str = "params.yaml")
             raise ParamsError(f"{where}: {section}.trainer.{key}: {problem}")
 
 
-def precision() -> dict:
+def precision(work: str = "train") -> dict:
     """Code-owned: the CPU unless CUDA is present; bf16 mixed precision where ``model.compute_dtype`` resolves to it
     for training (a bf16 GPU; on the CPU: ``auto`` on a CPU with native bf16, or ``bfloat16``: accelerate's bf16
-    autocast over fp32 master weights and optimizer state), else fp32. Never fp16."""
+    autocast over fp32 master weights and optimizer state), else fp32. Never fp16. ``work``: ``train`` (sft, rs,
+    the reward model) or ``policy`` (dpo, grpo: losses from log-prob differences against a reference)."""
     import torch
 
     from .models import compute_dtype, has_cuda
 
-    return {"use_cpu": not has_cuda(), "bf16": compute_dtype("train") == torch.bfloat16, "fp16": False}
+    return {"use_cpu": not has_cuda(), "bf16": compute_dtype(work) == torch.bfloat16, "fp16": False}
 
 
 def build(section: str, settings: Mapping[str, Any] | None, *, defaults: Mapping[str, Any] | None = None,

@@ -71,7 +71,7 @@ def main(base_dir, pairs_path, extra_opt, init_adapter, out_dir, metrics_path, l
         return
     metrics.update(counts)
     metrics["extra_pairs"] = str(extra) if extra else None
-    write_json(metrics_path, {**metrics, **models.run_facts("train")})
+    write_json(metrics_path, {**metrics, **models.run_facts("policy")})
     click.echo(f"dpo: {len(train)} train / {len(val)} val pairs; eval reward accuracy "
                f"{metrics.get('eval_rewards_accuracies')} margin {metrics.get('eval_rewards_margins')} -> {out}")
 

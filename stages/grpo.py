@@ -76,7 +76,7 @@ def main(base_dir, init_adapter, reward_dir, reward_metrics, prompts_path, out_d
         return
     metrics["reward_model"] = str(reward_dir)
     metrics["reward_truncated_answers"] = getattr(scorer, "truncated", None)
-    write_json(metrics_path, {**metrics, **models.run_facts("train")})
+    write_json(metrics_path, {**metrics, **models.run_facts("policy")})
     stop = f"stopped at step {metrics['stop_step']}: {metrics['stop_reason']}" if metrics["stopped_early"] else "no stop"
     click.echo(f"grpo ({metrics['algorithm']}): {metrics['steps_run']} steps, reward {metrics['reward_mean_first']} -> "
                f"{metrics['reward_mean_last']}, KL {metrics['kl_final']}, {stop} -> {out}")

@@ -32,8 +32,11 @@ def test_auto_is_bf16_only_for_the_work_measured_faster_on_that_class_of_cpu(cpu
 
 
 def test_the_measured_choices():
-    """What make bench measured (bench/RESULTS.md): on AMX a LoRA step 1.6x and the decode loop 1.5x in bf16."""
+    """What make bench measured (bench/RESULTS.md): on AMX a LoRA step 1.6x and the decode loop 1.5x in bf16; on
+    AVX512-BF16 without AMX training, generation and scoring faster; DPO/GRPO (policy) fp32 everywhere."""
     assert models.CPU_BF16_WORK["amx"] == {"train", "generate"}
+    assert models.CPU_BF16_WORK["avx512_bf16"] == {"train", "generate", "score"}
+    assert not any("policy" in w for w in models.CPU_BF16_WORK.values())
 
 
 def test_the_cpu_class_comes_from_the_flags(monkeypatch):
@@ -66,6 +69,7 @@ def test_training_is_bf16_autocast_over_fp32_master_weights(cpu):
     cpu(True)
     models.set_compute_dtype("auto")
     assert trainer_config.precision() == {"use_cpu": True, "bf16": True, "fp16": False}
+    assert trainer_config.precision("policy")["bf16"] is False  # dpo / grpo
     assert models.training_init_kwargs("auto")["dtype"] == "float32"  # the weights TRL loads stay fp32
     models.set_compute_dtype("float32")
     assert trainer_config.precision()["bf16"] is False
