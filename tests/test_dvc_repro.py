@@ -1,5 +1,6 @@
 """`dvc repro` of a tiny variant of the real pipeline (tiny random model, tiny splits), then `dvc status` is clean,
 a second repro does nothing, and a changed param dirties only its stage and what is downstream."""
+import json
 import os
 import shutil
 import subprocess
@@ -41,32 +42,62 @@ def tiny_params() -> dict:
 
 
 class TinyRepro:
-    """The tiny project and its first `dvc repro` (three minutes on 2 cores), built in a thread.
+    """The tiny project and its first `dvc repro` (three minutes on 2 cores), then a copy of it given a human
+    annotation file and reproduced again (a minute and more), built in a thread.
 
     When this module is selected, conftest starts it at the session's first test (:func:`start_early`), so the
-    repro -- one stage process at a time, one torch thread -- runs on the second core while the in-process tests
-    run on the first; the module's tests wait for it (:meth:`result`) and fail with its error if it failed. Run
-    alone, the module builds it in its own fixture, the same way. The teacher answers through the openai backend
-    from a real local HTTP server (a random tiny model writes no sentence the teacher filters would keep)."""
+    repros -- one stage process at a time, one torch thread -- run on the second core while the in-process tests
+    run on the first; the module's tests wait for what they check (:meth:`result`, :meth:`annotated`) and fail with
+    its error if it failed. Run alone, the module builds it in its own fixture, the same way. The teacher answers
+    through the openai backend from a real local HTTP server (a random tiny model writes no sentence the teacher
+    filters would keep)."""
 
-    def __init__(self, repo: Path, tiny_base: Path):
+    def __init__(self, base: Path, tiny_base: Path):
         import threading
 
         from openai_server import FakeOpenAIServer
 
-        self.repo, self.tiny_base, self.env = repo, tiny_base, _env()  # the environment as the session started
+        self.repo, self.copy, self.tiny_base = base / "repo", base / "annotated", tiny_base
+        self.env = _env()  # the environment as the session started (tests change os.environ meanwhile)
         self.server = FakeOpenAIServer().__enter__()
         self.procs: list[subprocess.Popen] = []
         self.error: BaseException | None = None
         self.stdout = ""
+        self.annotated_run: dict = {}
+        self.annotated_error: BaseException | None = None
+        self.repro_done = threading.Event()
         self.thread = threading.Thread(target=self._build, name="tiny-dvc-repro", daemon=True)
         self.thread.start()
 
     def _build(self) -> None:
         try:
             self.stdout = self._repro()
-        except BaseException as e:  # noqa: BLE001  (raised again in the test that waits for it)
-            self.error = e
+            # the copy for the annotation test, taken before any test of the module edits the project
+            shutil.copytree(self.repo, self.copy, symlinks=True)
+        except BaseException as e:  # noqa: BLE001  (raised again in the tests that wait for it)
+            self.error = self.annotated_error = e
+            return
+        finally:
+            self.repro_done.set()
+        try:
+            self.annotated_run = self._annotate()
+        except BaseException as e:  # noqa: BLE001
+            self.annotated_error = e
+
+    def _annotate(self) -> dict:
+        """On the copy of the reproduced project (its git repo and DVC cache included): a human annotation file for
+        sft_vs_base, then `dvc repro` twice. The module's own project stays as it was for the other tests."""
+        repo, run = self.copy, {}
+        run["status"] = _run(["dvc", "status"], repo, env=self.env, procs=self.procs).stdout
+        sheet = [json.loads(line) for line in (repo / "data/compare/sft_vs_base/sheet.jsonl").read_text().splitlines()]
+        human = repo / "data/annotations/sft_vs_base/alice.csv"
+        human.parent.mkdir(parents=True, exist_ok=True)
+        human.write_text("item_id,choice,strength,item_hash\n" +
+                         "".join(f"{r['item_id']},A,Better,{r['item_hash']}\n" for r in sheet))
+        run["repro"] = _run(["dvc", "repro"], repo, env=self.env, procs=self.procs).stdout
+        run["compare"] = json.loads((repo / "metrics/compare/sft_vs_base.json").read_text())
+        run["again"] = _run(["dvc", "repro"], repo, env=self.env, procs=self.procs).stdout
+        return run
 
     def _repro(self) -> str:
         repo = self.repo
@@ -90,10 +121,16 @@ class TinyRepro:
         return r.stdout
 
     def result(self) -> tuple[Path, str]:
-        self.thread.join()
+        self.repro_done.wait()
         if self.error is not None:
             raise self.error
         return self.repo, self.stdout
+
+    def annotated(self) -> dict:
+        self.thread.join()
+        if self.annotated_error is not None:
+            raise self.annotated_error
+        return self.annotated_run
 
     def close(self) -> None:
         import signal
@@ -113,7 +150,7 @@ _EARLY: dict = {}
 
 def start_early(tmp_path_factory, tiny_base: Path) -> TinyRepro:
     """conftest's hook: start the repro now, for this module's tests to find later (conftest closes it)."""
-    _EARLY["repro"] = TinyRepro(tmp_path_factory.mktemp("repo"), tiny_base)
+    _EARLY["repro"] = TinyRepro(tmp_path_factory.mktemp("tiny_repro"), tiny_base)
     return _EARLY["repro"]
 
 
@@ -122,7 +159,7 @@ def _tiny(tmp_path_factory, tiny_base):
     if "repro" in _EARLY:
         yield _EARLY["repro"]
         return
-    tr = TinyRepro(tmp_path_factory.mktemp("repo"), tiny_base)
+    tr = TinyRepro(tmp_path_factory.mktemp("tiny_repro"), tiny_base)
     try:
         yield tr
     finally:
@@ -232,25 +269,16 @@ def test_outputs_of_the_tiny_run(tiny_repo):
             {k: v for k, v in compare.items() if k != "verdict"}  # the report adds the family's adjustment only
 
 
-def test_a_human_annotation_file_updates_stats_without_regenerating(tiny_repo, tmp_path):
-    import json
-
-    # on a copy of the reproduced project (its git repo and DVC cache included): the module's project stays as it
-    # was for the other tests without a third `dvc repro` to undo this one (a minute and more on 2 cores)
-    repo = tmp_path / "repo"
-    shutil.copytree(tiny_repo[0], repo, symlinks=True)
-    assert "up to date" in _run(["dvc", "status"], repo).stdout  # the copy is the same project, nothing to rerun
-    sheet = [json.loads(line) for line in (repo / "data/compare/sft_vs_base/sheet.jsonl").read_text().splitlines()]
-    human = repo / "data/annotations/sft_vs_base/alice.csv"
-    human.parent.mkdir(parents=True, exist_ok=True)
-    human.write_text("item_id,choice,strength,item_hash\n" + "".join(f"{r['item_id']},A,Better,{r['item_hash']}\n" for r in sheet))
-    out = _run(["dvc", "repro"], repo).stdout
+def test_a_human_annotation_file_updates_stats_without_regenerating(_tiny):
+    run = _tiny.annotated()  # TinyRepro._annotate: a copy of the project, alice.csv added, `dvc repro` twice
+    assert "up to date" in run["status"]  # the copy is the same project, nothing to rerun before the file
+    out = run["repro"]
     ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
     # every winrate reads data/annotations, as reward_model does (people's files may train it): a retrained reward
     # model reruns what scores with it (rewards@*, score, grpo), never an answer, a sheet or a judge
     assert {"winrate@sft_vs_base", "report"} <= ran
     assert not {s for s in ran if s.startswith(("answer", "teacher", "sample", "compare", "judge", "sft", "rs", "dpo"))}, ran
-    compare = json.loads((repo / "metrics/compare/sft_vs_base.json").read_text())
+    compare = run["compare"]
     assert compare["human_annotators"] == ["alice"] and compare["headline_source"] == "humans"
     assert compare["humans"]["n_annotators"] == 1 and "judge-rubric" in compare["judges"]  # judges beside, never pooled
-    assert "Running stage" not in _run(["dvc", "repro"], repo).stdout
+    assert "Running stage" not in run["again"]
