@@ -35,7 +35,10 @@ def stage(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
-        faulthandler.enable()  # a crash inside a native engine prints where it happened, not a bare -11
+        try:
+            faulthandler.enable()  # a crash inside a native engine prints where it happened, not a bare -11
+        except (AttributeError, ValueError, OSError):  # stderr without a file descriptor (click's test runner)
+            pass
         t0 = time.time()
         try:
             result = fn(*args, **kwargs)
