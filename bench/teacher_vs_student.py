@@ -26,7 +26,7 @@ import click
 @click.option("--base", "base_dir", default="models/base", show_default=True)
 def main(teacher_cache, student_cache, split, n_questions, student_budget, validation, params_path, base_dir):
     from sciexplain import prompts
-    from sciexplain.cli import get, read_params
+    from sciexplain.cli import read_params
     from sciexplain.records import read_jsonl
     from sciexplain.judges import Panel
     from sciexplain.teacher_check import teacher_vs_student
@@ -37,8 +37,8 @@ def main(teacher_cache, student_cache, split, n_questions, student_budget, valid
     t_raw, s_raw = load(teacher_cache), load(student_cache)
     teacher = []
     for qid, r in t_raw.items():
-        answer, reason = prompts.clean_teacher_answer(r["text"], r["finished"], get(p, "teacher.min_words"),
-                                                      get(p, "teacher.unfinished"))
+        answer, reason = prompts.clean_teacher_answer(r["text"], r["finished"], p.teacher.min_words,
+                                                      p.teacher.unfinished)
         teacher.append({"id": qid, "question": questions[qid]["question"], "answer": answer, "finished": r["finished"],
                         "keep": reason is None})
     tok = None
@@ -52,8 +52,8 @@ def main(teacher_cache, student_cache, split, n_questions, student_budget, valid
             text, finished = tok.decode(tok(text, add_special_tokens=False)["input_ids"][:student_budget]), False
         student.append({"id": qid, "question": questions[qid]["question"], "answer": text, "finished": finished, "sample": 0})
     val = json.load(open(validation))
-    panel = Panel(get(p, "judge.panel"), base_dir=base_dir, progress=False)
-    v = teacher_vs_student(teacher, student, panel, val, seed=get(p, "teacher.seed"))
+    panel = Panel(p.judge.panel, base_dir=base_dir, progress=False)
+    v = teacher_vs_student(teacher, student, panel, val, seed=p.teacher.seed)
     click.echo(json.dumps({k: v[k] for k in v if k != "judges"}, indent=1))
 
 

@@ -69,7 +69,7 @@ def make_backend(kind: str, *, base_dir=None, adapter=None, quantize_4bit="auto"
     raise DataError("params.yaml", None, where, f"unknown backend {kind!r}; choose one of {', '.join(BACKENDS)}")
 
 
-def engine_backend(params: Mapping, model_name: str, base_dir, adapter=None, batch_size: int = 16) -> Backend:
+def engine_backend(params, model_name: str, base_dir, adapter=None, batch_size: int = 16) -> Backend:
     """The backend an answer/sample stage uses for ``model_name`` (base, sft, rs, dpo, ...), from params
     ``engine`` (+ ``vllm``, ``model.quantize_4bit``).
 
@@ -78,21 +78,15 @@ def engine_backend(params: Mapping, model_name: str, base_dir, adapter=None, bat
     base folder + adapter folder, i.e. what ``vllm serve models/base --enable-lora --lora-modules
     sft=models/sft`` serves).
     """
-    from .cli import get
-
-    kind = get(params, "engine.backend")
-    served = get(params, "engine.served_names") or {}
-    weights = (get(params, "engine.weights") or {})
-    if not isinstance(served, Mapping) or not isinstance(weights, Mapping):
-        raise DataError("params.yaml", None, "engine.served_names" if not isinstance(served, Mapping) else "engine.weights",
-                        "must be a mapping of model name -> value")
+    engine = params.engine
+    served, weights = engine.served_names or {}, engine.weights or {}
     w: Sequence | str | None = weights.get(model_name) or [p for p in (base_dir, adapter) if p]
     return make_backend(
-        kind, base_dir=base_dir, adapter=adapter, quantize_4bit=get(params, "model.quantize_4bit"),
-        batch_size=batch_size, model=served.get(model_name, model_name), base_url=get(params, "engine.base_url"),
-        api_key_env=get(params, "engine.api_key_env"), max_concurrency=get(params, "engine.max_concurrency"),
-        max_retries=get(params, "engine.max_retries"), weights=w if kind == "openai" else None,
-        vllm=get(params, "vllm") if kind == "vllm" else None, where="engine.backend")
+        engine.backend, base_dir=base_dir, adapter=adapter, quantize_4bit=params.model.quantize_4bit,
+        batch_size=batch_size, model=served.get(model_name, model_name), base_url=engine.base_url,
+        api_key_env=engine.api_key_env, max_concurrency=engine.max_concurrency, max_retries=engine.max_retries,
+        weights=w if engine.backend == "openai" else None,
+        vllm=params.vllm.model_dump() if engine.backend == "vllm" else None, where="engine.backend")
 
 
 def judge_backend(spec: Mapping, base_dir: str | os.PathLike = "models/base") -> Backend:

@@ -11,23 +11,11 @@ import time
 import click
 
 from . import machine
-from .records import DataError, UserError, load_params
+from .records import UserError
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
-
-def get(params: dict, dotted: str, default=KeyError):
-    """``get(params, "sft.lora.r")``; a missing key names itself and params.yaml."""
-    node = params
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            if default is KeyError:
-                raise DataError("params.yaml", None, dotted, "missing parameter")
-            return default
-        node = node[part]
-    return node
-
 
 def stage(fn):
     """Wrap a stage's main: load params.yaml, log timing, turn user errors into one clean line (exit 1)."""
@@ -78,22 +66,11 @@ def trainer_outputs(name: str):
     return decorate
 
 
-def read_params(path: str, stage: str | list[str] | None = None) -> dict:
-    """Load a params file and check it against :mod:`sciexplain.params_schema` before the stage does any work.
-
-    ``stage``: the dvc.yaml stage name(s) whose declared ``params:`` sections are checked (``teacher``,
-    ``answer_base``, ``answer@base``); by default the stage is the calling module's (``stages.teacher`` when
-    run as ``python -m stages.teacher`` or imported; ``stages.sft --section rs`` is the ``rs`` stage), and a
-    caller that is no stage gets the whole file checked. A bad value raises ParamsError (a UserError: one line
-    ``params.yaml: teacher.temperature: expected a number >= 0, got 'hot'``, exit 1 under :func:`stage`).
-    """
+def read_params(path: str, stage: str | list[str] | None = None):
+    """The params file, checked against :mod:`sciexplain.params_schema` before the stage does any work, as typed
+    read-only sections (``p.teacher.temperature``; defaults applied). ``stage``: the dvc.yaml stage name(s) the
+    caller is (``teacher``, ``answer@base``, ``rs``): the sections it declares are checked; None (not a stage): the
+    whole file. A bad value is one line naming the key (exit 1 under :func:`stage`)."""
     from . import params_schema
 
-    params = load_params(path)
-    where = str(path)
-    if stage is None:
-        return params_schema.check_for_caller(params, where, params_schema.caller_module(2), path)
-    try:
-        return params_schema.check_stage(params, stage, where, params_schema._dvc_yaml(path))
-    except KeyError as e:
-        raise UserError(f"{where}: {e.args[0]}") from None
+    return params_schema.load(path, stage)

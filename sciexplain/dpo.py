@@ -29,8 +29,7 @@ from .prompts import student_messages
 
 log = logging.getLogger(__name__)
 
-LOSS_TYPES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
-              "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")
+from .params_schema import LOSS_TYPES  # noqa: E402  (the schema owns the allowed values)
 
 
 def to_preference_rows(pairs: list[dict]) -> list[dict]:

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-BACKENDS = ("local", "vllm", "openai")
+from .params_schema import ENGINE_BACKENDS as BACKENDS  # noqa: E402  (the schema owns the allowed values)
 _SEED_SPACE = 2**31 - 2**16  # room for +sample without leaving int32
 
 

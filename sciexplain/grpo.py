@@ -162,7 +162,7 @@ class GuardCallback(TrainerCallback):
 
 # --------------------------------------------------------------------------- training
 
-VLLM_MODES = ("colocate", "server")
+from .params_schema import VLLM_MODES  # noqa: E402  (the schema owns the allowed values)
 
 
 def vllm_kwargs(use_vllm: bool = False, vllm_mode: str = "colocate", vllm_server_base_url: str | None = None,
@@ -305,3 +305,18 @@ def write_disabled(out_dir) -> None:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / DISABLED_FILE).write_text(DISABLED_TEXT, encoding="utf-8")
+
+
+def write_disabled_outputs(out_dir, live_dir, metrics_path) -> None:
+    """Every output of the grpo stage when ``grpo.enabled`` is false: the adapter folder with its ``DISABLED`` note,
+    a DVCLive folder (so the declared plots stay valid) and the metrics without numbers."""
+    from dvclive import Live
+
+    from .records import new_dir, write_json
+
+    with new_dir(Path(out_dir)) as tmp:
+        write_disabled(tmp)
+    live = Live(str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None)
+    live.log_metric("enabled", 0)
+    live.end()
+    write_json(metrics_path, disabled_metrics())

@@ -57,8 +57,13 @@ __all__ = [
 
 SOURCE_TYPES = ("stackexchange", "pairs")
 #: Defaults of a ``stackexchange`` source (``validate.<key>`` overrides them for every source, an entry's own key wins).
-SE_DEFAULTS = {"min_score_gap": 2, "max_pairs_per_question": 3, "margin_full_gap": 15, "max_answer_chars": None,
-               "site": None}
+def _se_defaults() -> dict:
+    from .params_schema import HumanStackExchangeSource
+
+    return {k: f.default for k, f in HumanStackExchangeSource.model_fields.items() if k not in ("type", "path")}
+
+
+SE_DEFAULTS = _se_defaults()  # a stackexchange source's optional keys and defaults, as the schema declares them
 DECISIVE = {s.lower(): s for s in STRENGTHS if s != UNSURE}
 
 

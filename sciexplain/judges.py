@@ -28,12 +28,13 @@ import re
 from pathlib import Path
 from typing import Iterable, Mapping
 
+from . import panel
 from .annotations import Annotation
 from .backends import judge_backend
 from .cache import generate_cached
-from .generation import BACKENDS, Backend, GenRequest, SamplingParams
+from .generation import Backend, GenRequest, SamplingParams
+from .panel import PanelResult, apply_finished_rule, rubric_annotations, short_verdict, validate_panel  # noqa: F401
 from .records import DataError
-from .rubric import RubricJudge
 from .strengths import STRENGTHS, UNSURE, normalize_strength
 
 __all__ = [
@@ -44,17 +45,6 @@ __all__ = [
 
 PROMPT_PATH = "prompts/judge.md"
 PLACEHOLDERS = ("question", "answer_a", "answer_b")
-JUDGE_TYPES = ("rubric", "llm")
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-
-_COMMON_KEYS = {"name", "type"}
-_RUBRIC_KEYS = _COMMON_KEYS | {"params"}
-_LLM_DEFAULTS = {"backend": "local", "prompt": None, "max_new_tokens": 24, "temperature": 0.0, "top_p": 1.0, "seed": 0}
-_LOCAL_DEFAULTS = {"base": None, "adapter": None, "batch_size": 16, "quantize_4bit": "auto"}
-_VLLM_DEFAULTS = {"base": None, "adapter": None, "quantize_4bit": "auto", "vllm": {}}
-_OPENAI_DEFAULTS = {"model": None, "base_url": None, "api_key_env": "OPENAI_API_KEY", "max_concurrency": 8,
-                    "max_retries": 6, "timeout": 60, "max_tokens_field": "max_tokens", "weights": None}
-_BACKEND_DEFAULTS = {"local": _LOCAL_DEFAULTS, "vllm": _VLLM_DEFAULTS, "openai": _OPENAI_DEFAULTS}
 
 # "Verdict: A, Strength: Better" on one line; markdown emphasis and quotes are ignored.
 _VERDICT_RE = re.compile(
@@ -141,51 +131,6 @@ def render_prompt(template: str, question: str, answer_a: str, answer_b: str) ->
 
 # --------------------------------------------------------------------------- judges
 
-def rubric_annotations(sheet: Iterable[Mapping], params: Mapping | None = None) -> dict[str, Annotation]:
-    """``RubricJudge(**params).judge_pair`` on every sheet item; the comment holds the score difference."""
-    judge = RubricJudge(**dict(params or {}))
-    out = {}
-    for item in sheet:
-        res = judge.compare(item["question"], item["answer_a"], item["answer_b"])
-        out[item["item_id"]] = Annotation(res["choice"] or "", res["strength"],
-                                          f"rubric total A={res['a']['total']:.3f} B={res['b']['total']:.3f}")
-    return out
-
-
-def apply_finished_rule(annotations: Mapping[str, Annotation], sheet: Iterable[Mapping]) -> tuple[dict[str, Annotation], int]:
-    """Penalise an unfinished answer in every judge's verdict: one step towards the finished answer.
-
-    Applies only to sheet items whose ``finished_a`` / ``finished_b`` flags differ (one answer stopped on
-    its own, the other was cut by the token budget): a win for the unfinished answer becomes a tie
-    (``Unsure``), a tie becomes ``Slightly better`` for the finished answer, a win for the finished answer
-    stands. So an unfinished answer never wins against a finished one, and is never better off than the
-    judge's own reading. Items without both flags, or with equal flags, are left as they are; the flags say
-    nothing about which model wrote an answer. Returns the annotations and how many verdicts changed.
-    """
-    out, changed = dict(annotations), 0
-    for item in sheet:
-        fa, fb = item.get("finished_a"), item.get("finished_b")
-        iid = item["item_id"]
-        if fa is None or fb is None or fa == fb or iid not in out:
-            continue
-        done, cut = ("A", "B") if fa else ("B", "A")
-        ann = out[iid]
-        if ann.strength != UNSURE and ann.choice == cut:
-            new = Annotation("", UNSURE, "")
-        elif ann.strength == UNSURE or not ann.choice:
-            new = Annotation(done, "Slightly better", "")
-        else:
-            continue
-        note = f"finished rule ({cut} unfinished): {_short((ann.choice, ann.strength))} -> {_short((new.choice, new.strength))}"
-        out[iid] = new._replace(comment=f"{ann.comment}; {note}" if ann.comment else note)
-        changed += 1
-    return out, changed
-
-
-def _short(v: tuple[str, str] | None) -> str:
-    return "unparseable" if v is None else (f"{v[0]}/{v[1]}" if v[0] else v[1])
-
-
 class LLMJudge:
     """An LLM judge: one backend, one prompt template, greedy by default, every call cached.
 
@@ -226,68 +171,14 @@ class LLMJudge:
             stats["unparseable"] += (v_ab is None) + (v_ba is None)
             ann, reason = combine_verdicts(v_ab, v_ba)
             stats[count_as[reason]] += 1
-            out[item["item_id"]] = ann._replace(comment=f"{reason}: ab={_short(v_ab)}; ba={_short(v_ba)}")
+            out[item["item_id"]] = ann._replace(comment=f"{reason}: ab={short_verdict(v_ab)}; ba={short_verdict(v_ba)}")
         self.last_stats = stats
         return out
 
 
 # --------------------------------------------------------------------------- the panel
 
-def _where(i: int, key: str | None = None) -> str:
-    return f"judge.panel[{i}]" + (f".{key}" if key else "")
-
-
-def validate_panel(panel) -> list[dict]:
-    """Check the ``judge.panel`` list and fill in defaults; a bad entry raises DataError naming it."""
-    if panel is None:
-        return []
-    if not isinstance(panel, list):
-        raise DataError("params.yaml", None, "judge.panel", "must be a list of judge specs")
-    specs, names = [], set()
-    for i, raw in enumerate(panel):
-        if not isinstance(raw, dict):
-            raise DataError("params.yaml", _where(i), None, "a judge spec must be a mapping")
-        name, kind = raw.get("name"), raw.get("type")
-        if not isinstance(name, str) or not _NAME_RE.match(name):
-            raise DataError("params.yaml", _where(i), "name", "needs a name of letters, digits, '_', '.', '-'")
-        if name in names:
-            raise DataError("params.yaml", _where(i), "name", f"duplicate judge name {name!r}")
-        names.add(name)
-        if kind not in JUDGE_TYPES:
-            raise DataError("params.yaml", _where(i), "type", f"must be one of {', '.join(JUDGE_TYPES)}, got {kind!r}")
-        if kind == "rubric":
-            allowed, spec = _RUBRIC_KEYS, {"params": {}} | raw
-            if not isinstance(spec["params"] or {}, dict):
-                raise DataError("params.yaml", _where(i), "params", "must be a mapping of RubricJudge parameters")
-            try:
-                RubricJudge(**dict(spec["params"] or {}))
-            except (TypeError, ValueError) as e:
-                raise DataError("params.yaml", _where(i), "params", str(e)) from None
-        else:
-            backend = raw.get("backend", "local")
-            if backend not in BACKENDS:
-                raise DataError("params.yaml", _where(i), "backend", f"must be one of {', '.join(BACKENDS)}, got {backend!r}")
-            extra = _BACKEND_DEFAULTS[backend]
-            allowed = _COMMON_KEYS | set(_LLM_DEFAULTS) | set(extra)
-            spec = _LLM_DEFAULTS | extra | raw
-            if backend == "openai" and not spec["model"]:
-                raise DataError("params.yaml", _where(i), "model", "an openai judge needs the API model name")
-            if not isinstance(spec["max_new_tokens"], int) or spec["max_new_tokens"] < 1:
-                raise DataError("params.yaml", _where(i), "max_new_tokens", "must be a positive integer")
-        unknown = sorted(set(raw) - allowed)
-        if unknown:
-            raise DataError("params.yaml", _where(i), unknown[0], f"unknown key; allowed: {', '.join(sorted(allowed))}")
-        specs.append(spec)
-    return specs
-
-
-class PanelResult(dict):
-    """``{judge_name: {item_id: Annotation}}`` with ``.stats = {judge_name: counts}``."""
-
-    stats: dict
-
-
-class Panel:
+class Panel(panel.Panel):
     """A panel of judges built once from specs; :meth:`judge` runs every judge on one sheet.
 
     Backends are created on first use and reused across sheets; ``backends={name: backend}``
@@ -298,15 +189,10 @@ class Panel:
     def __init__(self, panel_spec, *, base_dir: str | os.PathLike = "models/base",
                  cache_dir: str | os.PathLike = "data/cache/judge", prompt_path: str | os.PathLike = PROMPT_PATH,
                  backends: Mapping[str, Backend] | None = None, progress: bool = True):
-        self.specs = validate_panel(panel_spec)
+        super().__init__(panel_spec, progress=progress)
         self.base_dir, self.cache_dir, self.prompt_path = base_dir, Path(cache_dir), prompt_path
-        self.progress = progress
         self._backends = dict(backends or {})
         self._llm: dict[str, LLMJudge] = {}
-
-    @property
-    def names(self) -> list[str]:
-        return [s["name"] for s in self.specs]
 
     def _llm_judge(self, spec: dict) -> LLMJudge:
         name = spec["name"]
@@ -317,29 +203,6 @@ class Panel:
                                       top_p=float(spec["top_p"]), seed=int(spec["seed"]))
             self._llm[name] = LLMJudge(backend, template, sampling, self.cache_dir / f"{name}.jsonl", name=name)
         return self._llm[name]
-
-    def judge(self, sheet: Iterable[Mapping], label: str = "") -> PanelResult:
-        """Every judge on ``sheet``. Judges see the question and the two answers only; where the items carry
-        ``finished_a``/``finished_b``, :func:`apply_finished_rule` then penalises the unfinished answer in
-        every judge's verdicts (stats: ``finished_rule`` = how many verdicts it changed)."""
-        sheet = list(sheet)
-        flagged = any(item.get("finished_a") is not None and item.get("finished_b") is not None for item in sheet)
-        out = PanelResult()
-        out.stats = {}
-        for spec in self.specs:
-            name = spec["name"]
-            if spec["type"] == "rubric":
-                out[name] = rubric_annotations(sheet, spec.get("params"))
-                out.stats[name] = {"items": len(sheet)}
-            else:
-                judge = self._llm_judge(spec)
-                out[name] = judge.judge(sheet, desc=f"judge {name} {label}".strip(), progress=self.progress)
-                out.stats[name] = dict(judge.last_stats)
-            if flagged:
-                out[name], out.stats[name]["finished_rule"] = apply_finished_rule(out[name], sheet)
-            if spec["type"] == "rubric":
-                out.stats[name]["ties"] = sum(a.strength == UNSURE for a in out[name].values())
-        return out
 
 
 def run_panel(sheet: Iterable[Mapping], panel_spec, **kwargs) -> PanelResult:

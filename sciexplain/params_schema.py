@@ -38,20 +38,20 @@ from pydantic_core import PydanticCustomError
 
 from .records import UserError, load_params
 
-# Allowed values. Tests check that each equals the constant of the module that acts on it (those modules import
-# torch or scipy; this one stays light so that every stage can check its params in a fraction of a second).
-SPLITS = ("sft", "rm", "rs", "eval")                                     # sciexplain.splits.SPLITS
-PLAN_MODES = ("full", "short", "none")                                  # sciexplain.prompts.PLAN_MODES
-UNFINISHED_MODES = ("trim", "drop")                                     # stages/teacher.py
+# Allowed values: this module owns them and the modules that act on them import them from here (this one stays
+# light, pydantic only, so that every stage checks its params in a fraction of a second).
+SPLITS = ("sft", "rm", "rs", "eval")                     # the prepared splits (sciexplain.splits assigns them)
+PLAN_MODES = ("full", "short", "none")                  # the teacher prompt's chain of thought (sciexplain.prompts)
+UNFINISHED_MODES = ("trim", "drop")                     # what the teacher filter does with an unfinished answer
 TEACHER_BACKENDS = ("llamacpp", "local", "vllm", "openai", "batch-export", "batch-import")
-ENGINE_BACKENDS = ("local", "vllm", "openai")                           # sciexplain.generation.BACKENDS
-UNSURE_MODES = ("drop", "keep")                                         # sciexplain.preferences.UNSURE_MODES
-VLLM_MODES = ("colocate", "server")                                     # sciexplain.grpo.VLLM_MODES
+ENGINE_BACKENDS = ("local", "vllm", "openai")           # sciexplain.generation's backends
+UNSURE_MODES = ("drop", "keep")                         # an Unsure vote as a preference pair (sciexplain.preferences)
+VLLM_MODES = ("colocate", "server")                     # TRL's vLLM modes for GRPO (sciexplain.grpo)
 LOSS_TYPES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
-              "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")   # sciexplain.dpo.LOSS_TYPES
-SFT_DATA = ("teacher", "forum")                                         # stages/sft.py (or a .jsonl file)
+              "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")   # TRL's DPO losses
+SFT_DATA = ("teacher", "forum")                         # sft.data (or a .jsonl file)
 
-_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"                              # sciexplain.judges._NAME_RE
+_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"              # a judge's name
 
 
 class ParamsError(UserError):
@@ -184,7 +184,7 @@ def PairList(*, min_length: int = 0):
 class Section(BaseModel):
     """A mapping of known keys: an unknown key or a non-mapping is one error naming the allowed keys."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
     @model_validator(mode="before")
     @classmethod
@@ -315,7 +315,7 @@ class EngineParams(Section):
 class VllmParams(Section):
     """``vllm.LLM(...)`` keyword arguments: these three are typed; other vLLM engine arguments pass through."""
 
-    model_config = ConfigDict(extra="allow", strict=True)
+    model_config = ConfigDict(extra="allow", strict=True, frozen=True)
     gpu_memory_utilization: Num(gt=0, le=1)
     max_model_len: Int(ge=1, null=True)
     enforce_eager: Bool()
@@ -482,7 +482,7 @@ class TrainerSettings(Section):
     """A TRL config's keyword arguments: the settings every stage reads typed here, any other field of the config
     class passed through (TRL checks its value when the config is built)."""
 
-    model_config = ConfigDict(extra="allow", strict=True)
+    model_config = ConfigDict(extra="allow", strict=True, frozen=True)
     _section: typing.ClassVar[str] = ""
     learning_rate: Num(gt=0) = None
     num_train_epochs: Num(gt=0) = None
@@ -492,6 +492,10 @@ class TrainerSettings(Section):
     gradient_accumulation_steps: Count() = None
     max_length: Count() = None
     seed: Seed()  # also seeds the stage's own splits
+
+    def config_kwargs(self) -> dict:
+        """The settings as written in params.yaml, for the TRL config (TRL's own defaults stand for the rest)."""
+        return self.model_dump(exclude_unset=True)
 
     @model_validator(mode="before")
     @classmethod
@@ -585,12 +589,13 @@ class CompareParams(Section):
 _JUDGE_TYPES = ("rubric", "llm")
 
 
-_RUBRIC_WEIGHTS = ("structure", "coherence", "clarity", "register")   # sciexplain.rubric.RubricJudge.DEFAULT_WEIGHTS
+RUBRIC_WEIGHTS = {"structure": 0.35, "coherence": 0.2, "clarity": 0.2, "register": 0.25}  # the rubric quality mean
+_RUBRIC_WEIGHTS = tuple(RUBRIC_WEIGHTS)
 
 
 class RubricParams(Section):
-    """RubricJudge's constructor arguments, all optional, with the same defaults and the same cross-checks
-    (kept apart from sciexplain.rubric so that every stage need not import it; a test holds the two together)."""
+    """RubricJudge's settings, all optional: their defaults and checks live here only (sciexplain.rubric builds its
+    judge from this model, so a stage can check them without importing the rubric)."""
 
     min_words: Count() = 25
     target_lo: Count() = 60
@@ -951,6 +956,11 @@ def _raise(where: str, found: list[tuple[str, str]]) -> None:
         raise ParamsError(f"{where}: {key}: {problem}{more}")
 
 
+def check_section(section: str, value: Any, where: str = "params.yaml") -> None:
+    """Check one section's value (e.g. a judge panel built in code); ParamsError naming the first bad key."""
+    _raise(where, problems({section: value}, [section]))
+
+
 def check_file(params: dict, where: str = "params.yaml") -> dict:
     """Check every section of a whole params file (all keys required); ParamsError naming the first bad key."""
     _raise(where, problems(params))
@@ -1011,46 +1021,6 @@ def declared_keys(stage: str, dvc_path: str | os.PathLike | None = None) -> list
     return stages.get(stage, stages.get(base))["params"]
 
 
-def _invocation_values(argv: list[str] | None) -> set[str]:
-    """The command-line words of this process and the values of the running Click command's options."""
-    values = set(argv or [])
-    try:
-        import click
-
-        ctx = click.get_current_context(silent=True)
-    except ImportError:
-        ctx = None
-    if ctx is not None:
-        values |= {str(v) for v in ctx.params.values() if isinstance(v, (str, int, float))}
-    return values
-
-
-def stages_of_module(module: str, argv: list[str] | None = None, dvc_path: str | os.PathLike | None = None) -> list[str]:
-    """The dvc.yaml stages whose cmd runs ``python -m <module>``. Where several do with different params, the one
-    whose name is an option value of this invocation (``stages.sft --section rs`` -> ``rs``), else the one whose
-    cmd matches ``argv`` best (DVC runs the cmd as written), else all of them."""
-    stages = _stages(str(dvc_path or _dvc_yaml(None)))
-    pat = re.compile(r"(?:^|\s)-m\s+" + re.escape(module) + r"(?:\s|$)")
-    found = [n for n, s in stages.items() if pat.search(s["cmd"])]
-    if not found:
-        short = module.rsplit(".", 1)[-1]
-        return [short] if short in stages else []
-    if len({tuple(stages[n]["params"] or ["*"]) for n in found}) <= 1:
-        return found
-    values = _invocation_values(argv)
-    named = [n for n in found if n in values]
-    if len(named) == 1:
-        return named
-    args = set(argv or [])
-
-    def score(n):
-        tail = pat.split(stages[n]["cmd"], 1)[-1].split()
-        return sum(t in args for t in tail) / max(len(tail), 1)
-
-    best = max(score(n) for n in found)
-    return [n for n in found if score(n) == best] if best > 0 else found
-
-
 def check_stage(params: dict, stage: str | list[str], where: str = "params.yaml",
                 dvc_path: str | os.PathLike | None = None) -> dict:
     """Check the sections that ``stage`` (one name or several) declares in dvc.yaml: every present key in those
@@ -1072,34 +1042,55 @@ def check_stage(params: dict, stage: str | list[str], where: str = "params.yaml"
     return params
 
 
-def caller_module(depth: int = 2) -> str | None:
-    """The module name of the code ``depth`` frames up (``stages.teacher``, also when run as ``python -m``)."""
-    try:
-        frame = sys._getframe(depth)
-    except ValueError:
-        frame = None
-    name = frame.f_globals.get("__name__") if frame is not None else None
-    if name == "__main__":
-        spec = frame.f_globals.get("__spec__")
-        name = getattr(spec, "name", None)
-    if not name or name == "__main__":
-        main = sys.modules.get("__main__")
-        spec = getattr(main, "__spec__", None)
-        name = getattr(spec, "name", None)
-        if not name and sys.argv and sys.argv[0].endswith(".py"):
-            p = Path(sys.argv[0]).resolve()
-            name = f"{p.parent.name}.{p.stem}" if p.parent.name == "stages" else None
-    return name
+class Params:
+    """A params file, checked: each section is a frozen typed model with its defaults applied
+    (``p.teacher.top_p``; a key left out of params.yaml reads as its schema default). :func:`load` checks the
+    sections a stage declares before it does any work; any other section is checked when first read."""
+
+    __slots__ = ("_raw", "_where", "_sections")
+
+    def __init__(self, raw: dict, where: str = "params.yaml"):
+        object.__setattr__(self, "_raw", raw)
+        object.__setattr__(self, "_where", where)
+        object.__setattr__(self, "_sections", {})
+
+    def __getattr__(self, name: str):
+        sections = object.__getattribute__(self, "_sections")
+        if name in sections:
+            return sections[name]
+        if name not in SECTIONS:
+            raise AttributeError(f"params have no section {name!r}; sections: {', '.join(SECTIONS)}")
+        raw, where = object.__getattribute__(self, "_raw"), object.__getattribute__(self, "_where")
+        _raise(where, problems(raw, [name]))
+        sections[name] = SECTIONS[name].model_validate(raw[name])
+        return sections[name]
+
+    def __setattr__(self, name, value):
+        raise TypeError("params are read-only")
+
+    def as_dict(self, *sections: str) -> dict:
+        """``{section: its values as plain data}`` (defaults applied), e.g. for a report."""
+        return {s: getattr(self, s).model_dump() for s in sections if s in self}
+
+    def __contains__(self, name: str) -> bool:
+        return name in object.__getattribute__(self, "_raw")
 
 
-def check_for_caller(params: dict, where: str, module: str | None, params_path=None) -> dict:
-    """What :func:`sciexplain.cli.read_params` runs: the stage(s) of ``module`` if dvc.yaml has any, else the
-    whole file (a script that is not a stage, e.g. a bench, gets every section checked)."""
-    dvc_path = _dvc_yaml(params_path)
-    if dvc_path is None:
-        return check_file(params, where)
-    names = stages_of_module(module, sys.argv[1:], dvc_path) if module and module.startswith("stages.") else []
-    return check_stage(params, names, where, dvc_path) if names else check_file(params, where)
+def load(path: str | os.PathLike = "params.yaml", stage: str | list[str] | None = None) -> Params:
+    """The params file at ``path``, checked, as :class:`Params`. ``stage``: the dvc.yaml stage name(s) the caller
+    is (``teacher``, ``answer@base``, ``rs``): the sections they declare are checked now, every declared key must be
+    there unless it has a default; None (a script that is no stage): the whole file. A bad value raises ParamsError
+    (one line: ``params.yaml: teacher.temperature: expected a number >= 0, got 'hot'``)."""
+
+    raw, where = load_params(path), str(path)
+    if stage is None:
+        check_file(raw, where)
+    else:
+        try:
+            check_stage(raw, stage, where, _dvc_yaml(path))
+        except KeyError as e:
+            raise ParamsError(f"{where}: {e.args[0]}") from None
+    return Params(raw, where)
 
 
 # --------------------------------------------------------------------------- the command line

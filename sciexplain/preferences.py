@@ -36,18 +36,12 @@ from .rubric import RubricJudge
 from .splits import hash_key, hash_order
 from .stats import STRENGTH_MARGIN, UNSURE
 
-UNSURE_MODES = ("drop", "keep")
 ANNOTATOR_KINDS = ("all", "humans", "judges")
 RUBRIC_SOURCE = "rm/judge-rubric"  # rm-split pairs labelled by the rubric judge
 RUBRIC_JUDGE = "rubric"
 
 
 # --------------------------------------------------------------------------- building pairs
-
-def _check_unsure(unsure: str) -> None:
-    if unsure not in UNSURE_MODES:
-        raise DataError("params.yaml", None, "reward_model.unsure", f"must be one of {', '.join(UNSURE_MODES)}, got {unsure!r}")
-
 
 def _text_hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
@@ -58,7 +52,6 @@ def make_pair(question: str, prompt: str, answer_a: str, answer_b: str, choice: 
               item_id: str | None = None, judge: str | None = None) -> dict | None:
     """One pair from a verdict on (A, B); None when the verdict is Unsure and ``unsure == "drop"``.
     ``judge``: the judge that gave the verdict (None: a person)."""
-    _check_unsure(unsure)
     if strength == UNSURE or choice not in ("A", "B"):
         if unsure == "drop":
             return None
@@ -155,7 +148,6 @@ def annotation_pairs(pair: str, data: Mapping, prompt_fn: Callable[[str], str], 
     """Pairs from one compared pair's annotations (see :func:`read_pair_annotations`): one pair per
     item and annotator, the annotator's preferred answer as ``chosen``. ``annotators``: all, humans
     or judges (``data["judges"]``, by their rows' annotator_type; their pairs name the judge in ``judge``)."""
-    _check_unsure(unsure)
     if annotators not in ANNOTATOR_KINDS:
         raise DataError(None, None, "annotators", f"must be one of {', '.join(ANNOTATOR_KINDS)}, got {annotators!r}")
     sheet, key = data["sheet"], data["key"]
@@ -201,7 +193,6 @@ def judge_pairs(questions: list[dict], generations: Mapping[str, Mapping[str, di
     ``{model: {question id: record}}`` (model order = pair order). Returns (pairs, counts) with
     counts ``{"compared", "unsure", "missing"}`` (missing: a model has no answer for the question).
     """
-    _check_unsure(unsure)
     models = list(generations)
     pairs, counts = [], {"compared": 0, "unsure": 0, "missing": 0}
     for q in questions:

@@ -28,7 +28,7 @@ META_LINE_RE = re.compile(
 META_INLINE_RE = re.compile(r"\(\s*\d+\s*(?:tokens?|words?)\s*\)|\b(?:as an ai|this prompt|these instructions)\b", re.I)
 
 
-PLAN_MODES = ("full", "short", "none")
+from .params_schema import PLAN_MODES  # noqa: E402  (the schema owns the allowed values)
 
 
 def check_plan(plan) -> str:

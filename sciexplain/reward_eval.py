@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
-from .judges import Panel
+from .panel import Panel
 from .records import stable_id
 from .reward import RewardScorer, _r4, constant_loss, pair_loss
 from .stats import TIE, majority_vote, wilson_interval
@@ -130,4 +130,85 @@ def majority_agreement(scorer: RewardScorer, pair_data: Mapping[str, Mapping], t
     if judge is not None:
         out["baselines"]["rubric_judge"] = _acc([(judge.judge_pair(it[2], it[3], it[4])[0] or TIE) == it[5]
                                                  for it in dec])
+    return out
+
+
+def evaluate_saved(base_dir, reward_dir, data, rm, enc, *, quantize_4bit, train_result: Mapping) -> dict:
+    """The saved reward model checked and measured: its pooling (padding must not move a score; it pools the end of
+    turn), held-out accuracy on the human test pairs beside the trivial rules (longer answer, random) and the
+    rubric, agreement with people's majority on the annotated comparisons, and its gate
+    (:func:`sciexplain.rm_gate.validation_block`). ``data``: :class:`sciexplain.reward_data.RewardData`; ``rm``:
+    the typed ``reward_model`` params; ``train_result``: what :func:`sciexplain.reward_train.train_reward_model`
+    returned. Returns the metrics of metrics/reward_model.json (without the run facts)."""
+    from .records import DataError
+    from .rm_gate import validation_block
+
+    scorer = RewardScorer(base_dir, reward_dir, quantize_4bit=quantize_4bit)
+    bs, seed, train, dev = rm.score_batch_size, rm.trainer.seed, data.train, data.dev
+    probe = train[:8]
+    pooling = scorer.check_pooling([x["question"] for x in probe] * 2,
+                                   [x["chosen"] for x in probe] + [x["rejected"] for x in probe])
+    if pooling["max_abs_diff"] > 1e-3 or not pooling["pools_end_of_turn"]:
+        raise RuntimeError(f"reward model's pooling is wrong: {pooling}")
+    test_fit = [r for r in data.test if enc.fits(enc.prompt(r["question"]))]
+    if not test_fit:
+        raise DataError(data.test_path, None, "reward_model.trainer.max_length",
+                        f"no held-out pair's question fits max_length {rm.trainer.max_length}")
+    rubric = rm.rubric.model_dump(exclude_unset=True) if rm.rubric is not None else {}
+    ev = heldout_eval(test_fit, scorer, rubric_params=rubric, seed=seed, n_resamples=rm.bootstrap, batch_size=bs)
+    humans_only = {k: {**d, "annotations": {n: a for n, a in d["annotations"].items() if n not in d["judges"]}}
+                   for k, d in data.pair_data.items()}
+    humans_only = {k: d for k, d in humans_only.items() if d["annotations"]}
+    majority = majority_agreement(scorer, humans_only, {x["id"] for x in train + dev}, None, bs)
+    h = ev["heldout"]
+    validation = validation_block(h["accuracy"], h["cluster_ci95_low"], h["cluster_ci95_high"], n=h["n"],
+                                  questions=h["questions"], allow_unvalidated=rm.allow_unvalidated)
+    judges = sorted({x["judge"] for x in train + dev if x.get("judge")})
+    c = data.counts
+    return {
+        "validation": validation,
+        "used_unvalidated": bool(rm.allow_unvalidated and not validation["cleared"]),
+        "learned": bool(ev["loss"]["beats_constant"]),
+        "heldout": h,
+        "baselines": ev["baselines"],
+        "vs_longer": ev["vs_longer"],
+        "loss": {**ev["loss"], "dev": train_result["dev"]},
+        "human_prefers_longer": ev["human_prefers_longer"],
+        "judge_labels": {"used": bool(rm.judge_labels and judges), "allowed": rm.judge_labels, "judges": judges,
+                         "train_pairs_by_label": c["by_label"], "rm_split": data.rm_counts},
+        "pairs": {
+            "train": len(train), "dev": len(dev), "test": len(test_fit), "test_prompt_too_long": len(data.test) - len(test_fit),
+            **{k: c[k] for k in ("from_human_pairs", "human_pairs_null_margin", "from_annotations", "from_rm_judge",
+                                 "duplicates_removed", "on_test_questions_removed", "prompt_too_long", "capped")},
+            "unsure": rm.unsure, "train_questions": len({x["id"] for x in train}),
+            "dev_questions": len({x["id"] for x in dev}), "test_questions": h["questions"],
+            "stale_annotation_rows": {f: n for d in data.pair_data.values() for f, n in d["stale_rows"].items()},
+        },
+        "max_length": rm.trainer.max_length,
+        "truncated": train_result["truncated_pairs"], "truncated_sequences": train_result["truncated_sequences"],
+        "eval_truncated_sequences": scorer.truncated, "dropped": train_result["dropped"],
+        "rewards": ev["rewards"],
+        "majority_agreement": majority,
+        "train": {k: train_result[k] for k in ("train_loss", "runtime_s", "tokens_per_s", "tokens", "steps", "processes",
+                                               "trainable_params", "total_params")},
+        "pooling_check": pooling,
+    }
+
+
+def summary_lines(m: Mapping) -> list[tuple[str, bool]]:
+    """What the stage prints: ``(line, is_warning)``."""
+    from .rm_gate import PARAM
+
+    h, ev_loss = m["heldout"], m["loss"]
+    lg, rb, mc = m["baselines"]["longer_answer"], m["baselines"]["rubric_judge"], m["vs_longer"]["reward_model"]
+    out = [(f"reward model: held-out accuracy on human pairs {h['accuracy']} (n={h['n']}, {h['questions']} questions; "
+            f"Wilson {h['ci95_low']}-{h['ci95_high']}, cluster {h['cluster_ci95_low']}-{h['cluster_ci95_high']}); "
+            f"longer answer {lg['accuracy']}, rubric {rb['accuracy']}; McNemar vs longer p {mc['p']}; "
+            f"held-out loss {ev_loss['heldout']} vs constant {ev_loss['constant']}", False)]
+    if not ev_loss["beats_constant"]:
+        out.append((f"warning: the reward model's held-out loss {ev_loss['heldout']} does not beat the constant "
+                    f"predictor's {ev_loss['constant']}: it has not learned the human preferences", True))
+    if not m["validation"]["cleared"]:
+        out.append((f"warning: {m['validation']['message']}: stages that use it refuse unless {PARAM}: true "
+                    f"(now {str(m['validation'].get('allow_unvalidated', False)).lower()})", True))
     return out

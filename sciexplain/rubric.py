@@ -45,6 +45,9 @@ import unicodedata
 from typing import Mapping
 
 import numpy as np
+from pydantic import ValidationError
+
+from .params_schema import RUBRIC_WEIGHTS, RubricParams
 
 RUBRIC_VERSION = "2"  # bump when scoring changes, so cached judgements are invalidated
 
@@ -414,40 +417,20 @@ class RubricJudge:
       meta-text, no paragraphs) and a severe flaw (looping, far too short) on a good answer.
     """
 
-    DEFAULT_WEIGHTS = {"structure": 0.35, "coherence": 0.2, "clarity": 0.2, "register": 0.25}
+    DEFAULT_WEIGHTS = dict(RUBRIC_WEIGHTS)
 
-    def __init__(
-        self,
-        *,
-        min_words: int = 25,
-        target_lo: int = 60,
-        target_hi: int = 250,
-        max_words: int = 600,
-        long_floor: float = 0.6,
-        weights: Mapping[str, float] | None = None,
-        rep_gamma: float = 1.0,
-        len_gamma: float = 0.5,
-        t_unsure: float = 0.02,
-        t_slight: float = 0.05,
-        t_better: float = 0.12,
-        unfinished_factor: float = 0.5,
-    ):
-        if not (0 < min_words <= target_lo <= target_hi < max_words):
-            raise ValueError("need 0 < min_words <= target_lo <= target_hi < max_words")
-        if not (0.0 <= long_floor <= 1.0):
-            raise ValueError("long_floor must be in [0, 1]")
-        if not (0.0 <= t_unsure <= t_slight <= t_better <= 1.0):
-            raise ValueError("need 0 <= t_unsure <= t_slight <= t_better <= 1")
-        if not (0.0 <= unfinished_factor <= 1.0):
-            raise ValueError("unfinished_factor must be in [0, 1]")
-        if rep_gamma < 0 or len_gamma < 0:
-            raise ValueError("rep_gamma and len_gamma must be >= 0")
-        w = dict(self.DEFAULT_WEIGHTS if weights is None else weights)
-        unknown = set(w) - set(self.DEFAULT_WEIGHTS)
-        if unknown:
-            raise ValueError(f"unknown weight(s): {sorted(unknown)}; allowed: {sorted(self.DEFAULT_WEIGHTS)}")
-        if any(v < 0 for v in w.values()) or sum(w.values()) <= 0:
-            raise ValueError("weights must be >= 0 with a positive sum")
+    def __init__(self, **settings):
+        """``settings``: any keys of :class:`sciexplain.params_schema.RubricParams` (its defaults and checks)."""
+        try:
+            s = RubricParams.model_validate(settings)
+        except ValidationError as e:
+            err = e.errors()[0]
+            where = ".".join(map(str, err["loc"])) or str((err.get("ctx") or {}).get("key", ""))
+            raise ValueError(f"rubric {where}: {err['msg']}") from None
+        min_words, target_lo, target_hi, max_words = s.min_words, s.target_lo, s.target_hi, s.max_words
+        long_floor, rep_gamma, len_gamma = s.long_floor, s.rep_gamma, s.len_gamma
+        t_unsure, t_slight, t_better, unfinished_factor = s.t_unsure, s.t_slight, s.t_better, s.unfinished_factor
+        w = dict(self.DEFAULT_WEIGHTS if s.weights is None else s.weights)
         self.min_words, self.target_lo, self.target_hi = int(min_words), int(target_lo), int(target_hi)
         self.max_words, self.long_floor = int(max_words), float(long_floor)
         self.weights = {k: float(w.get(k, 0.0)) for k in self.DEFAULT_WEIGHTS}

@@ -279,8 +279,14 @@ def load_qa(path: str | Path, drops: Drops, question_field: str = "question", an
     return out
 
 
-SOURCE_KEYS = {"bank": set(), "stackexchange": {"min_score", "domain", "require_answer"},
-               "qa": {"question_field", "answer_field", "domain_field", "domain"}}
+def _source_keys() -> dict[str, set]:
+    from .params_schema import BankSource, QASource, StackExchangeSource
+
+    return {kind: set(model.model_fields) - {"type", "path"}
+            for kind, model in (("bank", BankSource), ("stackexchange", StackExchangeSource), ("qa", QASource))}
+
+
+SOURCE_KEYS = _source_keys()  # each source type's optional keys, as the schema declares them
 
 
 def load_source(spec: dict, drops: Drops, root: Path = Path(".")) -> list[dict]:

@@ -13,7 +13,9 @@ from .records import DataError, Drops, normalize_text
 
 T = TypeVar("T")
 
-SPLITS = ("eval", "rs", "rm", "sft")  # assignment order: eval is filled first so other sizes never move it
+from .params_schema import SPLITS as _NAMES
+
+SPLITS = tuple(reversed(_NAMES))  # assignment order (eval, rs, rm, sft): eval is filled first so other sizes never move it
 
 
 def hash_key(seed: int, key: str, salt: str = "") -> str:

@@ -31,7 +31,7 @@ from collections import defaultdict
 from typing import Mapping, Sequence
 
 from .annotations import build_sheet
-from .judges import Panel
+from .panel import Panel
 from .splits import hash_order
 from .stats import TIE, _pval, _rate, verdict_side, wilson_interval
 from .verdicts import cluster_bootstrap_ci, cohen_kappa, holm, mcnemar_exact

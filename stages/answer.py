@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from sciexplain.cli import get, params_option, read_params, stage
+from sciexplain.cli import params_option, read_params, stage
 from sciexplain.records import DataError, read_jsonl, write_json, write_jsonl
 
 
@@ -31,18 +31,18 @@ def main(model_name, base_dir, adapter, prepared, splits, out_dir, cache_path, m
     from sciexplain.generation import SamplingParams
 
     from sciexplain import models
-    p = read_params(params_path)
-    models.set_compute_dtype(get(p, "model.compute_dtype"))  # bf16 or fp32, by CPU and work
-    sampling = SamplingParams(max_new_tokens=get(p, "generate.max_new_tokens"), temperature=get(p, "generate.temperature"),
-                              top_p=get(p, "generate.top_p"), seed=get(p, "generate.seed"),
-                              repetition_penalty=get(p, "generate.repetition_penalty"))
-    spec = get(p, f"answer.models.{model_name}", None) or {}
-    if splits is None and not spec:
+    p = read_params(params_path, f"answer@{model_name}")
+    models.set_compute_dtype(p.model.compute_dtype)  # bf16 or fp32, by CPU and work
+    sampling = SamplingParams(max_new_tokens=p.generate.max_new_tokens, temperature=p.generate.temperature,
+                              top_p=p.generate.top_p, seed=p.generate.seed,
+                              repetition_penalty=p.generate.repetition_penalty)
+    spec = p.answer.models.get(model_name)
+    if splits is None and spec is None:
         raise DataError(params_path, None, f"answer.models.{model_name}", "no such model: add it, or give --splits")
-    adapter = adapter if adapter is not None else spec.get("adapter")
-    names = [s.strip() for s in splits.split(",") if s.strip()] if splits is not None else list(spec["splits"])
+    adapter = adapter if adapter is not None else (spec.adapter if spec else None)
+    names = [s.strip() for s in splits.split(",") if s.strip()] if splits is not None else list(spec.splits)
     questions = {s: read_jsonl(Path(prepared) / f"{s}.jsonl") for s in names}
-    backend = engine_backend(p, model_name, base_dir, adapter, batch_size=get(p, "generate.batch_size"))
+    backend = engine_backend(p, model_name, base_dir, adapter, batch_size=p.generate.batch_size)
     records, summary = answer_questions(backend, [q for s in names for q in questions[s]], sampling,
                                         cache_path or f"data/cache/answer-{model_name}.jsonl", model_name)
     it = iter(records)
@@ -50,7 +50,7 @@ def main(model_name, base_dir, adapter, prepared, splits, out_dir, cache_path, m
         write_jsonl(Path(out_dir) / f"{s}.jsonl", [next(it) for _ in questions[s]])
     summary["adapter"] = adapter
     summary["backend"] = backend.name
-    write_json(metrics_path or f"metrics/answer_{model_name}.json", {**summary, **models.run_facts("generate", get(p, "engine.backend"))})
+    write_json(metrics_path or f"metrics/answer_{model_name}.json", {**summary, **models.run_facts("generate", p.engine.backend)})
     click.echo(f"{model_name}: {summary['answers']} answers for {names}")
 
 

@@ -1,7 +1,7 @@
 """Stage base_model: materialise the base chat model + tokenizer as HF safetensors."""
 import click
 
-from sciexplain.cli import get, params_option, read_params, stage
+from sciexplain.cli import params_option, read_params, stage
 from sciexplain.records import new_dir, sha256_file, write_json
 
 
@@ -15,13 +15,13 @@ def main(out_dir, metrics_path, params_path):
 
     from sciexplain.models import materialize_base
 
-    p = read_params(params_path)
-    source = get(p, "base_model.source")
+    p = read_params(params_path, "base_model")
+    source = p.base_model.source
     # build into a temp folder beside the output, then swap it in: never half a model
     out = Path(out_dir)
     with new_dir(out) as tmp:
-        info = materialize_base(source, tmp, revision=get(p, "base_model.revision", None),
-                                gguf_file=get(p, "base_model.gguf_file", None))
+        info = materialize_base(source, tmp, revision=p.base_model.revision,
+                                gguf_file=p.base_model.gguf_file)
     weights = sorted(out.glob("*.safetensors"))
     info["weights_sha256"] = {w.name: sha256_file(w) for w in weights}
     write_json(metrics_path, info)

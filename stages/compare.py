@@ -20,7 +20,7 @@ from pathlib import Path
 import click
 
 from sciexplain.annotations import build_sheet, write_sheet_csv
-from sciexplain.cli import get, params_option, read_params, stage
+from sciexplain.cli import params_option, read_params, stage
 from sciexplain.records import DataError, first_answers, new_dir, read_jsonl, write_json, write_jsonl
 
 
@@ -73,13 +73,11 @@ def kept_answers(path: Path, model: str, ids: list[str], q_path) -> tuple[dict, 
 @params_option
 @stage
 def main(only, gen_dir, prepared_dir, split, out_dir, params_path):
-    p = read_params(params_path)
-    pairs = get(p, "compare.pairs")
-    if not isinstance(pairs, dict) or not pairs:
-        raise DataError(params_path, None, "compare.pairs", "must be a non-empty mapping like {sft_vs_base: [sft, base]}")
+    p = read_params(params_path, "compare")
+    pairs = p.compare.pairs
     models = {pair: pair_models(pairs, pair, params_path) for pair in (only or pairs)}
-    seed = get(p, "compare.seed")
-    limit = get(p, "evaluate.max_questions")
+    seed = p.compare.seed
+    limit = p.evaluate.max_questions
 
     q_path = Path(prepared_dir) / f"{split}.jsonl"
     questions = read_jsonl(q_path, required=("id", "question"))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from sciexplain.cli import get, params_option, read_params, stage, trainer_outputs
+from sciexplain.cli import params_option, read_params, stage, trainer_outputs
 from sciexplain.dist import is_main_process
 from sciexplain.records import DataError, read_jsonl, stable_id, write_json
 
@@ -55,14 +55,14 @@ def main(base_dir, pairs_path, extra_opt, init_adapter, out_dir, metrics_path, l
     from sciexplain.dpo import train_dpo
 
     from sciexplain import models
-    p = read_params(params_path)
-    models.set_compute_dtype(get(p, "model.compute_dtype"))  # bf16 or fp32, by CPU and work
-    extra = extra_opt or get(p, "dpo.extra_pairs")
+    p = read_params(params_path, "dpo")
+    models.set_compute_dtype(p.model.compute_dtype)  # bf16 or fp32, by CPU and work
+    extra = extra_opt or p.dpo.extra_pairs
     pairs, counts = load_pairs(pairs_path, extra)
-    trainer = get(p, "dpo.trainer")  # trl.DPOConfig settings; its seed also splits train/val
-    train, val = split_pairs(pairs, get(p, "dpo.val_fraction"), trainer["seed"])
-    hyper = {"beta": get(p, "dpo.beta"), "loss_type": get(p, "dpo.loss_type"), "trainer": trainer,
-             "quantize_4bit": get(p, "model.quantize_4bit")}
+    trainer = p.dpo.trainer.config_kwargs()  # trl.DPOConfig settings; its seed also splits train/val
+    train, val = split_pairs(pairs, p.dpo.val_fraction, trainer["seed"])
+    hyper = {"beta": p.dpo.beta, "loss_type": p.dpo.loss_type, "trainer": trainer,
+             "quantize_4bit": p.model.quantize_4bit}
     out = Path(out_dir)
     # every rank trains and takes part in the save (sciexplain.dist.save_adapter); only the main process writes
     metrics = train_dpo(base_dir, train, val, out, init_adapter=init_adapter, scratch_dir=scratch, live_dir=live_dir,

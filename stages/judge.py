@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from sciexplain.annotations import JUDGE, read_sheet, sheet_hashes, write_annotations
-from sciexplain.cli import get, params_option, read_params, stage
+from sciexplain.cli import params_option, read_params, stage
 from sciexplain.records import DataError, new_dir, write_json
 from sciexplain.judges import Panel
 
@@ -27,8 +27,8 @@ from sciexplain.judges import Panel
 @params_option
 @stage
 def main(only, compare_dir, base_dir, prompt_path, cache_dir, out_dir, metrics_path, params_path):
-    p = read_params(params_path)
-    panel = Panel(get(p, "judge.panel"), base_dir=base_dir, cache_dir=cache_dir, prompt_path=prompt_path)
+    p = read_params(params_path, "judge")
+    panel = Panel(p.judge.panel, base_dir=base_dir, cache_dir=cache_dir, prompt_path=prompt_path)
     sheets = ([Path(compare_dir) / pair / "sheet.jsonl" for pair in only] if only
               else sorted(d for d in Path(compare_dir).glob("*/sheet.jsonl")))
     missing = [s for s in sheets if not s.exists()]

@@ -5,7 +5,7 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
-from sciexplain.cli import get, params_option, read_params, stage
+from sciexplain.cli import params_option, read_params, stage
 from sciexplain.records import Drops, write_json, write_jsonl
 
 
@@ -18,14 +18,14 @@ from sciexplain.records import Drops, write_json, write_jsonl
 def main(base_dir, out_dir, metrics_path, params_path):
     from sciexplain import sources, splits as splitting
 
-    p = read_params(params_path)
+    p = read_params(params_path, "prepare")
     drops = Drops()
     records, by_source = [], Counter()
-    for spec in get(p, "prepare.sources"):
-        recs = sources.load_source(spec, drops)
-        by_source[spec["path"]] = len(recs)
+    for spec in p.prepare.sources:
+        recs = sources.load_source(spec.model_dump(), drops)
+        by_source[spec.path] = len(recs)
         records.extend(recs)
-    eval_file = get(p, "prepare.eval_file", None)
+    eval_file = p.prepare.eval_file
     eval_records = None
     if eval_file:
         eval_records = splitting.dedupe(sources.load_qa(eval_file, Drops(), answer_field=None, domain="eval"), Drops())
@@ -37,8 +37,8 @@ def main(base_dir, out_dir, metrics_path, params_path):
     records = splitting.dedupe(records, drops)
     records = splitting.filter_lengths(
         tqdm(records, desc="length filter", unit="q", mininterval=2), n_tokens, drops,
-        get(p, "prepare.min_question_tokens"), get(p, "prepare.max_question_tokens"), get(p, "prepare.max_answer_tokens"))
-    splits = splitting.split(records, get(p, "prepare.splits"), get(p, "prepare.seed"), eval_records)
+        p.prepare.min_question_tokens, p.prepare.max_question_tokens, p.prepare.max_answer_tokens)
+    splits = splitting.split(records, p.prepare.splits, p.prepare.seed, eval_records)
 
     out = Path(out_dir)
     for name, recs in splits.items():

@@ -9,7 +9,7 @@ models (mean, median, bootstrap CI, Wilcoxon vs base, Holm) are the ``report`` s
 
 import click
 
-from sciexplain.cli import get, params_option, read_params, stage
+from sciexplain.cli import params_option, read_params, stage
 from sciexplain.records import read_jsonl, write_json
 
 
@@ -29,18 +29,18 @@ def main(model, base_dir, reward_dir, reward_metrics, prepared, generations, out
     from sciexplain.rm_gate import require_validated
 
     from sciexplain import models
-    p = read_params(params_path)
-    models.set_compute_dtype(get(p, "model.compute_dtype"))  # bf16 or fp32, by CPU and work
+    p = read_params(params_path, f"rewards@{model}")
+    models.set_compute_dtype(p.model.compute_dtype)  # bf16 or fp32, by CPU and work
     questions = read_jsonl(prepared)
-    limit = get(p, "evaluate.max_questions")
+    limit = p.evaluate.max_questions
     ids = [q["id"] for q in (questions[:limit] if limit else questions)]
     answers, dropped = load_eval_answers(generations, [model], ids)
-    require_validated(reward_metrics, get(p, "reward_model.allow_unvalidated"), "rewards")
-    scorer = RewardScorer(base_dir, reward_dir, quantize_4bit=get(p, "model.quantize_4bit"))
+    require_validated(reward_metrics, p.reward_model.allow_unvalidated, "rewards")
+    scorer = RewardScorer(base_dir, reward_dir, quantize_4bit=p.model.quantize_4bit)
     kept = [i for i in ids if i in answers[model]]
     recs = [answers[model][i] for i in kept]
     scores = scorer.score([r["question"] for r in recs], [r["answer"] for r in recs],
-                          batch_size=get(p, "score.batch_size"), progress=True)
+                          batch_size=p.score.batch_size, progress=True)
     write_json(out_path, {"model": model, "questions": len(ids), "rewards": dict(zip(kept, scores)),
                           "dropped": dropped[model]})
     click.echo(f"{model}: {len(kept)} answers scored, {dropped[model]['n']} dropped by its own filter")

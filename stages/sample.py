@@ -5,7 +5,7 @@ vLLM (``n`` samples in one request), or an OpenAI-compatible server (one call pe
 """
 import click
 
-from sciexplain.cli import get, params_option, read_params, stage
+from sciexplain.cli import params_option, read_params, stage
 from sciexplain.records import read_jsonl, write_json, write_jsonl
 
 
@@ -25,17 +25,17 @@ def main(base_dir, adapter, model_name, questions, out_path, cache_path, metrics
     from sciexplain.generation import SamplingParams
 
     from sciexplain import models
-    p = read_params(params_path)
-    models.set_compute_dtype(get(p, "model.compute_dtype"))  # bf16 or fp32, by CPU and work
-    n = get(p, "sample.n")
-    sampling = SamplingParams(max_new_tokens=get(p, "sample.max_new_tokens"), temperature=get(p, "sample.temperature"),
-                              top_p=get(p, "sample.top_p"), seed=get(p, "sample.seed"),
-                              repetition_penalty=get(p, "sample.repetition_penalty"))
-    backend = engine_backend(p, model_name, base_dir, adapter, batch_size=get(p, "sample.batch_size"))
+    p = read_params(params_path, "sample")
+    models.set_compute_dtype(p.model.compute_dtype)  # bf16 or fp32, by CPU and work
+    n = p.sample.n
+    sampling = SamplingParams(max_new_tokens=p.sample.max_new_tokens, temperature=p.sample.temperature,
+                              top_p=p.sample.top_p, seed=p.sample.seed,
+                              repetition_penalty=p.sample.repetition_penalty)
+    backend = engine_backend(p, model_name, base_dir, adapter, batch_size=p.sample.batch_size)
     records, summary = answer_questions(backend, read_jsonl(questions), sampling, cache_path, model_name, n_samples=n,
                                         desc=f"sample x{n}")
     write_jsonl(out_path, records)
-    write_json(metrics_path, {**summary, **models.run_facts("generate", get(p, "engine.backend"))})
+    write_json(metrics_path, {**summary, **models.run_facts("generate", p.engine.backend)})
     click.echo(f"sampled {summary['answers']} answers ({n} per question)")
 
 

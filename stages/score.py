@@ -2,7 +2,7 @@
 validation (or reward_model.allow_unvalidated says to use it anyway, :mod:`sciexplain.rm_gate`)."""
 import click
 
-from sciexplain.cli import get, params_option, read_params, stage
+from sciexplain.cli import params_option, read_params, stage
 from sciexplain.records import DataError, read_jsonl, write_json, write_jsonl
 
 
@@ -22,15 +22,15 @@ def main(base_dir, reward_dir, reward_metrics, samples, out_path, metrics_path, 
     from sciexplain.stats import reward_summary
 
     from sciexplain import models
-    p = read_params(params_path)
-    models.set_compute_dtype(get(p, "model.compute_dtype"))  # bf16 or fp32, by CPU and work
-    require_validated(reward_metrics, get(p, "reward_model.allow_unvalidated"), "score")
+    p = read_params(params_path, "score")
+    models.set_compute_dtype(p.model.compute_dtype)  # bf16 or fp32, by CPU and work
+    require_validated(reward_metrics, p.reward_model.allow_unvalidated, "score")
     recs = read_jsonl(samples, required=("id", "question"), allow_empty=False)
     for n, r in enumerate(recs, 1):
         if not isinstance(r.get("answer"), str):
             raise DataError(samples, n, "answer", "missing or not a string")
-    scorer = RewardScorer(base_dir, reward_dir, quantize_4bit=get(p, "model.quantize_4bit"))
-    rewards = scorer.score([r["question"] for r in recs], [r["answer"] for r in recs], batch_size=get(p, "score.batch_size"))
+    scorer = RewardScorer(base_dir, reward_dir, quantize_4bit=p.model.quantize_4bit)
+    rewards = scorer.score([r["question"] for r in recs], [r["answer"] for r in recs], batch_size=p.score.batch_size)
     write_jsonl(out_path, [{**r, "reward": round(float(s), 6)} for r, s in zip(recs, rewards)])
     write_json(metrics_path, {"scored": len(recs), "reward": reward_summary(rewards), **models.run_facts("score")})
     click.echo(f"scored {len(recs)} candidates")

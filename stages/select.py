@@ -6,7 +6,7 @@ first (:mod:`sciexplain.rm_gate`): it refuses unless the model cleared it or rew
 """
 import click
 
-from sciexplain.cli import get, params_option, read_params, stage
+from sciexplain.cli import params_option, read_params, stage
 from sciexplain.records import read_jsonl, write_json, write_jsonl
 
 
@@ -23,11 +23,11 @@ def main(scored, reward_metrics, selected_path, pairs_path, metrics_path, params
     from sciexplain.rm_gate import require_validated
     from sciexplain.selection import best_of_n_curve, select
 
-    p = read_params(params_path)
-    gate = require_validated(reward_metrics, get(p, "reward_model.allow_unvalidated"), "select")
+    p = read_params(params_path, "select")
+    gate = require_validated(reward_metrics, p.reward_model.allow_unvalidated, "select")
     recs = read_jsonl(scored, required=("id", "question", "reward"))
-    out = select(recs, threshold=get(p, "select.threshold"), quantile=get(p, "select.quantile"),
-                 min_gap=get(p, "select.min_gap"), require_finished=get(p, "select.require_finished"))
+    out = select(recs, threshold=p.select.threshold, quantile=p.select.quantile,
+                 min_gap=p.select.min_gap, require_finished=p.select.require_finished)
     write_jsonl(selected_path, out["selected"])
     write_jsonl(pairs_path, out["pairs"])
     curve = best_of_n_curve(recs)

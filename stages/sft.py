@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from sciexplain.cli import get, params_option, read_params, stage, trainer_outputs
+from sciexplain.cli import params_option, read_params, stage, trainer_outputs
 from sciexplain.dist import is_main_process
 from sciexplain.records import DataError, read_jsonl, write_json
 
@@ -44,20 +44,21 @@ def main(section, base_dir, data_opt, prepared, teacher, init_adapter, out_dir, 
     from sciexplain.sft import split_train_val, train_sft
 
     from sciexplain import models
-    p = read_params(params_path)
-    models.set_compute_dtype(get(p, "model.compute_dtype"))  # bf16 or fp32, by CPU and work
-    data = data_opt or get(p, f"{section}.data")
+    p = read_params(params_path, section)
+    models.set_compute_dtype(p.model.compute_dtype)  # bf16 or fp32, by CPU and work
+    cfg = getattr(p, section)  # p.sft or p.rs
+    data = data_opt or cfg.data
     recs = load_targets(data, Path(prepared), Path(teacher))
-    trainer = get(p, f"{section}.trainer")  # trl.SFTConfig settings; its seed also splits train/val
-    train, val = split_train_val(recs, get(p, f"{section}.val_fraction"), trainer["seed"])
+    trainer = cfg.trainer.config_kwargs()  # trl.SFTConfig settings; its seed also splits train/val
+    train, val = split_train_val(recs, cfg.val_fraction, trainer["seed"])
     out = Path(out_dir)
     lora = None if init_adapter else {  # continuing an adapter keeps its LoRA shape
-        "r": get(p, f"{section}.lora.r"), "alpha": get(p, f"{section}.lora.alpha"),
-        "dropout": get(p, f"{section}.lora.dropout"), "target_modules": get(p, f"{section}.lora.target_modules")}
+        "r": cfg.lora.r, "alpha": cfg.lora.alpha,
+        "dropout": cfg.lora.dropout, "target_modules": cfg.lora.target_modules}
     # every rank trains and takes part in the save; the adapter is written to a scratch folder and swapped into
     # place by the main process once all ranks have saved (sciexplain.dist.save_adapter)
     metrics = train_sft(base_dir, train, val, out, init_adapter=init_adapter, lora=lora, trainer=trainer, section=section,
-                        quantize_4bit=get(p, "model.quantize_4bit"), scratch_dir=scratch, live_dir=live_dir)
+                        quantize_4bit=p.model.quantize_4bit, scratch_dir=scratch, live_dir=live_dir)
     if not is_main_process():
         return
     metrics["data"] = data

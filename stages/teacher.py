@@ -18,13 +18,12 @@ warning goes to stderr when the teacher is not better. The stage runs before ``s
 """
 import json
 import sys
-from collections import Counter
 from pathlib import Path
 
 import click
 
-from sciexplain.cli import get, params_option, read_params, stage
-from sciexplain.records import DataError, read_jsonl, write_json, write_jsonl
+from sciexplain.cli import params_option, read_params, stage
+from sciexplain.records import read_jsonl, write_json, write_jsonl
 
 
 @click.command()
@@ -45,87 +44,44 @@ from sciexplain.records import DataError, read_jsonl, write_json, write_jsonl
 @stage
 def main(prepared, base_dir, prompts_dir, out_dir, cache_path, metrics_path, student_path, validation_path,
          judge_prompt, judge_cache, params_path):
-    from sciexplain import prompts
+    from sciexplain import models, teacher
     from sciexplain.batch_api import export_batch, import_batch
-    from sciexplain.cache import generate_cached
     from sciexplain.backends import make_backend
-    from sciexplain.generation import GenRequest, SamplingParams
+    from sciexplain.cache import generate_cached
+    from sciexplain.generation import SamplingParams
 
-    from sciexplain import models
-    p = read_params(params_path)
-    models.set_compute_dtype(get(p, "model.compute_dtype"))  # bf16 or fp32, by CPU and work
-    kind = get(p, "teacher.backend")
-    plan = prompts.check_plan(get(p, "teacher.plan"))
-    system = prompts.load_system_prompt(prompts_dir, plan)
-    shots = prompts.load_few_shot(prompts_dir, get(p, "teacher.few_shot"), plan)
-    sampling = SamplingParams(max_new_tokens=get(p, "teacher.max_new_tokens"), temperature=get(p, "teacher.temperature"),
-                              top_p=get(p, "teacher.top_p"), seed=get(p, "teacher.seed"),
-                              repetition_penalty=get(p, "teacher.repetition_penalty"))
-    splits = get(p, "teacher.splits")
-    questions = {s: read_jsonl(Path(prepared) / f"{s}.jsonl") for s in splits}
-    requests = [GenRequest.from_messages(q["id"], prompts.teacher_messages(q["question"], system, shots, plan))
-                for s in splits for q in questions[s]]
-    model_name = get(p, "teacher.model") if kind not in ("local", "vllm", "llamacpp") else None
-
-    if kind == "batch-export":
-        path = get(p, "teacher.batch_file")
-        n = export_batch(requests, sampling, model_name, path)
-        raise click.ClickException(f"wrote {n} Batch API requests to {path}: submit it, download the output, "
+    p = read_params(params_path, "teacher")
+    models.set_compute_dtype(p.model.compute_dtype)  # bf16 or fp32, by CPU and work
+    t = p.teacher
+    sampling = SamplingParams(max_new_tokens=t.max_new_tokens, temperature=t.temperature, top_p=t.top_p,
+                              seed=t.seed, repetition_penalty=t.repetition_penalty)
+    questions, requests, shots = teacher.requests(t, prompts_dir, prepared)
+    model_name = t.model if t.backend not in teacher.LOCAL_BACKENDS else None
+    if t.backend == "batch-export":
+        n = export_batch(requests, sampling, model_name, t.batch_file)
+        raise click.ClickException(f"wrote {n} Batch API requests to {t.batch_file}: submit it, download the output, "
                                    f"then set teacher.backend=batch-import and teacher.batch_file=<output> and rerun")
-    if kind == "batch-import":
-        results = import_batch(get(p, "teacher.batch_file"), requests)
-        tokens_per_s = None
-        cache_stats = {}
+    if t.backend == "batch-import":
+        results, log = import_batch(t.batch_file, requests), "batch import"
     else:
-        backend = make_backend(kind, base_dir=base_dir, batch_size=get(p, "teacher.batch_size"), model=model_name,
-                               quantize_4bit=get(p, "model.quantize_4bit"),
-                               base_url=get(p, "teacher.base_url"), api_key_env=get(p, "teacher.api_key_env"),
-                               max_concurrency=get(p, "teacher.max_concurrency"), max_retries=get(p, "teacher.max_retries"),
-                               weights=get(p, "teacher.weights"), vllm=get(p, "vllm") if kind == "vllm" else None,
-                               gguf=get(p, "teacher.gguf"), where="teacher.backend")
+        backend = make_backend(t.backend, base_dir=base_dir, batch_size=t.batch_size, model=model_name,
+                               quantize_4bit=p.model.quantize_4bit, base_url=t.base_url, api_key_env=t.api_key_env,
+                               max_concurrency=t.max_concurrency, max_retries=t.max_retries, weights=t.weights,
+                               vllm=p.vllm.model_dump() if t.backend == "vllm" else None, gguf=t.gguf,
+                               where="teacher.backend")
         results = generate_cached(backend, requests, sampling, cache_path, desc="teacher")
-        cache_stats = results.stats.as_dict()
-        tokens_per_s = round(backend.tokens_per_second(), 2) if hasattr(backend, "tokens_per_second") else None
-
-    label = {"local": f"local:{base_dir}", "vllm": f"vllm:{base_dir}",
-             "llamacpp": f"llamacpp:{get(p, 'teacher.gguf')}"}.get(kind, f"{kind}:{model_name}")
-    min_words = get(p, "teacher.min_words")
-    unfinished = get(p, "teacher.unfinished")
-    drops, kept, out = Counter(), Counter(), {}
-    it = iter(results)
-    for s in splits:
-        recs = []
-        for q in questions[s]:
-            r = next(it)
-            answer, reason = prompts.clean_teacher_answer(r.text, r.finished, min_words, unfinished)
-            drops[reason or "kept"] += 1
-            kept[s] += reason is None
-            recs.append({"id": q["id"], "question": q["question"], "model": "teacher", "sample": 0, "answer": answer,
-                         "completion_tokens": r.completion_tokens, "finished": r.finished,
-                         "keep": reason is None, "drop_reason": reason, "source": label})
-        out[s] = recs
-    if kept.get("sft", 1) == 0 and "sft" in splits:
-        raise DataError(cache_path, None, None, f"every teacher answer for the sft split was filtered out ({dict(drops)}); "
-                        "check the teacher backend and teacher.min_words")
+        speed = backend.tokens_per_second() if hasattr(backend, "tokens_per_second") else None
+        log = f"cache {results.stats.as_dict()}; {round(speed, 2) if speed else '-'} tokens/s"
+    source = teacher.label(t, base_dir)
+    out, kept, drops = teacher.keep_answers(questions, results, t, source, cache_path)
     for s, recs in out.items():
         write_jsonl(Path(out_dir) / f"{s}.jsonl", recs)
-    n = len(results)
-    metrics = {
-        "backend": kind, "model": label, "plan": plan, "few_shot": len(shots), "answers": n,
-        "kept": dict(kept), "filtered": {k: v for k, v in sorted(drops.items()) if k != "kept"},
-        "kept_fraction": round(sum(kept.values()) / max(n, 1), 4),
-        "mean_completion_tokens": round(sum(r.completion_tokens for r in results) / max(n, 1), 1),
-        "finished_fraction": round(sum(r.finished for r in results) / max(n, 1), 4),
-        "empty_fraction": round(drops["empty"] / max(n, 1), 4),
-        "max_new_tokens": sampling.max_new_tokens,
-        "vs_student": check_student(out.get("sft"), student_path, validation_path, base_dir, judge_prompt, judge_cache,
-                                    get(p, "judge.panel"), get(p, "teacher.seed")),
-    }
-    write_json(metrics_path, {**metrics, **models.run_facts("generate", kind)})
-    # run-time counters go to the log only: a fully cached rerun must leave the metrics unchanged
-    click.echo(f"teacher: cache {cache_stats or '-'}; {tokens_per_s or '-'} tokens/s", err=True)
-    click.echo(f"teacher: {sum(kept.values())}/{n} answers kept; filtered {metrics['filtered']}; "
-               f"{metrics['finished_fraction']:.0%} finished within {sampling.max_new_tokens} tokens")
+    metrics = teacher.teacher_metrics(t, source, results, kept, drops, len(shots), sampling.max_new_tokens)
+    metrics["vs_student"] = check_student(out.get("sft"), student_path, validation_path, base_dir, judge_prompt,
+                                          judge_cache, p.judge.panel, t.seed)
+    write_json(metrics_path, {**metrics, **models.run_facts("generate", t.backend)})
+    click.echo(f"teacher: {log}", err=True)  # run-time counters go to the log only: a cached rerun changes no metric
+    click.echo(f"teacher: {sum(kept.values())}/{len(results)} answers kept; filtered {metrics['filtered']}")
 
 
 def check_student(teacher_sft, student_path, validation_path, base_dir, judge_prompt, judge_cache, panel_spec, seed):

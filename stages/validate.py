@@ -10,20 +10,11 @@ the longer-answer rule, Holm-adjusted.
 
 import click
 
-from sciexplain.cli import get, params_option, read_params, stage
+from sciexplain.cli import params_option, read_params, stage
 from sciexplain.human_pairs import load_pairs, prepared_question_ids, split_pairs
 from sciexplain.records import DataError, Drops, new_dir, write_json, write_jsonl
 from sciexplain.judges import Panel
 from sciexplain.validation import cap_pairs, validate
-
-
-def _int_param(p, key, minimum, allow_none=False):
-    value = get(p, key)
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise DataError("params.yaml", None, key, f"must be an integer >= {minimum}{' or null' if allow_none else ''}, got {value!r}")
-    return value
 
 
 @click.command()
@@ -37,25 +28,21 @@ def _int_param(p, key, minimum, allow_none=False):
 @params_option
 @stage
 def main(prepared_dir, base_dir, prompt_path, cache_dir, out_dir, metrics_path, params_path):
-    p = read_params(params_path)
-    seed = _int_param(p, "validate.seed", 0)
-    n_resamples = _int_param(p, "validate.bootstrap", 0)
-    max_pairs = _int_param(p, "validate.max_pairs", 1, allow_none=True)
-    defaults = {"min_score_gap": _int_param(p, "validate.min_score_gap", 1),
-                "max_pairs_per_question": _int_param(p, "validate.max_pairs_per_question", 1),
-                "margin_full_gap": _int_param(p, "validate.margin_full_gap", 1),
-                "max_answer_chars": _int_param(p, "validate.max_answer_chars", 1, allow_none=True)}
-    panel = Panel(get(p, "judge.panel"), base_dir=base_dir, cache_dir=cache_dir, prompt_path=prompt_path)
-    test_fraction = get(p, "validate.test_fraction")
+    p = read_params(params_path, "validate")
+    v = p.validate
+    seed = v.seed
+    defaults = {"min_score_gap": v.min_score_gap, "max_pairs_per_question": v.max_pairs_per_question,
+                "margin_full_gap": v.margin_full_gap, "max_answer_chars": v.max_answer_chars}
+    panel = Panel(p.judge.panel, base_dir=base_dir, cache_dir=cache_dir, prompt_path=prompt_path)
 
     drops = Drops()
-    pairs = load_pairs(get(p, "validate.sources"), drops, defaults=defaults)
-    train, test = split_pairs(pairs, test_fraction, seed, prepared_question_ids(prepared_dir), drops)
+    pairs = load_pairs([s.model_dump(exclude_unset=True) for s in v.sources], drops, defaults=defaults)
+    train, test = split_pairs(pairs, v.test_fraction, seed, prepared_question_ids(prepared_dir), drops)
     if not test:
         raise DataError("params.yaml", None, "validate.sources", f"no human test pairs left ({len(pairs)} pairs read, "
                         f"{drops.counts['in_prepared_split']} share a question with a prepared split)")
-    used = cap_pairs(test, max_pairs, seed)
-    metrics = validate(used, panel, seed=seed, n_resamples=n_resamples)
+    used = cap_pairs(test, v.max_pairs, seed)
+    metrics = validate(used, panel, seed=seed, n_resamples=v.bootstrap)
     metrics["pairs"].update({"read": len(pairs), "train": len(train), "test": len(test),
                              "train_questions": len({r["id"] for r in train}), "test_questions": len({r["id"] for r in test}),
                              "dropped": dict(sorted(drops.counts.items()))})

@@ -158,7 +158,7 @@ def test_judge_and_winrate_then_a_human_file(project, tiny_base):
     assert "multiple_testing" not in m  # the report adjusts the pairs of the study as one family
     assert m["power_at_eval_n"]["n"] == 4 and m["excluded_dropped_answers"] == {"base": 0, "sft": 0}
     assert m["stale_rows"] == {f"data/judgments/base_vs_sft/judge-{n}.jsonl": 0 for n in ("rubric", "tiny")}
-    from stages.report import strength_rows
+    from sciexplain.study_report import strength_rows
     plot = strength_rows("base_vs_sft", m)
     assert {(r[1], r[2], r[3]) for r in plot} >= {("base_vs_sft", "judge-rubric", "sft")}
     assert sum(r[5] for r in plot if r[2] == "judge-rubric" and r[3] == "sft") == 4

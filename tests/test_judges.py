@@ -191,9 +191,11 @@ def test_llm_judge_cache_no_second_call(tmp_path):
     ({"name": "x"}, "judge.panel"),
 ])
 def test_validate_panel_errors_name_the_entry(spec, field):
-    with pytest.raises(DataError) as e:
+    from sciexplain.params_schema import ParamsError
+
+    with pytest.raises(ParamsError) as e:
         validate_panel(spec)
-    assert f"'{field}'" in str(e.value) and "params.yaml" in str(e.value)
+    assert str(e.value).startswith("params.yaml: judge.panel") and field in str(e.value), str(e.value)
 
 
 # --------------------------------------------------------------------------- real backends

@@ -1,4 +1,5 @@
-"""dvc.yaml is honest: each stage lists its script and the library modules it imports, and its params exist."""
+"""dvc.yaml is honest: each stage depends on its code fingerprint (its script and the library modules it imports),
+changing one module reruns exactly the stages that import it, and the params a stage reads are declared and exist."""
 import ast
 import re
 import sys
@@ -9,12 +10,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 PKG = "sciexplain"
-sys.path.insert(0, str(ROOT / "scripts"))
-import dvc_deps  # noqa: E402  the one place that computes a stage's library deps (--write puts them in dvc.yaml)
-
-
-def closure(script: Path) -> set[str]:
-    return dvc_deps.closure(script, ROOT)
+from sciexplain import code_deps  # noqa: E402  the one place that computes what a stage's code is made of
 
 
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -64,26 +60,28 @@ def _stages():
     return out
 
 
-STAGES = _stages()
+STAGES = {k: v for k, v in _stages().items() if k != "code"}  # the code stage runs sciexplain.code_deps
 
 
 @pytest.mark.parametrize("name", sorted(STAGES))
-def test_stage_deps_are_exact(name):
+def test_stage_code_is_one_fingerprint_dep(name):
+    """A stage's code is one dep, ``build/code/<script>.txt`` (its script + every module it imports, written by the
+    ``code`` stage); no stage lists library files itself, and every other dep exists or is a pipeline output."""
     st = STAGES[name]
     m = re.search(r"-m (stages\.\w+)", st["cmd"])
     assert m, f"stage {name}: cmd must run a stages/ module"
-    script = m.group(1).replace(".", "/") + ".py"
-    deps = set(st.get("deps", []))
-    assert script in deps, f"stage {name} does not list its script {script}"
-    if PKG in deps:  # the whole package as one dep (a cheap stage): nothing to list per module
-        assert not {d for d in deps if d.startswith(PKG + "/")}, f"stage {name}: lists the package and its modules"
-        return
-    needed = closure(ROOT / script)
-    listed = {d for d in deps if d.startswith(PKG + "/") and d.endswith(".py")}
-    assert needed - listed == set(), f"stage {name} imports but does not list: {sorted(needed - listed)}"
-    assert listed - needed == set(), f"stage {name} lists but does not import: {sorted(listed - needed)}"
-    for d in deps:
+    deps = list(st.get("deps", []))
+    assert deps[0] == f"build/code/{m.group(1).split('.')[1]}.txt", f"stage {name}: first dep must be its code"
+    assert not [d for d in deps if d.startswith((PKG, "stages"))], f"stage {name}: lists code files; use its fingerprint"
+    for d in deps[1:]:
         assert (ROOT / d).exists() or d.startswith(("models/", "data/", "metrics/")), f"stage {name}: dep {d} missing"
+
+
+def test_the_code_stage_covers_every_stage_script():
+    code = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["code"]
+    assert set(code["deps"]) == {"stages", PKG} and code["cmd"].split()[2] == "sciexplain.code_deps"
+    used = {STAGES[n]["deps"][0] for n in STAGES if n != "code"}
+    assert used == {f"build/code/{p.stem}.txt" for p in code_deps.scripts(ROOT)}
 
 
 @pytest.mark.parametrize("name", sorted(STAGES))
@@ -97,60 +95,71 @@ def test_stage_params_exist(name):
             node = node[part]
 
 
-def _option_dests(tree) -> dict[str, str]:
-    """``{python parameter name: --flag}`` of a Click command's options (``--model-name`` -> ``model_name``)."""
+def _options(tree) -> dict[str, tuple[str, object]]:
+    """``{python parameter name: (--flag, default)}`` of a Click command's options (``--model-name`` -> ``model_name``)."""
     out = {}
     for node in ast.walk(tree):
         if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "option":
             args = [a.value for a in node.args if isinstance(a, ast.Constant) and isinstance(a.value, str)]
             flags = [a for a in args if a.startswith("--")]
             names = [a for a in args if not a.startswith("-")]
+            default = next((k.value.value for k in node.keywords if k.arg == "default" and isinstance(k.value, ast.Constant)),
+                           None)
             if flags:
-                out[names[0] if names else flags[0][2:].replace("-", "_")] = flags[0]
+                out[names[0] if names else flags[0][2:].replace("-", "_")] = (flags[0], default)
     return out
 
 
 def params_read(script: Path, cmd: str) -> set[str]:
-    """Every key the script reads with ``get(p, "...")`` or ``get(p, f"...{opt}...")``, an f-string's names filled
-    in from the stage's cmd (``--section rs`` -> ``rs``)."""
+    """Every params key the script reads as an attribute chain of its params (``p.sft.lora.r``), through an alias
+    (``cfg = getattr(p, section)`` with ``section`` an option of the stage's cmd, ``--section rs`` -> ``rs.*``;
+    ``v = p.validate``), or by section name (``p.as_dict("teacher", ...)``); a method at the end of a chain
+    (``p.sft.trainer.config_kwargs()``, ``p.answer.models.get(name)``) is not part of the key."""
     tree = ast.parse(script.read_text())
-    dests, words = _option_dests(tree), cmd.split()
-    keys = set()
-    helpers = {}  # a helper that passes its own argument on: def _int_param(p, key, ...): get(p, key)
-    for fn in ast.walk(tree):
-        if isinstance(fn, ast.FunctionDef):
-            names = [a.arg for a in fn.args.args]
-            for node in ast.walk(fn):
-                if (isinstance(node, ast.Call) and getattr(node.func, "id", None) == "get" and len(node.args) >= 2
-                        and getattr(node.args[1], "id", None) in names):
-                    helpers[fn.name] = names.index(node.args[1].id)
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Call) and getattr(node.func, "id", None) in helpers:
-            arg = node.args[helpers[node.func.id]]
-            assert isinstance(arg, ast.Constant), f"{script}: a params key the test cannot read: {ast.unparse(arg)}"
-            keys.add(arg.value)
-        if not (isinstance(node, ast.Call) and getattr(node.func, "id", None) == "get" and len(node.args) >= 2
-                and getattr(node.args[0], "id", None) == "p"):
-            continue
-        arg = node.args[1]
-        if isinstance(arg, ast.Constant):
-            keys.add(arg.value)
-            continue
-        if isinstance(arg, ast.Name) and any(node in ast.walk(f) for f in ast.walk(tree)
-                                             if isinstance(f, ast.FunctionDef) and f.name in helpers):
-            continue  # read through a helper: its callers' keys are collected above
-        assert isinstance(arg, ast.JoinedStr), f"{script}: a params key the test cannot read: {ast.unparse(arg)}"
+    options, words = _options(tree), cmd.split()
+
+    def option_value(name):
+        flag, default = options.get(name, (None, None))
+        assert flag, f"{script}: params read through {name}, which is not an option of the stage"
+        return words[words.index(flag) + 1] if flag in words else default
+
+    aliases = {"p": ""}
+    calls = {id(n.func) for n in ast.walk(tree) if isinstance(n, ast.Call)}
+    inner = {id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
+
+    def key_of(node) -> str | None:
         parts = []
-        for v in arg.values:
-            if isinstance(v, ast.Constant):
-                parts.append(v.value)
-                continue
-            name = getattr(v.value, "id", None)
-            flag = dests.get(name)
-            assert flag and flag in words, f"{script}: f-string key {ast.unparse(arg)}: {name} is not an option of the cmd"
-            parts.append(words[words.index(flag) + 1])
-        keys.add("".join(parts))
-    return keys
+        if id(node) in calls and isinstance(node, ast.Attribute):
+            node = node.value  # a method call at the end of the chain
+        while isinstance(node, ast.Attribute):
+            parts.append(node.attr)
+            node = node.value
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "getattr" \
+                and getattr(node.args[0], "id", None) in aliases:
+            arg = node.args[1]
+            name = arg.value if isinstance(arg, ast.Constant) else option_value(arg.id)
+            parts.append(name)
+            node = node.args[0]
+        if not (isinstance(node, ast.Name) and node.id in aliases):
+            return None
+        return ".".join(x for x in [aliases[node.id], *reversed(parts)] if x)
+
+    for node in ast.walk(tree):  # aliases first: x = p.section / getattr(p, option)
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name) \
+                and node.targets[0].id != "p" and isinstance(node.value, (ast.Attribute, ast.Call)):
+            key = key_of(node.value)
+            if key:
+                aliases[node.targets[0].id] = key
+    keys = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and id(node) not in inner:
+            key = key_of(node)
+            if key and key.split(".", 1)[0] != "as_dict":
+                keys.add(key)
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "as_dict" \
+                and getattr(node.func.value, "id", None) == "p":
+            keys |= {a.value for a in node.args if isinstance(a, ast.Constant)}
+    return {k for k in keys if k}
 
 
 def _in_params(key: str) -> bool:
@@ -181,14 +190,45 @@ def test_the_params_check_sees_f_string_keys():
     assert "rs.trainer" in params_read(script, STAGES["rs"]["cmd"])
     assert "sft.trainer" in params_read(script, STAGES["sft"]["cmd"])
     assert "sft.lora.r" in params_read(script, STAGES["sft"]["cmd"])
-    assert "answer.models.sft" in params_read(ROOT / "stages/answer.py", STAGES["answer@sft"]["cmd"])
+    assert "answer.models" in params_read(ROOT / "stages/answer.py", STAGES["answer@sft"]["cmd"])
     assert "validate.margin_full_gap" in params_read(ROOT / "stages/validate.py", STAGES["validate"]["cmd"])
 
 
-def test_dvc_yaml_library_deps_are_what_the_tool_writes():
-    """dvc.yaml's sciexplain/ lines are exactly what ``python scripts/dvc_deps.py --write`` makes of the imports."""
-    text = (ROOT / "dvc.yaml").read_text()
-    assert dvc_deps.rewrite(text, ROOT) == text, "run: python scripts/dvc_deps.py --write"
+@pytest.mark.e2e
+def test_changing_one_module_reruns_exactly_the_stages_that_import_it(tmp_path):
+    """The precision of the fingerprints, through DVC itself: a project with the real ``code`` stage and, per stage
+    script, a stage that depends on its fingerprint only. After a first ``dvc repro``, a change to one library
+    module reruns ``code`` and exactly the stages whose scripts import that module (directly, through other modules
+    or lazily), and a second ``dvc repro`` runs nothing."""
+    import shutil
+    import subprocess
+
+    shutil.copytree(ROOT / "stages", tmp_path / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / PKG, tmp_path / PKG, ignore=shutil.ignore_patterns("__pycache__"))
+    (tmp_path / ".dvcignore").write_text((ROOT / ".dvcignore").read_text())
+    code = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["code"]
+    names = [p.stem for p in code_deps.scripts(tmp_path)]
+    stages = {"code": code, **{n: {"cmd": f"python -c \"open('out/{n}.txt', 'w').write('ran')\"",
+                                    "deps": [f"build/code/{n}.txt"], "outs": [f"out/{n}.txt"]} for n in names}}
+    (tmp_path / "out").mkdir()
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}))
+    dvc = [str(Path(sys.executable).with_name("dvc"))]
+    env = {**__import__("os").environ, "DVC_NO_ANALYTICS": "1", "PYTHONPATH": str(tmp_path)}
+
+    def repro() -> set[str]:
+        r = subprocess.run(dvc + ["repro"], cwd=tmp_path, capture_output=True, text=True, env=env)
+        assert r.returncode == 0, r.stdout + r.stderr
+        return set(re.findall(r"Running stage '([^']+)'", r.stdout))
+
+    subprocess.run(dvc + ["init", "--no-scm", "-q"], cwd=tmp_path, check=True, env=env)
+    assert repro() == {"code", *names}
+    module = f"{PKG}/rubric.py"
+    importers = {n for n in names if module in code_deps.closure(tmp_path / "stages" / f"{n}.py", tmp_path)}
+    assert {"judge", "validate", "teacher"} <= importers and not {"base_model", "prepare", "sft"} & importers
+    with open(tmp_path / module, "a") as f:
+        f.write("\n# a change\n")
+    assert repro() == {"code", *importers}
+    assert repro() == set()
 
 
 TRAINING_STAGES = {"sft": "sft", "rs": "rs", "reward_model": "reward_model", "dpo": "dpo", "grpo": "grpo"}

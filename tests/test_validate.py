@@ -195,15 +195,14 @@ def test_validate_stage_end_to_end(workdir):
 
 def test_default_params_validate_the_shipped_pairs(workdir):
     """The default validate params read the shipped human pairs (no prepared split overlaps them)."""
-    from sciexplain.cli import get
+    from sciexplain.cli import read_params
     from sciexplain.records import Drops
     from sciexplain.human_pairs import load_pairs, split_pairs
-    from sciexplain.records import load_params
 
-    p = load_params("params.yaml")
+    p = read_params("params.yaml", "validate")
     drops = Drops()
-    pairs = load_pairs(get(p, "validate.sources"), drops)
-    train, test = split_pairs(pairs, get(p, "validate.test_fraction"), get(p, "validate.seed"))
+    pairs = load_pairs([s.model_dump(exclude_unset=True) for s in p.validate.sources], drops)
+    train, test = split_pairs(pairs, p.validate.test_fraction, p.validate.seed)
     assert len(pairs) >= 150 and len(test) >= 50 and not {x["id"] for x in train} & {x["id"] for x in test}
     bank = [json.loads(x) for x in (ROOT / "data/raw/questions.jsonl").read_text().splitlines()]
     assert not {stable_id(b["question"]) for b in bank} & {x["id"] for x in pairs}
