@@ -96,8 +96,9 @@ def _pct(x) -> str:
 
 
 def verdict_sentence(v: Mapping) -> str:
-    """The verdict in plain words: who decided, the votes, n, p, and the smallest win rate this n detects."""
-    s, o, src = v["subject"], v["opponent"], v["source_label"]
+    """The verdict in plain words: who decided, the votes, n, p, and the smallest win rate this n detects. Metrics
+    files hold the verdict's numbers and codes only; reports and logs say it with this sentence."""
+    s, o, src = v["subject"], v["opponent"], source_label(v)
     votes = f"{s} won {v['wins']} of {v['decisive']} decisive votes ({_pct(v['win_rate'])}; {v['ties']} ties, n = {v['n']})"
     det = v.get("detectable_win_rate")
     power = (f"at this n a true win rate of {_pct(det)} or more (or {_pct(1 - det)} or less) is detected with 80% "
@@ -125,16 +126,19 @@ def verdict_sentence(v: Mapping) -> str:
 
 def verdict_for(summary: Mapping, subject: str, opponent: str, source: str, human_agreement: Mapping | None,
                 human: bool) -> dict:
-    """:func:`comparison_verdict` of one summary (subject's wins vs opponent's wins) + who decided + a sentence."""
+    """:func:`comparison_verdict` of one summary (subject's wins vs opponent's wins) + who decided."""
     models, ties = summary["models"], summary["ties"]["count"]
     ci = None if not human_agreement else (human_agreement.get("ci_low"), human_agreement.get("ci_high"))
     v = comparison_verdict(models[subject]["wins"], models[opponent]["wins"], ties, ci, human=human)
     v.update(subject=subject, opponent=opponent, source=source, human=human,
-             source_label=("the human annotators" if human else
-                           f"the judge {source[len('judge-'):] if source.startswith('judge-') else source}"),
              human_agreement=None if human else human_agreement)
-    v["sentence"] = verdict_sentence(v)
     return v
+
+
+def source_label(v: Mapping) -> str:
+    """Who decided a verdict, in words: ``the human annotators``, ``the judge rubric``."""
+    src = v["source"]
+    return "the human annotators" if v.get("human") else f"the judge {src[len('judge-'):] if src.startswith('judge-') else src}"
 
 
 def _headline_judge(judges: Mapping[str, Mapping]) -> str:
@@ -221,12 +225,9 @@ def adjust_family(metrics: Mapping[str, dict], family: str, alpha: float = 0.05)
         v["unadjusted_verdict"] = v["verdict"]
         if v["verdict"] in (BETTER, WORSE) and (v["p_holm"] is None or v["p_holm"] > alpha):
             v["verdict"] = CANNOT_TELL
-        v["sentence"] = verdict_sentence(v)
     tested = [p for p, x in raw.items() if x is not None]
     return {"family": family, "method": "holm", "alpha": alpha, "m": len(tested), "members": sorted(tested),
-            "adjusted": len(tested) > 1,
-            "note": ("headline sign tests Holm-adjusted across the family" if len(tested) > 1
-                     else "a single headline test: nothing to adjust")}
+            "adjusted": len(tested) > 1}
 
 
 def power_at(n: int, alpha: float = 0.05, power: float = 0.8) -> dict:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import os
 import platform
+import re
 
 # This process's ``model.compute_dtype`` (set by a stage through :func:`sciexplain.models.set_compute_dtype`; kept
 # here, in a module without torch, so :func:`sciexplain.cli.stage` can forget it when the stage returns).
@@ -89,7 +90,7 @@ def llama_cpp_info() -> str | None:
 def facts(engine: bool = False) -> dict:
     """The machine, for a metrics file: CPU model and the flags that matter, cores, torch build (and llama.cpp's
     build string with ``engine=True``)."""
-    out = {"cpu": cpu_model(), "arch": platform.machine(), "cores": cores(),
+    out = {"cpu": short_cpu(cpu_model()), "arch": platform.machine(), "cores": cores(),
            "features": {f: f in cpu_flags() for f in FEATURES}, "bf16": bf16_class()}
     try:
         import torch
@@ -99,5 +100,23 @@ def facts(engine: bool = False) -> dict:
     except ImportError:
         pass
     if engine:
-        out["llama_cpp"] = llama_cpp_info()
+        out["llama_cpp"] = engine_features(llama_cpp_info())
     return out
+
+
+def short_cpu(model: str | None) -> str | None:
+    """``Intel(R) Xeon(R) Platinum 8480+`` -> ``Intel Xeon Platinum 8480+`` (a metrics value stays a short code)."""
+    if not model:
+        return model
+    model = re.sub(r"\((R|TM|r|tm)\)|\bCPU\b|\bProcessor\b|@.*$", " ", model)
+    return " ".join(model.split())[:48]
+
+
+def engine_features(info: str | None) -> list[str] | None:
+    """The SIMD paths in llama.cpp's build string (``CPU : SSE3 AVX AVX2 F16C FMA ...`` or ``AVX = 1 | ...``)."""
+    if not info:
+        return None
+    on = re.findall(r"\b([A-Z0-9_]+) = 1\b", info)
+    if not on:
+        on = [w for part in info.split("|") if ":" in part for w in part.split(":", 1)[1].split()]
+    return sorted(dict.fromkeys(on))

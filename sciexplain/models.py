@@ -225,17 +225,19 @@ def resolve_source(source: str, revision: str | None = None, gguf_file: str | No
     """Describe where the base model comes from: ``embedded``, a local directory, or a hub id (+ revision)."""
     if source in ("embedded", "", None):
         g = embedded_gguf()
-        return {"kind": "gguf", "path": str(g.parent), "gguf_file": g.name, "label": f"embedded:{EMBEDDED_PACKAGE}/{g.name}"}
+        return {"kind": "gguf", "path": str(g.parent), "gguf_file": g.name, "label": f"embedded:{EMBEDDED_PACKAGE}/{g.name}",
+                "origin": "embedded", "name": g.name}
     p = Path(source).expanduser()
     if p.exists():
         if not p.is_dir():
             raise ModelSourceError(f"base_model.source {source!r} is a file; give the folder that holds it (and base_model.gguf_file)")
         if gguf_file:
-            return {"kind": "gguf", "path": str(p), "gguf_file": gguf_file, "label": f"local:{p}/{gguf_file}"}
-        return {"kind": "local", "path": str(p), "label": f"local:{p}"}
+            return {"kind": "gguf", "path": str(p), "gguf_file": gguf_file, "label": f"local:{p}/{gguf_file}",
+                    "origin": "local", "name": gguf_file}
+        return {"kind": "local", "path": str(p), "label": f"local:{p}", "origin": "local", "name": p.name}
     if source.count("/") == 1 and not source.startswith((".", "/")):
         return {"kind": "hub", "path": source, "revision": revision or "main", "gguf_file": gguf_file,
-                "label": f"hub:{source}@{revision or 'main'}"}
+                "label": f"hub:{source}@{revision or 'main'}", "origin": "hub", "name": source}
     raise ModelSourceError(f"base_model.source {source!r}: not 'embedded', an existing folder, or a hub id 'org/name'")
 
 
@@ -294,7 +296,7 @@ def materialize_base(source: str, out_dir: str | os.PathLike, revision: str | No
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
     return {
-        "source": src["label"],
+        "source": src["origin"], "model": src["name"], "label": src["label"],
         "parameters": int(sum(p.numel() for p in model.parameters())),
         "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
         "architecture": model.config.architectures[0] if model.config.architectures else type(model).__name__,

@@ -18,7 +18,7 @@ Context schema (every top-level key is optional; a missing or empty section is o
       "opening": evaluation.opening(...) = {  # the first section, before any table
           "warnings": [str],                #   each a line at the very top of the report (before the title)
           "verdicts": [{"comparison", "verdict", "sentence", "source", "n", "detectable_win_rate", "beside": [str]}],
-          "multiple_testing": {"family", "m", "adjusted", "note", ...},
+          "multiple_testing": {"family", "m", "adjusted", ...},
           "power": {"n", "detectable_win_rate", "alpha", "power"},
           "dropped": {model: {"n", "reasons"}}},
       "judges_beside": {"sft vs base": comparisons.summarize(...) output, ...},   # each judge beside the headline
@@ -57,6 +57,7 @@ from jinja2 import (
 )
 from markupsafe import Markup
 
+from .comparisons import source_label
 from .records import write_text
 
 DEFAULT_TITLE = "Scientific explanations: study report"
@@ -191,7 +192,7 @@ def _winrate_section(ctx: Mapping) -> list:
         models = s.get("models") or {}
         ties = s.get("ties") or {}
         v = s.get("verdict") or {}
-        who = v.get("source_label") or ", ".join(map(str, s.get("annotators") or []))
+        who = (source_label(v) if v.get("source") else None) or ", ".join(map(str, s.get("annotators") or []))
         for m in _pair_order(name, s):
             ms = models.get(m) or {}
             rows.append([name, str(who), m, _num(s.get("n_items")), _num(ms.get("wins")), _pct(ms.get("win_rate")),

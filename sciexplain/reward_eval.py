@@ -197,7 +197,7 @@ def evaluate_saved(base_dir, reward_dir, data, rm, enc, *, quantize_4bit, train_
 
 def summary_lines(m: Mapping) -> list[tuple[str, bool]]:
     """What the stage prints: ``(line, is_warning)``."""
-    from .rm_gate import PARAM
+    from .rm_gate import PARAM, message
 
     h, ev_loss = m["heldout"], m["loss"]
     lg, rb, mc = m["baselines"]["longer_answer"], m["baselines"]["rubric_judge"], m["vs_longer"]["reward_model"]
@@ -209,6 +209,6 @@ def summary_lines(m: Mapping) -> list[tuple[str, bool]]:
         out.append((f"warning: the reward model's held-out loss {ev_loss['heldout']} does not beat the constant "
                     f"predictor's {ev_loss['constant']}: it has not learned the human preferences", True))
     if not m["validation"]["cleared"]:
-        out.append((f"warning: {m['validation']['message']}: stages that use it refuse unless {PARAM}: true "
+        out.append((f"warning: {message(m['validation'])}: stages that use it refuse unless {PARAM}: true "
                     f"(now {str(m['validation'].get('allow_unvalidated', False)).lower()})", True))
     return out

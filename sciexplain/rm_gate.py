@@ -35,15 +35,19 @@ def validation_block(accuracy: float | None, ci_low: float | None, ci_high: floa
     held-out pairs (no interval) the model is not cleared."""
     cleared = ci_low is not None and float(ci_low) > CHANCE
     return {"cleared": bool(cleared), "accuracy": accuracy, "ci_low": ci_low, "ci_high": ci_high,
-            "interval": INTERVAL, "threshold": CHANCE, "n": int(n), "questions": int(questions),
-            "on": "held-out human pairs (data/human_pairs/test.jsonl)", "allow_unvalidated": bool(allow_unvalidated),
-            "message": None if cleared else figure(accuracy, ci_low, ci_high, n)}
+            "interval": "cluster_bootstrap_95", "threshold": CHANCE, "n": int(n), "questions": int(questions),
+            "allow_unvalidated": bool(allow_unvalidated)}
 
 
 def figure(accuracy, ci_low, ci_high, n) -> str:
     """``reward model's held-out human-pair accuracy 0.52, 95% CI 0.43–0.61 (n=118), does not clear 0.5``."""
     return (f"reward model's held-out human-pair accuracy {_fmt(accuracy)}, 95% CI {_fmt(ci_low)}–{_fmt(ci_high)} "
             f"({INTERVAL}, n={n}), does not clear {CHANCE}")
+
+
+def message(v: Mapping) -> str:
+    """The validation block in words (metrics hold only its numbers): what a refusal or a warning says."""
+    return figure(v.get("accuracy"), v.get("ci_low"), v.get("ci_high"), v.get("n"))
 
 
 def check(metrics: Mapping, allow_unvalidated: bool, stage: str) -> dict:
@@ -57,7 +61,7 @@ def check(metrics: Mapping, allow_unvalidated: bool, stage: str) -> dict:
                         f"reward_model stage); set {PARAM}: true to use it anyway")
     if v["cleared"]:
         return dict(v)
-    line = v.get("message") or figure(v.get("accuracy"), v.get("ci_low"), v.get("ci_high"), v.get("n"))
+    line = message(v)
     if not allow_unvalidated:
         raise UserError(f"{line}: {stage} refuses to use it; set {PARAM}: true to use it anyway")
     log.warning("%s: %s uses it anyway (%s: true); the report says so first", line, stage, PARAM)

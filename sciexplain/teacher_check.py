@@ -25,7 +25,7 @@ from __future__ import annotations
 from typing import Mapping, Sequence
 
 from .annotations import build_sheet
-from .comparisons import summarize
+from .comparisons import summarize, verdict_sentence
 
 PAIR = "teacher_vs_base"
 TEACHER, STUDENT = "teacher", "base"
@@ -59,7 +59,7 @@ def _figures(summary: Mapping) -> dict:
             "verdict": v["verdict"], "detectable_win_rate": v["detectable_win_rate"],
             "detectable_difference": v["detectable_difference"], "judge_agreement": ha.get("agreement"),
             "judge_ci_low": ha.get("ci_low"), "judge_ci_high": ha.get("ci_high"),
-            "judge_validated": bool(v["judge_validated"]), "sentence": v["sentence"]}
+            "judge_validated": bool(v["judge_validated"])}
 
 
 def teacher_vs_student(teacher: Sequence[Mapping], student: Sequence[Mapping], panel, validation: Mapping | None,
@@ -68,9 +68,9 @@ def teacher_vs_student(teacher: Sequence[Mapping], student: Sequence[Mapping], p
     items, counts = check_items(teacher, student)
     out = {"pair": PAIR, "n": len(items), **counts}
     if not items or not panel.names:
-        why = "no kept teacher answer has a student answer" if not items else "judge.panel is empty"
-        return out | {"judge": None, "verdict": None, "teacher_better": None, "win_rate": None,
-                      "sentence": f"The teacher was not compared with its student: {why}.", "judges": {}}
+        why = "no_student_answers" if not items else "empty_panel"
+        return out | {"judge": None, "verdict": None, "teacher_better": None, "win_rate": None, "not_compared": why,
+                      "judges": {}}
     sheet, key_rows = build_sheet(items, seed)
     key = {k["item_id"]: {"a_model": k["a_model"], "b_model": k["b_model"]} for k in key_rows}
     result = panel.judge(sheet, label="teacher vs student")
@@ -81,3 +81,18 @@ def teacher_vs_student(teacher: Sequence[Mapping], student: Sequence[Mapping], p
             "judges": judges,
             "finished_rule": {n: s.get("finished_rule", 0) for n, s in result.stats.items()}}
     return out
+
+
+NOT_COMPARED = {"no_student_answers": "no kept teacher answer has a student answer",
+                "empty_panel": "judge.panel is empty"}
+
+
+def sentence(block: Mapping) -> str:
+    """The ``vs_student`` block in plain words (metrics hold its numbers and codes; logs and the report say this)."""
+    if block.get("verdict") is None:
+        why = NOT_COMPARED.get(block.get("not_compared"), block.get("not_compared") or "not run")
+        return f"The teacher was not compared with its student: {why}."
+    agreement = {"agreement": block.get("judge_agreement"), "ci_low": block.get("judge_ci_low"),
+                 "ci_high": block.get("judge_ci_high")}
+    return verdict_sentence({**block, "subject": TEACHER, "opponent": STUDENT, "source": block["judge"], "human": False,
+                             "human_agreement": agreement})

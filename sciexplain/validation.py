@@ -166,12 +166,11 @@ def validate(pairs: Sequence[Mapping], panel: Panel | None, *, seed: int = 0, n_
                   "equal_length": len(items) - len(uneven)},
         "judges": scores,
         "vs_longer": tests,
-        "method": {
-            "order": "one seeded A/B order per pair (LLM judges ask both orders themselves)",
-            "agreement": "decisive votes for the human-preferred answer / decisive votes; ties reported apart",
-            "ci": "Wilson (pairs independent) and question-level cluster bootstrap, percentile, 95%",
-            "validated": "cluster bootstrap CI lower bound > 0.5",
-            "vs_longer": "exact McNemar (binomial on discordant pairs), Holm-adjusted across judges",
-            "bootstrap_resamples": int(n_resamples),
-        },
+        # how it was measured, as codes (the module docstring and docs/statistics.md say it in words): one seeded
+        # A/B order per pair (LLM judges ask both orders themselves); agreement over decisive votes, ties apart;
+        # Wilson and question-level cluster-bootstrap 95% intervals; validated when the cluster CI's low end > 0.5;
+        # exact McNemar against the longer-answer rule, Holm-adjusted across judges
+        "method": {"order": "seeded_ab", "agreement": "decisive_votes", "ci": "wilson+cluster_bootstrap_95",
+                   "validated": "cluster_ci_low>0.5", "vs_longer": "mcnemar_exact+holm",
+                   "bootstrap_resamples": int(n_resamples)},
     }

@@ -22,10 +22,11 @@ def main(out_dir, metrics_path, params_path):
     with new_dir(out) as tmp:
         info = materialize_base(source, tmp, revision=p.base_model.revision,
                                 gguf_file=p.base_model.gguf_file)
-    weights = sorted(out.glob("*.safetensors"))
-    info["weights_sha256"] = {w.name: sha256_file(w) for w in weights}
+        # where the weights came from, beside them (the metrics keep short codes: origin, model name, sizes)
+        write_json(tmp / "provenance.json", {"source": info.pop("label"), "weights_sha256": {
+            w.name: sha256_file(w) for w in sorted(tmp.glob("*.safetensors"))}})
     write_json(metrics_path, info)
-    click.echo(f"base model {info['source']}: {info['parameters']:,} parameters -> {out}")
+    click.echo(f"base model {info['source']}:{info['model']}: {info['parameters']:,} parameters -> {out}")
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from sciexplain.cli import params_option, read_params, stage
 @stage
 def main(rewards_dir, comparisons_dir, prepared, generations, annotations, metrics_dir, plots_dir, strengths_path,
          report_dir, params_path):
+    from sciexplain.comparisons import verdict_sentence
     from sciexplain.study_report import make_report
 
     p = read_params(params_path, "report")
@@ -39,7 +40,7 @@ def main(rewards_dir, comparisons_dir, prepared, generations, annotations, metri
         report_dir=report_dir)
     means = ", ".join(f"{m} {s['mean']:.3f}" for m, s in reward_stats.items() if s["mean"] is not None)
     for pair, m in winrates.items():
-        click.echo(f"{pair}: {m['verdict']['sentence'] if m['verdict'] else 'no votes'}")
+        click.echo(f"{pair}: {verdict_sentence(m['verdict']) if m['verdict'] else 'no votes'}")
     click.echo(f"report: mean reward {means}; report -> {Path(report_dir) / 'report.md'}")
 
 

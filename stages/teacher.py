@@ -87,7 +87,7 @@ def main(prepared, base_dir, prompts_dir, out_dir, cache_path, metrics_path, stu
 def check_student(teacher_sft, student_path, validation_path, base_dir, judge_prompt, judge_cache, panel_spec, seed):
     """The ``vs_student`` block (sciexplain.teacher_check); a warning on stderr unless the teacher is better."""
     from sciexplain.judges import Panel
-    from sciexplain.teacher_check import teacher_vs_student
+    from sciexplain.teacher_check import sentence, teacher_vs_student
 
     if teacher_sft is None:
         return None
@@ -97,7 +97,7 @@ def check_student(teacher_sft, student_path, validation_path, base_dir, judge_pr
     validation = json.loads(Path(validation_path).read_text()) if Path(validation_path).exists() else None
     panel = Panel(panel_spec, base_dir=base_dir, cache_dir=judge_cache, prompt_path=judge_prompt, progress=sys.stderr.isatty())
     v = teacher_vs_student(teacher_sft, read_jsonl(student_path), panel, validation, seed=seed)
-    click.echo(f"teacher vs student: {v['sentence']}")
+    click.echo(f"teacher vs student: {sentence(v)}")
     if not v.get("teacher_better"):
         click.echo(f"WARNING: the teacher is not shown to be better than its student (verdict: {v.get('verdict')}); "
                    "SFT on its answers may not improve the student", err=True)

@@ -17,7 +17,7 @@ import click
 
 from sciexplain.annotations import check_pair_folders, read_key, read_sheet, sheet_hashes
 from sciexplain.cli import stage
-from sciexplain.comparisons import power_at, read_groups, summarize
+from sciexplain.comparisons import power_at, read_groups, summarize, verdict_sentence
 from sciexplain.records import DataError, read_json, write_json
 
 
@@ -69,7 +69,7 @@ def main(only, compare_dir, judgments_dir, annotations_dir, metrics_pattern, val
         head = metrics["verdict"]
         click.echo(f"{pair}: {metrics['n_sheet_items']} items, {len(metrics['human_annotators'])} humans, "
                    f"{len(metrics['judge_annotators'])} judges; headline from {metrics['headline_source']} "
-                   f"(before the family's Holm adjustment): {head['sentence'] if head else 'no votes'}")
+                   f"(before the family's Holm adjustment): {verdict_sentence(head) if head else 'no votes'}")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ from sciexplain import models
 
 def test_materialize_local_dir_roundtrip(tiny_base, tmp_path):
     info = models.materialize_base(str(tiny_base), tmp_path / "base")
-    assert info["source"] == f"local:{tiny_base}" and info["dtype"] == "float32" and info["parameters"] > 1000
+    assert info["source"] == "local" and info["label"] == f"local:{tiny_base}" and info["dtype"] == "float32" and info["parameters"] > 1000
     a = models.load_causal_lm(tiny_base)
     b = models.load_causal_lm(tmp_path / "base")
     ids = torch.tensor([[1, 5, 9, 30]])

@@ -17,7 +17,9 @@ def built_base(workdir, tiny_base):
 
 def test_base_model_stage(built_base):
     m = json.loads((built_base / "metrics/base_model.json").read_text())
-    assert m["source"].startswith("local:") and m["parameters"] > 1000 and len(m["weights_sha256"]) == 1
+    assert m["source"] == "local" and m["parameters"] > 1000 and "label" not in m
+    prov = json.loads((built_base / "models/base/provenance.json").read_text())
+    assert prov["source"].startswith("local:") and list(prov["weights_sha256"]) == ["model.safetensors"]
     assert (built_base / "models/base/model.safetensors").exists()
     assert (built_base / "models/base/tokenizer_config.json").exists()
 

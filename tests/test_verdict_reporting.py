@@ -15,7 +15,8 @@ from sciexplain import report
 from sciexplain.annotate_web import assign_items, make_server
 from sciexplain.annotations import Annotation, build_sheet
 from sciexplain.comparisons import adjust_family, summarize
-from sciexplain.evaluation import (load_eval_answers, opening, reward_model_warning, reward_statistics,
+from sciexplain.evaluation import load_eval_answers
+from sciexplain.study_report import (opening, reward_model_warning, reward_statistics,
                                    teacher_warning)
 from sciexplain.records import write_jsonl
 from sciexplain.stats import krippendorff_alpha, summarize_pair
