@@ -18,7 +18,7 @@ same sheet, names, overlap and seed gets the same split, on any machine. The pag
 own items only, with progress as done / assigned; a vote on an item not assigned to them is refused.
 
 The server only ever reads the sheet (never the key) and serves the four sheet fields and each item's
-``item_hash`` (:func:`sciexplain.annotations.item_hash` of the question and the answers in their A/B order).
+``item_hash`` (:func:`sciexplain.sheets.item_hash` of the question and the answers in their A/B order).
 The page sends the hash of what it showed with every vote and the server stores it in the row, so a vote
 counts only while the sheet is unchanged; a vote for an older version of an item (a page loaded before the
 sheet changed, or a sheet rewritten on disk while the server runs) is refused with 409. Answers
@@ -26,9 +26,9 @@ are untrusted text: the page sets them with ``textContent`` from the JSON API, n
 and every response carries a strict Content-Security-Policy (no inline script or style).
 
 Each saved answer is written to the annotator's file at once, atomically and fsynced
-(:func:`sciexplain.annotations.append_annotation`), saves serialised by a lock. The server holds the file's
-:class:`sciexplain.annotations.AnnotationLock` for its whole life, so a second server on the same file refuses
-to start; temp files go to :func:`sciexplain.annotations.work_dir` (outside ``data/annotations``, a DVC
+(:func:`sciexplain.annotation_store.append_annotation`), saves serialised by a lock. The server holds the file's
+:class:`sciexplain.annotation_store.AnnotationLock` for its whole life, so a second server on the same file refuses
+to start; temp files go to :func:`sciexplain.annotation_store.work_dir` (outside ``data/annotations``, a DVC
 dependency), and a start removes the ones a killed server left. Rows of the file made on another version of
 the sheet (stale) are not shown as answered; answering the item again replaces them.
 
@@ -59,9 +59,9 @@ from urllib.parse import urlsplit
 
 import click
 
-from sciexplain.annotations import (
-    HASH_FIELD, SHEET_FIELDS, STRENGTHS, AnnotationLock, append_annotation, load_annotations, read_sheet, sheet_hashes,
-)
+from sciexplain.annotation_store import AnnotationLock, append_annotation
+from sciexplain.annotations import STRENGTHS, load_annotations
+from sciexplain.sheets import HASH_FIELD, SHEET_FIELDS, read_sheet, sheet_hashes
 from sciexplain.records import DataError, UserError
 
 MAX_BODY = 64 * 1024

@@ -5,7 +5,7 @@ Shared by the ``winrate`` stage (the compare sheets) and the ``evaluate`` stage 
 
 Humans and judges are never pooled into one vote:
 
-* ``humans``: :func:`sciexplain.stats.summarize_pair` over the human files only (item winner = the humans'
+* ``humans``: :func:`summarize_pair` over the human files only (item winner = the humans'
   majority); agreement among them as raw pairwise agreement, Fleiss' kappa (items everyone rated) and
   Krippendorff's alpha (every item rated by two or more, for annotators who rated different subsets).
 * ``judges``: one summary per judge, each on its own, with the judge's human agreement from
@@ -25,13 +25,19 @@ the comparisons one stage run makes and turns a "better"/"worse" whose adjusted 
 from __future__ import annotations
 
 import math
+from collections import Counter
+from itertools import combinations
 from pathlib import Path
-from typing import Callable, Mapping, NamedTuple
+from typing import Callable, Iterable, Mapping, NamedTuple, Sequence
+
+import numpy as np
 
 from .annotations import HUMAN, JUDGE, read_annotation_dir, warn_stderr
 from .records import DataError
-from .stats import TIE, _pval, _rate, majority_vote, summarize_pair, verdict_side, wilson_interval
-from .verdicts import BETTER, CANNOT_TELL, NOT_VALIDATED, WORSE, comparison_verdict, detectable_win_rate, holm
+from .stats import (TIE, binom_p, detectable_win_rate, fleiss_kappa, holm, krippendorff_alpha, majority_vote, round_p,
+                    round_rate, verdict_side, wilson_interval)
+from .strengths import DECISIVE_STRENGTHS, STRENGTH_MARGIN, STRENGTHS, UNSURE  # noqa: F401
+from .verdicts import BETTER, CANNOT_TELL, NOT_VALIDATED, WORSE, comparison_verdict
 
 BASELINE = "base"
 HUMANS = "humans"
@@ -66,7 +72,7 @@ def agreement_with_humans(judge: dict, humans: dict[str, dict], key: dict) -> di
         n += 1
         hits += verdict_side((ann.choice or None, ann.strength)) == major  # A/B order is the same for both
     lo, hi = wilson_interval(hits, n)
-    return {"agreement": round(hits / n, 4) if n else None, "n": n, "ci95_low": _rate(lo), "ci95_high": _rate(hi)}
+    return {"agreement": round(hits / n, 4) if n else None, "n": n, "ci95_low": round_rate(lo), "ci95_high": round_rate(hi)}
 
 
 # --------------------------------------------------------------------------- verdicts
@@ -220,7 +226,7 @@ def adjust_family(metrics: Mapping[str, dict], family: str, alpha: float = 0.05)
         v = m.get("verdict")
         if not v:
             continue
-        v["p_holm"] = _pval(adjusted[pair])
+        v["p_holm"] = round_p(adjusted[pair])
         v["holm_family_size"] = size
         v["unadjusted_verdict"] = v["verdict"]
         if v["verdict"] in (BETTER, WORSE) and (v["p_holm"] is None or v["p_holm"] > alpha):
@@ -233,8 +239,8 @@ def adjust_family(metrics: Mapping[str, dict], family: str, alpha: float = 0.05)
 def power_at(n: int, alpha: float = 0.05, power: float = 0.8) -> dict:
     """What ``n`` items buy: the smallest true win rate (among decisive votes) detected with ``power``."""
     det = detectable_win_rate(n, alpha, power) if n > 0 else None
-    return {"n": int(n), "alpha": alpha, "power": power, "detectable_win_rate": _rate(det),
-            "detectable_difference": _rate(det - 0.5) if det is not None else None}
+    return {"n": int(n), "alpha": alpha, "power": power, "detectable_win_rate": round_rate(det),
+            "detectable_difference": round_rate(det - 0.5) if det is not None else None}
 
 
 class Groups(NamedTuple):
@@ -247,7 +253,7 @@ class Groups(NamedTuple):
 def read_groups(pair: str, hashes: Mapping[str, str], judgments_dir, annotations_dir, sheet_path=None,
                 warn: Callable[[str], None] | None = warn_stderr) -> Groups:
     """The files of ``<judgments>/<pair>/`` and ``<annotations>/<pair>/`` checked against the sheet (``hashes`` =
-    :func:`sciexplain.annotations.sheet_hashes`). A file is a judge's when its rows say ``"annotator_type":
+    :func:`sciexplain.sheets.sheet_hashes`). A file is a judge's when its rows say ``"annotator_type":
     "judge"`` (rows without the field: judge in the judgments folder, human in the annotations folder). Only rows
     whose hash matches the current sheet count; stale rows are counted per file in ``stale_rows`` and warned
     about (``warn``), as is every file a reader skips (see :func:`sciexplain.annotations.read_annotation_dir`)."""
@@ -269,5 +275,191 @@ def read_groups(pair: str, hashes: Mapping[str, str], judgments_dir, annotations
     return Groups(groups[JUDGE], groups[HUMAN], dict(sorted(stale.items())))
 
 
-__all__ = ["BETTER", "WORSE", "CANNOT_TELL", "NOT_VALIDATED", "adjust_family", "headline_summary", "power_at",
+__all__ = ["BETTER", "WORSE", "CANNOT_TELL", "NOT_VALIDATED", "summarize_pair", "adjust_family", "headline_summary", "power_at",
            "Groups", "read_groups", "summarize", "subject_of", "judge_validation", "verdict_sentence"]
+
+
+# --------------------------------------------------------------------------- one pair's summary (humans or a judge)
+
+def _models_of(key: Mapping, item_ids: Iterable[str]) -> tuple[str, str]:
+    """The two model names the key uses for these items, sorted; DataError for a bad key."""
+    names: set[str] = set()
+    for item in item_ids:
+        entry = key.get(item)
+        if entry is None:
+            raise DataError(None, f"item {item!r}", None, "rated item is missing from the key")
+        for field in ("a_model", "b_model"):
+            if not isinstance(entry.get(field), str) or not entry[field].strip():
+                raise DataError(None, f"key item {item!r}", field, "missing or empty")
+        if entry["a_model"] == entry["b_model"]:
+            raise DataError(None, f"key item {item!r}", None, f"a_model and b_model are both {entry['a_model']!r}")
+        names.update((entry["a_model"], entry["b_model"]))
+    if len(names) != 2:
+        raise DataError(None, None, "key", f"a pair summary needs exactly 2 models, the key names {sorted(names)}")
+    return tuple(sorted(names))  # type: ignore[return-value]
+
+
+def _to_model(side: str, entry: Mapping) -> str:
+    """Map ``"A"``/``"B"``/``"tie"`` to a model name (or ``"tie"``) through one item's key entry."""
+    return entry["a_model"] if side == "A" else entry["b_model"] if side == "B" else TIE
+
+
+def summarize_pair(annotations: Mapping[str, Mapping[str, Sequence]], key: Mapping[str, Mapping],
+                   lengths: Mapping[str, Mapping] | None = None) -> dict:
+    """Summarise a blind A/B comparison of two models, in model space (A/B order undone).
+
+    Items are every item id rated by at least one annotator; each must be in ``key``, and the
+    key must name exactly two models over them. An item's winner is :func:`majority_vote` over
+    the annotators who rated it, mapped to a model name through the key.
+
+    Returns (model names sorted; ``None`` wherever a number is undefined)::
+
+        n_items, n_decisive (= n_items - ties), n_annotators, annotators (sorted)
+        models: {name: {wins, win_rate = wins / n_items,
+                        win_rate_decisive = wins / n_decisive,
+                        ci95_low, ci95_high   (Wilson 95% interval of win_rate_decisive),
+                        p_value               (two-sided binomial test, wins of n_decisive vs 0.5)}}
+        ties: {count, rate = count / n_items}
+        strength: {name: {"Significantly better": c, "Better": c, "Slightly better": c}}
+        agreement: {pairwise, n_pairs, fleiss_kappa, kappa_items, krippendorff_alpha, alpha_items,
+                    alpha_ratings, leave_one_out, leave_one_out_mean}
+        length_preference: {annotator: {prefers_longer, n}}   or None without ``lengths``
+
+    Definitions:
+
+    * ``strength[m]``: over the items model ``m`` won, the strengths of the votes that agree
+      with the majority (votes for ``m``); votes on ties and votes against the winner are not
+      counted. Each bar of the stacked graph is one model; its height is its agreeing votes.
+    * An annotator's *label* on an item is the model they preferred, or ``"tie"`` for Unsure.
+    * ``pairwise``: over every item and every pair of annotators who both rated it, the share
+      of pairs with the same label (``n_pairs`` pairs in all).
+    * ``fleiss_kappa``: :func:`fleiss_kappa` over categories (model 1, model 2, tie) on the
+      ``kappa_items`` items every annotator rated (None when no item was rated by all).
+    * ``krippendorff_alpha``: :func:`krippendorff_alpha` (nominal, same categories) over every item
+      rated by at least two annotators (``alpha_items`` items, ``alpha_ratings`` ratings in them):
+      the agreement figure for annotators who rated different subsets (an assignment with overlap).
+    * ``leave_one_out[a] = {agreement, n}``: for each item ``a`` rated, the majority vote of the
+      *other* annotators who rated it; items nobody else rated, and items where the others'
+      majority is a tie, are skipped. ``agreement`` is the share of the remaining ``n`` items
+      where ``a``'s label equals that majority (an Unsure from ``a`` counts as disagreement).
+      ``leave_one_out_mean`` is the unweighted mean over annotators with ``n > 0``.
+    * ``length_preference[a] = {prefers_longer, n}``: among ``a``'s decisive votes on items whose
+      two answers differ in length, the share that chose the longer answer. ``lengths`` must
+      cover every rated item (DataError otherwise).
+
+    With a single annotator all agreement numbers are ``None`` (``leave_one_out`` entries have
+    ``n = 0``). Raises :class:`DataError` for bad verdicts, items missing from the key, or no
+    rated items.
+    """
+    annotators = sorted(annotations)
+    items = sorted({item for a in annotators for item in annotations[a]})
+    if not items:
+        raise DataError(None, None, "annotations", "no rated items")
+    m1, m2 = _models_of(key, items)
+    models = (m1, m2)
+
+    # side[a][item] in {"A", "B", "tie"}; label = the same in model space
+    side = {a: {item: verdict_side(v, f"annotator {a!r}, item {item!r}") for item, v in annotations[a].items()}
+            for a in annotators}
+    label = {a: {item: _to_model(s, key[item]) for item, s in side[a].items()} for a in annotators}
+    raters = {item: [a for a in annotators if item in annotations[a]] for item in items}
+
+    winner = {item: _to_model(majority_vote([annotations[a][item] for a in raters[item]]), key[item])
+              for item in items}
+    n_items = len(items)
+    wins = Counter(winner.values())
+    n_ties = wins[TIE]
+    n_decisive = n_items - n_ties
+
+    model_stats = {}
+    for m in models:
+        lo, hi = wilson_interval(wins[m], n_decisive)
+        model_stats[m] = {
+            "wins": wins[m],
+            "win_rate": round_rate(wins[m] / n_items),
+            "win_rate_decisive": round_rate(wins[m] / n_decisive) if n_decisive else None,
+            "ci95_low": round_rate(lo),
+            "ci95_high": round_rate(hi),
+            "p_value": round_p(binom_p(wins[m], n_decisive)),
+        }
+
+    strength = {m: {s: 0 for s in DECISIVE_STRENGTHS} for m in models}
+    for item, w in winner.items():
+        if w == TIE:
+            continue
+        for a in raters[item]:
+            if label[a][item] == w:
+                strength[w][annotations[a][item][1]] += 1
+
+    # raw pairwise agreement
+    agree = pairs = 0
+    for item in items:
+        for a, b in combinations(raters[item], 2):
+            pairs += 1
+            agree += label[a][item] == label[b][item]
+
+    # Fleiss' kappa on the items every annotator rated
+    kappa, full_items = None, [item for item in items if len(raters[item]) == len(annotators)]
+    if len(annotators) >= 2 and full_items:
+        cats = (m1, m2, TIE)
+        table = [[sum(label[a][item] == c for a in annotators) for c in cats] for item in full_items]
+        kappa = round_rate(fleiss_kappa(table))
+
+    # Krippendorff's alpha on every item with >= 2 ratings (annotators may have rated different subsets)
+    alpha = krippendorff_alpha(label, details=True)
+
+    # leave-one-out: each annotator against the majority of the others
+    loo = {}
+    for a in annotators:
+        hits = n = 0
+        for item in annotations[a]:
+            others = [annotations[b][item] for b in raters[item] if b != a]
+            if not others:
+                continue
+            others_major = _to_model(majority_vote(others), key[item])
+            if others_major == TIE:
+                continue
+            n += 1
+            hits += label[a][item] == others_major
+        loo[a] = {"agreement": round_rate(hits / n) if n else None, "n": n}
+    loo_values = [v["agreement"] for v in loo.values() if v["agreement"] is not None]
+
+    length_pref = None
+    if lengths is not None:
+        length_pref = {}
+        for a in annotators:
+            longer = n = 0
+            for item, s in side[a].items():
+                if item not in lengths:
+                    raise DataError(None, f"item {item!r}", "lengths", "rated item has no answer lengths")
+                try:
+                    la, lb = int(lengths[item]["A"]), int(lengths[item]["B"])
+                except (KeyError, TypeError, ValueError):
+                    raise DataError(None, f"item {item!r}", "lengths", "needs integer 'A' and 'B' lengths") from None
+                if s == TIE or la == lb:
+                    continue
+                n += 1
+                longer += s == ("A" if la > lb else "B")
+            length_pref[a] = {"prefers_longer": round_rate(longer / n) if n else None, "n": n}
+
+    return {
+        "n_items": n_items,
+        "n_decisive": n_decisive,
+        "n_annotators": len(annotators),
+        "annotators": annotators,
+        "models": model_stats,
+        "ties": {"count": n_ties, "rate": round_rate(n_ties / n_items)},
+        "strength": strength,
+        "agreement": {
+            "pairwise": round_rate(agree / pairs) if pairs else None,
+            "n_pairs": pairs,
+            "fleiss_kappa": kappa,
+            "kappa_items": len(full_items) if kappa is not None else 0,
+            "krippendorff_alpha": round_rate(alpha["alpha"]),
+            "alpha_items": alpha["n_items"],
+            "alpha_ratings": alpha["n_ratings"],
+            "leave_one_out": loo,
+            "leave_one_out_mean": round_rate(float(np.mean(loo_values))) if loo_values else None,
+        },
+        "length_preference": length_pref,
+    }

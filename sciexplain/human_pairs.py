@@ -47,7 +47,7 @@ from typing import Iterable
 from .markup import UnsafeHTML, clean_text, html_to_text
 from .records import DataError, Drops, read_csv_table, read_jsonl, read_jsonl_lines, stable_id
 from .preferences import validation_ids
-from .sources import _int_attr, iter_post_rows
+from .sources import int_attr, iter_post_rows
 from .strengths import STRENGTH_MARGIN, STRENGTHS, UNSURE
 
 __all__ = [
@@ -135,7 +135,7 @@ def stackexchange_pairs(path: str | Path, drops: Drops, *, min_score_gap: int = 
         if pid in duplicated or copies[0][1] != 2:
             continue
         row = copies[0][0]
-        parent = _int_attr(path, row, "ParentId")
+        parent = int_attr(path, row, "ParentId")
         if parent in duplicated:
             drops.add("answer_of_duplicate_question_id")
         elif parent not in questions:
@@ -165,7 +165,7 @@ def stackexchange_pairs(path: str | Path, drops: Drops, *, min_score_gap: int = 
             if max_answer_chars and len(text) > max_answer_chars:
                 drops.add("answer_too_long")
                 continue
-            cands.append({"id": int(a["Id"]), "score": _int_attr(path, a, "Score"), "text": text,
+            cands.append({"id": int(a["Id"]), "score": int_attr(path, a, "Score"), "text": text,
                           "date": _date(a.get("CreationDate")), "author": _author(site, a)})
         pairs = []
         for i, hi in enumerate(cands):

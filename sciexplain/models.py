@@ -316,7 +316,7 @@ def load_tokenizer(base_dir: str | os.PathLike, padding_side: str = "left"):
     return tok
 
 
-def _check_dir(path, what: str) -> None:
+def check_model_dir(path, what: str) -> None:
     if not Path(path).is_dir():
         raise ModelSourceError(f"{what} {path} not found: run the stage that builds it first (dvc repro)")
 
@@ -334,7 +334,7 @@ def _with_adapter(model, adapter, trainable: bool):
     if adapter:
         from peft import PeftModel
 
-        _check_dir(adapter, "adapter")
+        check_model_dir(adapter, "adapter")
         model = PeftModel.from_pretrained(model, str(adapter), is_trainable=trainable)
     if not trainable:
         model.eval()
@@ -348,7 +348,7 @@ def load_causal_lm(base_dir, adapter: str | os.PathLike | None = None, quantize_
     machine (adapter merging). Eval mode unless ``trainable``."""
     from transformers import AutoModelForCausalLM
 
-    _check_dir(base_dir, "base model")
+    check_model_dir(base_dir, "base model")
     model = AutoModelForCausalLM.from_pretrained(str(base_dir), **_inference_kwargs(quantize_4bit, device))
     return _with_adapter(model, adapter, trainable)
 
@@ -359,7 +359,7 @@ def load_seq_classifier(base_dir, adapter=None, quantize_4bit="auto", trainable:
     like :func:`load_causal_lm`."""
     from transformers import AutoModelForSequenceClassification
 
-    _check_dir(base_dir, "base model")
+    check_model_dir(base_dir, "base model")
     tokenizer = tokenizer or load_tokenizer(base_dir)
     model = AutoModelForSequenceClassification.from_pretrained(
         str(base_dir), num_labels=1, **_inference_kwargs(quantize_4bit, device, "score"))
@@ -388,7 +388,7 @@ def load_trainable_policy(base_dir, init_adapter=None, lora: dict | None = None,
       (TRL's ``create_model_from_path`` with the same kwargs and device rule) + the adapter, trainable.
     """
     if init_adapter is None:
-        _check_dir(base_dir, "base model")
+        check_model_dir(base_dir, "base model")
         return str(base_dir), lora_config(**(lora or {}))
     return load_trainable_adapter(base_dir, init_adapter, quantize_4bit), None
 
@@ -397,8 +397,8 @@ def load_trainable_adapter(base_dir, adapter, quantize_4bit="auto", architecture
     """The base (as a TRL trainer would load it from a path: same kwargs, same device rule) + ``adapter``, trainable."""
     from peft import PeftModel
 
-    _check_dir(base_dir, "base model")
-    _check_dir(adapter, "adapter")
+    check_model_dir(base_dir, "base model")
+    check_model_dir(adapter, "adapter")
     model = trl_load(base_dir, quantize_4bit, architecture)
     model = PeftModel.from_pretrained(model, str(adapter), is_trainable=True)
     model.config.use_cache = False

@@ -12,7 +12,7 @@ same PNG bytes run after run. Files are written atomically (:func:`sciexplain.re
 Inputs are the shapes the rest of the package produces:
 
 * rewards: ``{model: [reward, ...]}`` (or ``{model: {question_id: reward}}`` for the CSV);
-* win rates: ``{comparison: stats.summarize_pair(...) output}``, comparison named like ``"sft vs base"``;
+* win rates: ``{comparison: comparisons.summarize_pair(...) output}``, comparison named like ``"sft vs base"``;
 * best-of-n: ``[{"n": int, "mean_reward": float}, ...]``;
 * training logs: DVCLive folders (``<dir>/plots/metrics/<metric>.tsv``, columns ``step`` and the metric).
 """
@@ -28,7 +28,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from .records import DataError, atomic_path, write_text
-from .stats import BETTER, DECISIVE_STRENGTHS, SIGNIFICANTLY, SLIGHTLY, TIE, UNSURE, _finite_array
+from .stats import BETTER, DECISIVE_STRENGTHS, SIGNIFICANTLY, SLIGHTLY, TIE, UNSURE, finite_array
 
 DPI = 100
 PNG_METADATA = {"Software": None}  # no matplotlib version stamp: bytes depend on the data only
@@ -101,7 +101,7 @@ def ridge_plot(rewards: Mapping[str, Sequence[float]], path, title: str = "Rewar
     share one vertical scale, so a peakier model draws a taller ridge. A model with no rewards gets an
     empty row marked "no data". Raises ValueError for NaN or infinite rewards.
     """
-    data = {str(m): _finite_array(_reward_values(v), f"rewards of {m!r}") for m, v in rewards.items()}
+    data = {str(m): finite_array(_reward_values(v), f"rewards of {m!r}") for m, v in rewards.items()}
     if not any(a.size for a in data.values()):
         return _no_data_figure(path, title, "no rewards yet")
     allv = np.concatenate([a for a in data.values() if a.size])

@@ -30,7 +30,8 @@ from itertools import combinations
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
-from .annotations import HUMAN, JUDGE, read_annotation_dir, read_key, read_sheet, sheet_hashes
+from .annotations import HUMAN, JUDGE, read_annotation_dir
+from .sheets import read_key, read_sheet, sheet_hashes
 from .records import DataError, iter_answers, stable_id
 from .rubric import RubricJudge
 from .splits import hash_key, hash_order

@@ -32,7 +32,7 @@ Context schema (every top-level key is optional; a missing or empty section is o
           "n", "mean", "median", "std", "min", "max", "ci95_low", "ci95_high",
           "wilcoxon": stats.paired_wilcoxon(model, baseline) | None   # {statistic, p_value, n, n_nonzero}
       }},
-      "winrates": {"sft vs base": stats.summarize_pair(...) output (+ "verdict"), ...},   # the headline summaries
+      "winrates": {"sft vs base": comparisons.summarize_pair(...) output (+ "verdict"), ...},   # the headline summaries
       "reward_model": {                     # held-out preference accuracy of the reward model
           "accuracy": float, "n": int,      # optional "ci95_low"/"ci95_high"
           "baselines": {name: float | {"accuracy": float, "n": int}},   # e.g. "longer answer", "random"

@@ -40,7 +40,7 @@ REWARD_CONFIG = "reward_config.json"
 _SENTINEL = "\ue000ANSWER\ue000"
 
 
-def _r4(x) -> float | None:
+def round4(x) -> float | None:
     """A number for JSON: rounded to 4 decimals, None for missing/NaN."""
     if x is None or x != x:
         return None
@@ -174,7 +174,7 @@ def check_pooling(model, tokenizer, seqs: Sequence[Sequence[int]], end_of_turn_i
     pooled = (torch.arange(ids.shape[1]) * (ids != pad)).argmax(-1)
     pooled_ok = int(pooled[0]) == len(short) - 1 and int(pooled[1]) == len(long) - 1
     eot_ok = not end_of_turn_ids or (short[-1] == end_of_turn_ids[-1] and long[-1] == end_of_turn_ids[-1])
-    return {"alone": _r4(alone), "right_padded": _r4(right), "left_padded": _r4(left),
+    return {"alone": round4(alone), "right_padded": round4(right), "left_padded": round4(left),
             "max_abs_diff": float(max(abs(alone - right), abs(alone - left))),
             "pools_end_of_turn": bool(pooled_ok and eot_ok)}
 
@@ -191,9 +191,9 @@ class RewardScorer:
     """
 
     def __init__(self, base_dir, adapter, max_length: int | None = None, quantize_4bit="auto"):
-        from .models import _check_dir, load_seq_classifier, load_tokenizer
+        from .models import check_model_dir, load_seq_classifier, load_tokenizer
 
-        _check_dir(adapter, "reward model")
+        check_model_dir(adapter, "reward model")
         cfg_path = Path(adapter) / REWARD_CONFIG
         cfg = json.loads(cfg_path.read_text()) if cfg_path.exists() else {}
         self.tokenizer = load_tokenizer(base_dir, padding_side="right")

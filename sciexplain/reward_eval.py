@@ -20,7 +20,7 @@ from typing import Mapping, Sequence
 
 from .panel import Panel
 from .records import stable_id
-from .reward import RewardScorer, _r4, constant_loss, pair_loss
+from .reward import RewardScorer, round4, constant_loss, pair_loss
 from .stats import TIE, majority_vote, wilson_interval
 from .validation import choices_from_scores, make_sheet, validate
 
@@ -75,10 +75,10 @@ def heldout_eval(pairs: Sequence[Mapping], scorer: RewardScorer, *, rubric_param
         "vs_longer": {name: {renamed[name]: t["judge_only_right"], "longer_only_right": t["longer_only_right"],
                              "discordant": t["discordant"], "p": t["p"], "p_holm": t["p_holm"]}
                       for name, t in mc.items()},
-        "loss": {"heldout": _r4(loss), "constant": _r4(const), "beats_constant": bool(loss < const),
+        "loss": {"heldout": round4(loss), "constant": round4(const), "beats_constant": bool(loss < const),
                  "pairs": len(items)},
-        "rewards": {"chosen_mean": _r4(sum(chosen) / len(chosen)), "rejected_mean": _r4(sum(rejected) / len(rejected)),
-                    "difference_mean": _r4(sum(c - r for c, r in zip(chosen, rejected)) / len(chosen))},
+        "rewards": {"chosen_mean": round4(sum(chosen) / len(chosen)), "rejected_mean": round4(sum(rejected) / len(rejected)),
+                    "difference_mean": round4(sum(c - r for c, r in zip(chosen, rejected)) / len(chosen))},
         "human_prefers_longer": v["pairs"]["human_prefers_longer"],
     }
 
@@ -86,7 +86,7 @@ def heldout_eval(pairs: Sequence[Mapping], scorer: RewardScorer, *, rubric_param
 def _acc(hits: Sequence[bool]) -> dict:
     k, n = int(sum(hits)), len(hits)
     lo, hi = wilson_interval(k, n)
-    return {"n": n, "correct": k, "accuracy": _r4(k / n) if n else None, "ci95_low": _r4(lo), "ci95_high": _r4(hi)}
+    return {"n": n, "correct": k, "accuracy": round4(k / n) if n else None, "ci95_low": round4(lo), "ci95_high": round4(hi)}
 
 
 def _pick(sa: float, sb: float) -> str:

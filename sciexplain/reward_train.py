@@ -19,7 +19,7 @@ import time
 from typing import Mapping, Sequence
 
 from .records import UserError
-from .reward import REWARD_CONFIG, ChatEncoder, _r4, constant_loss, encode_pairs
+from .reward import REWARD_CONFIG, ChatEncoder, round4, constant_loss, encode_pairs
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def train_reward_model(base_dir, train_pairs: Sequence[Mapping], out_dir, *, lor
     from trl import RewardTrainer
 
     from .dist import is_main_process, save_adapter
-    from .models import (_check_dir, count_parameters, keep_adapter_in_compute_dtype, load_tokenizer, lora_config,
+    from .models import (check_model_dir, count_parameters, keep_adapter_in_compute_dtype, load_tokenizer, lora_config,
                          training_quantization_config)
 
     settings = dict(trainer or {})
@@ -64,7 +64,7 @@ def train_reward_model(base_dir, train_pairs: Sequence[Mapping], out_dir, *, lor
         raise UserError(f"reward_model.trainer.max_length: expected an integer (the pairs are truncated to it), "
                         f"got {settings.get('max_length')!r}")
     max_length = int(settings["max_length"])
-    _check_dir(base_dir, "base model")
+    check_model_dir(base_dir, "base model")
     tok = load_tokenizer(base_dir, padding_side="right")
     enc = ChatEncoder(tok, max_length)
     rows, counts = encode_pairs(train_pairs, enc)
@@ -129,15 +129,15 @@ def train_reward_model(base_dir, train_pairs: Sequence[Mapping], out_dir, *, lor
     runtime = time.time() - t0
     dev = None
     if select_best:
-        history = [{"epoch": round(float(h["epoch"]), 4), "eval_loss": _r4(h["eval_loss"]),
-                    "eval_accuracy": _r4(h.get("eval_accuracy"))} for h in trainer.state.log_history if "eval_loss" in h]
+        history = [{"epoch": round(float(h["epoch"]), 4), "eval_loss": round4(h["eval_loss"]),
+                    "eval_accuracy": round4(h.get("eval_accuracy"))} for h in trainer.state.log_history if "eval_loss" in h]
         best = min(history, key=lambda h: (h["eval_loss"], h["epoch"])) if history else None
         epochs_run = float(trainer.state.epoch or 0)
         stopped = ("beat the constant" if beat is not None and beat.fired else
                    "epoch cap" if epochs_run >= float(epochs) - 1e-6 else "no better dev loss")
         dev = {"pairs": len(eval_pairs), "loss_by_epoch": history,
                "best_epoch": best["epoch"] if best else None, "best_loss": best["eval_loss"] if best else None,
-               "constant_loss": _r4(const), "beats_constant": bool(best and best["eval_loss"] < const),
+               "constant_loss": round4(const), "beats_constant": bool(best and best["eval_loss"] < const),
                "epochs_run": round(epochs_run, 4), "stopped": stopped}
 
     # every rank: save_model() is a collective; the main process keeps adapter + score head + tokenizer
@@ -145,7 +145,7 @@ def train_reward_model(base_dir, train_pairs: Sequence[Mapping], out_dir, *, lor
         "max_length": int(max_length), "end_of_turn": enc.eot_text, "pad_token": tok.pad_token}})
     return {
         **counts, "dropped": dropped,
-        "train_loss": _r4(result.training_loss),
+        "train_loss": round4(result.training_loss),
         "runtime_s": round(runtime, 1),
         "tokens_per_s": (round(counts["tokens"] * float(trainer.state.epoch or epochs) / runtime, 1)
                          if runtime > 0 else None),

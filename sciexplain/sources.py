@@ -63,7 +63,7 @@ def _where(row) -> tuple[int | str, str]:
     return f"row Id={row.get('Id', '?')}", ""
 
 
-def _int_attr(path, row, name, required=True):
+def int_attr(path, row, name, required=True):
     value = row.get(name)
     where, rid = _where(row)
     if value is None:
@@ -158,12 +158,12 @@ def iter_post_rows(path: str | Path):
                     problem = f"{problem}: the file ends before the root element is closed (cut off?)"
                 raise DataError(path, e.lineno, None, f"malformed XML at column {e.offset + 1}: {problem}") from None
             for row in pending:
-                post_id, kind = _int_attr(path, row, "Id"), _int_attr(path, row, "PostTypeId")
+                post_id, kind = int_attr(path, row, "Id"), int_attr(path, row, "PostTypeId")
                 if kind in (1, 2):
                     if row.get("Body") is None:
                         raise DataError(path, row.line, "Body", f"missing attribute (row Id={post_id})")
-                    _int_attr(path, row, "Score")
-                    _int_attr(path, row, "ParentId" if kind == 2 else "AcceptedAnswerId", required=kind == 2)
+                    int_attr(path, row, "Score")
+                    int_attr(path, row, "ParentId" if kind == 2 else "AcceptedAnswerId", required=kind == 2)
                 yield row, post_id, kind
             pending.clear()
             if not chunk:
@@ -196,7 +196,7 @@ def load_stackexchange(path: str | Path, drops: Drops, min_score: int = 1, domai
         if kind == 1:
             questions[post_id] = row
         else:
-            parent = _int_attr(path, row, "ParentId")
+            parent = int_attr(path, row, "ParentId")
             if parent in dup:
                 drops.add("answer_of_duplicate_question")
                 continue
@@ -217,12 +217,12 @@ def load_stackexchange(path: str | Path, drops: Drops, min_score: int = 1, domai
         try:
             details = html_to_text(row.get("Body") or "")
             cands = answers.get(qid, [])
-            accepted = _int_attr(path, row, "AcceptedAnswerId", required=False)
+            accepted = int_attr(path, row, "AcceptedAnswerId", required=False)
             best = next((a for a in cands if int(a["Id"]) == accepted), None)
-            if best is None or _int_attr(path, best, "Score") < min_score:
-                ranked = sorted(cands, key=lambda a: (-_int_attr(path, a, "Score"), int(a["Id"])))
+            if best is None or int_attr(path, best, "Score") < min_score:
+                ranked = sorted(cands, key=lambda a: (-int_attr(path, a, "Score"), int(a["Id"])))
                 best = ranked[0] if ranked else None
-            if best is not None and _int_attr(path, best, "Score") < min_score:
+            if best is not None and int_attr(path, best, "Score") < min_score:
                 best = None
             answer = html_to_text(best.get("Body") or "") if best is not None else None
         except UnsafeHTML:

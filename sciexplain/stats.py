@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from itertools import combinations
 from typing import Iterable, Mapping, Sequence
 
 import krippendorff
 import numpy as np
+import scipy.optimize
 import scipy.stats
 
 from .records import DataError
@@ -34,14 +34,14 @@ TIE = "tie"
 
 # --------------------------------------------------------------------------- small helpers
 
-def _rate(x: float | None) -> float | None:
+def round_rate(x: float | None) -> float | None:
     """A rate or kappa for JSON: ``None`` for missing/NaN, else a float rounded to 4 decimals."""
     if x is None or not math.isfinite(x):
         return None
     return round(float(x), 4)
 
 
-def _pval(p: float | None) -> float | None:
+def round_p(p: float | None) -> float | None:
     """A p-value for JSON: ``None`` for missing/NaN, else a float with 4 significant digits."""
     if p is None or not math.isfinite(p):
         return None
@@ -180,193 +180,9 @@ def majority_vote(verdicts: Iterable[Sequence]) -> str:
     return TIE
 
 
-def _models_of(key: Mapping, item_ids: Iterable[str]) -> tuple[str, str]:
-    """The two model names the key uses for these items, sorted; DataError for a bad key."""
-    names: set[str] = set()
-    for item in item_ids:
-        entry = key.get(item)
-        if entry is None:
-            raise DataError(None, f"item {item!r}", None, "rated item is missing from the key")
-        for field in ("a_model", "b_model"):
-            if not isinstance(entry.get(field), str) or not entry[field].strip():
-                raise DataError(None, f"key item {item!r}", field, "missing or empty")
-        if entry["a_model"] == entry["b_model"]:
-            raise DataError(None, f"key item {item!r}", None, f"a_model and b_model are both {entry['a_model']!r}")
-        names.update((entry["a_model"], entry["b_model"]))
-    if len(names) != 2:
-        raise DataError(None, None, "key", f"a pair summary needs exactly 2 models, the key names {sorted(names)}")
-    return tuple(sorted(names))  # type: ignore[return-value]
-
-
-def _to_model(side: str, entry: Mapping) -> str:
-    """Map ``"A"``/``"B"``/``"tie"`` to a model name (or ``"tie"``) through one item's key entry."""
-    return entry["a_model"] if side == "A" else entry["b_model"] if side == "B" else TIE
-
-
-def summarize_pair(annotations: Mapping[str, Mapping[str, Sequence]], key: Mapping[str, Mapping],
-                   lengths: Mapping[str, Mapping] | None = None) -> dict:
-    """Summarise a blind A/B comparison of two models, in model space (A/B order undone).
-
-    Items are every item id rated by at least one annotator; each must be in ``key``, and the
-    key must name exactly two models over them. An item's winner is :func:`majority_vote` over
-    the annotators who rated it, mapped to a model name through the key.
-
-    Returns (model names sorted; ``None`` wherever a number is undefined)::
-
-        n_items, n_decisive (= n_items - ties), n_annotators, annotators (sorted)
-        models: {name: {wins, win_rate = wins / n_items,
-                        win_rate_decisive = wins / n_decisive,
-                        ci95_low, ci95_high   (Wilson 95% interval of win_rate_decisive),
-                        p_value               (two-sided binomial test, wins of n_decisive vs 0.5)}}
-        ties: {count, rate = count / n_items}
-        strength: {name: {"Significantly better": c, "Better": c, "Slightly better": c}}
-        agreement: {pairwise, n_pairs, fleiss_kappa, kappa_items, krippendorff_alpha, alpha_items,
-                    alpha_ratings, leave_one_out, leave_one_out_mean}
-        length_preference: {annotator: {prefers_longer, n}}   or None without ``lengths``
-
-    Definitions:
-
-    * ``strength[m]``: over the items model ``m`` won, the strengths of the votes that agree
-      with the majority (votes for ``m``); votes on ties and votes against the winner are not
-      counted. Each bar of the stacked graph is one model; its height is its agreeing votes.
-    * An annotator's *label* on an item is the model they preferred, or ``"tie"`` for Unsure.
-    * ``pairwise``: over every item and every pair of annotators who both rated it, the share
-      of pairs with the same label (``n_pairs`` pairs in all).
-    * ``fleiss_kappa``: :func:`fleiss_kappa` over categories (model 1, model 2, tie) on the
-      ``kappa_items`` items every annotator rated (None when no item was rated by all).
-    * ``krippendorff_alpha``: :func:`krippendorff_alpha` (nominal, same categories) over every item
-      rated by at least two annotators (``alpha_items`` items, ``alpha_ratings`` ratings in them):
-      the agreement figure for annotators who rated different subsets (an assignment with overlap).
-    * ``leave_one_out[a] = {agreement, n}``: for each item ``a`` rated, the majority vote of the
-      *other* annotators who rated it; items nobody else rated, and items where the others'
-      majority is a tie, are skipped. ``agreement`` is the share of the remaining ``n`` items
-      where ``a``'s label equals that majority (an Unsure from ``a`` counts as disagreement).
-      ``leave_one_out_mean`` is the unweighted mean over annotators with ``n > 0``.
-    * ``length_preference[a] = {prefers_longer, n}``: among ``a``'s decisive votes on items whose
-      two answers differ in length, the share that chose the longer answer. ``lengths`` must
-      cover every rated item (DataError otherwise).
-
-    With a single annotator all agreement numbers are ``None`` (``leave_one_out`` entries have
-    ``n = 0``). Raises :class:`DataError` for bad verdicts, items missing from the key, or no
-    rated items.
-    """
-    annotators = sorted(annotations)
-    items = sorted({item for a in annotators for item in annotations[a]})
-    if not items:
-        raise DataError(None, None, "annotations", "no rated items")
-    m1, m2 = _models_of(key, items)
-    models = (m1, m2)
-
-    # side[a][item] in {"A", "B", "tie"}; label = the same in model space
-    side = {a: {item: verdict_side(v, f"annotator {a!r}, item {item!r}") for item, v in annotations[a].items()}
-            for a in annotators}
-    label = {a: {item: _to_model(s, key[item]) for item, s in side[a].items()} for a in annotators}
-    raters = {item: [a for a in annotators if item in annotations[a]] for item in items}
-
-    winner = {item: _to_model(majority_vote([annotations[a][item] for a in raters[item]]), key[item])
-              for item in items}
-    n_items = len(items)
-    wins = Counter(winner.values())
-    n_ties = wins[TIE]
-    n_decisive = n_items - n_ties
-
-    model_stats = {}
-    for m in models:
-        lo, hi = wilson_interval(wins[m], n_decisive)
-        model_stats[m] = {
-            "wins": wins[m],
-            "win_rate": _rate(wins[m] / n_items),
-            "win_rate_decisive": _rate(wins[m] / n_decisive) if n_decisive else None,
-            "ci95_low": _rate(lo),
-            "ci95_high": _rate(hi),
-            "p_value": _pval(binom_p(wins[m], n_decisive)),
-        }
-
-    strength = {m: {s: 0 for s in DECISIVE_STRENGTHS} for m in models}
-    for item, w in winner.items():
-        if w == TIE:
-            continue
-        for a in raters[item]:
-            if label[a][item] == w:
-                strength[w][annotations[a][item][1]] += 1
-
-    # raw pairwise agreement
-    agree = pairs = 0
-    for item in items:
-        for a, b in combinations(raters[item], 2):
-            pairs += 1
-            agree += label[a][item] == label[b][item]
-
-    # Fleiss' kappa on the items every annotator rated
-    kappa, full_items = None, [item for item in items if len(raters[item]) == len(annotators)]
-    if len(annotators) >= 2 and full_items:
-        cats = (m1, m2, TIE)
-        table = [[sum(label[a][item] == c for a in annotators) for c in cats] for item in full_items]
-        kappa = _rate(fleiss_kappa(table))
-
-    # Krippendorff's alpha on every item with >= 2 ratings (annotators may have rated different subsets)
-    alpha = krippendorff_alpha(label, details=True)
-
-    # leave-one-out: each annotator against the majority of the others
-    loo = {}
-    for a in annotators:
-        hits = n = 0
-        for item in annotations[a]:
-            others = [annotations[b][item] for b in raters[item] if b != a]
-            if not others:
-                continue
-            others_major = _to_model(majority_vote(others), key[item])
-            if others_major == TIE:
-                continue
-            n += 1
-            hits += label[a][item] == others_major
-        loo[a] = {"agreement": _rate(hits / n) if n else None, "n": n}
-    loo_values = [v["agreement"] for v in loo.values() if v["agreement"] is not None]
-
-    length_pref = None
-    if lengths is not None:
-        length_pref = {}
-        for a in annotators:
-            longer = n = 0
-            for item, s in side[a].items():
-                if item not in lengths:
-                    raise DataError(None, f"item {item!r}", "lengths", "rated item has no answer lengths")
-                try:
-                    la, lb = int(lengths[item]["A"]), int(lengths[item]["B"])
-                except (KeyError, TypeError, ValueError):
-                    raise DataError(None, f"item {item!r}", "lengths", "needs integer 'A' and 'B' lengths") from None
-                if s == TIE or la == lb:
-                    continue
-                n += 1
-                longer += s == ("A" if la > lb else "B")
-            length_pref[a] = {"prefers_longer": _rate(longer / n) if n else None, "n": n}
-
-    return {
-        "n_items": n_items,
-        "n_decisive": n_decisive,
-        "n_annotators": len(annotators),
-        "annotators": annotators,
-        "models": model_stats,
-        "ties": {"count": n_ties, "rate": _rate(n_ties / n_items)},
-        "strength": strength,
-        "agreement": {
-            "pairwise": _rate(agree / pairs) if pairs else None,
-            "n_pairs": pairs,
-            "fleiss_kappa": kappa,
-            "kappa_items": len(full_items) if kappa is not None else 0,
-            "krippendorff_alpha": _rate(alpha["alpha"]),
-            "alpha_items": alpha["n_items"],
-            "alpha_ratings": alpha["n_ratings"],
-            "leave_one_out": loo,
-            "leave_one_out_mean": _rate(float(np.mean(loo_values))) if loo_values else None,
-        },
-        "length_preference": length_pref,
-    }
-
-
 # --------------------------------------------------------------------------- rewards
 
-def _finite_array(values, name: str) -> np.ndarray:
+def finite_array(values, name: str) -> np.ndarray:
     arr = np.asarray(list(values), dtype=float)
     if arr.ndim != 1:
         raise ValueError(f"{name} must be a flat sequence of numbers")
@@ -385,22 +201,22 @@ def reward_summary(values: Iterable[float], n_resamples: int = 2000, confidence:
     all values are equal it is ``(value, value)``. An empty input gives ``n = 0`` and ``None``
     everywhere else. Raises ValueError for NaN or infinite values. Numbers are rounded to 4 decimals.
     """
-    arr = _finite_array(values, "values")
+    arr = finite_array(values, "values")
     n = int(arr.size)
     out = {"n": n, "mean": None, "median": None, "std": None, "min": None, "max": None,
            "ci95_low": None, "ci95_high": None}
     if n == 0:
         return out
-    out.update(mean=_rate(arr.mean()), median=_rate(np.median(arr)), min=_rate(arr.min()), max=_rate(arr.max()))
+    out.update(mean=round_rate(arr.mean()), median=round_rate(np.median(arr)), min=round_rate(arr.min()), max=round_rate(arr.max()))
     if n >= 2:
-        out["std"] = _rate(arr.std(ddof=1))
+        out["std"] = round_rate(arr.std(ddof=1))
         if np.all(arr == arr[0]):
             lo = hi = float(arr[0])
         else:
             res = scipy.stats.bootstrap((arr,), np.mean, n_resamples=n_resamples, confidence_level=confidence,
                                         method="BCa", vectorized=True, rng=np.random.default_rng(random_state))
             lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
-        out["ci95_low"], out["ci95_high"] = _rate(lo), _rate(hi)
+        out["ci95_low"], out["ci95_high"] = round_rate(lo), round_rate(hi)
     return out
 
 
@@ -414,7 +230,7 @@ def paired_wilcoxon(x: Sequence[float], y: Sequence[float]) -> dict:
     equal there is no evidence of a difference: ``statistic = 0.0, p_value = 1.0`` without calling
     scipy. Raises ValueError for unequal lengths, empty input, NaN or infinite values.
     """
-    xa, ya = _finite_array(x, "x"), _finite_array(y, "y")
+    xa, ya = finite_array(x, "x"), finite_array(y, "y")
     if xa.size != ya.size:
         raise ValueError(f"x and y must pair up, got {xa.size} and {ya.size} values")
     if xa.size == 0:
@@ -424,4 +240,98 @@ def paired_wilcoxon(x: Sequence[float], y: Sequence[float]) -> dict:
     if n_nonzero == 0:
         return {"statistic": 0.0, "p_value": 1.0, "n": int(xa.size), "n_nonzero": 0}
     res = scipy.stats.wilcoxon(xa, ya)
-    return {"statistic": float(res.statistic), "p_value": _pval(res.pvalue), "n": int(xa.size), "n_nonzero": n_nonzero}
+    return {"statistic": float(res.statistic), "p_value": round_p(res.pvalue), "n": int(xa.size), "n_nonzero": n_nonzero}
+
+
+# --------------------------------------------------------------------------- agreement, tests, power (general statistics)
+def cohen_kappa(labels_1: Sequence, labels_2: Sequence) -> float | None:
+    """Cohen's kappa ``(p_o - p_e) / (1 - p_e)``; None when undefined (no items, or p_e == 1)."""
+    if len(labels_1) != len(labels_2):
+        raise ValueError("cohen_kappa needs two label sequences of the same length")
+    n = len(labels_1)
+    if n == 0:
+        return None
+    p_o = sum(a == b for a, b in zip(labels_1, labels_2)) / n
+    c1, c2 = Counter(labels_1), Counter(labels_2)
+    p_e = sum(c1[k] * c2[k] for k in c1) / (n * n)
+    if p_e >= 1.0:
+        return None
+    return (p_o - p_e) / (1.0 - p_e)
+
+
+def cluster_bootstrap_ci(hits: Mapping, totals: Mapping, n_resamples: int = 2000, seed: int = 0,
+                         confidence: float = 0.95) -> tuple[float | None, float | None]:
+    """Percentile interval of ``sum(hits) / sum(totals)`` resampling clusters (the keys) with replacement.
+
+    ``hits`` and ``totals`` map a cluster (a question id) to its counts. Resamples whose total is 0 are
+    skipped; ``(None, None)`` when there is nothing to resample.
+    """
+    keys = sorted(k for k in totals if totals[k] > 0)
+    if not keys or n_resamples < 1:
+        return (None, None)
+    h = np.array([hits.get(k, 0) for k in keys], dtype=float)
+    t = np.array([totals[k] for k in keys], dtype=float)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(keys), size=(int(n_resamples), len(keys)))
+    num, den = h[idx].sum(axis=1), t[idx].sum(axis=1)
+    ratios = num[den > 0] / den[den > 0]
+    if ratios.size == 0:
+        return (None, None)
+    alpha = (1.0 - confidence) / 2
+    lo, hi = np.quantile(ratios, [alpha, 1.0 - alpha])
+    return (float(lo), float(hi))
+
+
+# --------------------------------------------------------------------------- paired tests
+def mcnemar_exact(correct_1: Sequence[bool], correct_2: Sequence[bool]) -> dict:
+    """Exact McNemar test of two predictors on the same items (True = right on that item).
+
+    ``only_1`` = items only predictor 1 got right, ``only_2`` = only predictor 2; ``p`` is
+    ``binomtest(only_1, only_1 + only_2, 0.5)`` two-sided, and 1.0 when no item is discordant.
+    """
+    if len(correct_1) != len(correct_2):
+        raise ValueError("mcnemar_exact needs the two predictors on the same items")
+    only_1 = sum(bool(a) and not bool(b) for a, b in zip(correct_1, correct_2))
+    only_2 = sum(bool(b) and not bool(a) for a, b in zip(correct_1, correct_2))
+    n = only_1 + only_2
+    p = 1.0 if n == 0 else float(scipy.stats.binomtest(only_1, n, 0.5).pvalue)
+    return {"only_1": only_1, "only_2": only_2, "discordant": n, "p": p}
+
+
+def holm(pvalues: Mapping[str, float | None]) -> dict[str, float | None]:
+    """Holm-adjusted p-values (step-down, monotone, capped at 1); None entries stay None and do not count."""
+    named = sorted(((p, k) for k, p in pvalues.items() if p is not None and math.isfinite(p)))
+    m, out, running = len(named), {k: None for k in pvalues}, 0.0
+    for i, (p, k) in enumerate(named):
+        running = max(running, min(1.0, (m - i) * p))
+        out[k] = running
+    return out
+
+
+# --------------------------------------------------------------------------- power and verdicts
+def _critical_k(n: int, alpha: float) -> int:
+    """The largest k whose two-sided exact binomial p-value (p0 = 0.5) is <= alpha; -1 when none is."""
+    if n <= 0:
+        return -1
+    ks = np.arange(0, n // 2 + 1)
+    p = np.minimum(1.0, 2.0 * scipy.stats.binom.cdf(ks, n, 0.5))
+    ok = ks[p <= alpha]
+    return int(ok.max()) if ok.size else -1
+
+
+def sign_test_power(n: int, p: float, alpha: float = 0.05) -> float:
+    """Exact power of the two-sided sign test at ``n`` decisive votes when the true win share is ``p``."""
+    k = _critical_k(n, alpha)
+    if k < 0:
+        return 0.0
+    return float(scipy.stats.binom.cdf(k, n, p) + scipy.stats.binom.sf(n - k - 1, n, p))
+
+
+def detectable_win_rate(n: int, alpha: float = 0.05, power: float = 0.8) -> float | None:
+    """Smallest true win share ``p > 0.5`` detected with ``power`` at ``n`` decisive votes (None: none can be)."""
+    n = int(n)
+    if _critical_k(n, alpha) < 0 or sign_test_power(n, 1.0, alpha) < power:
+        return None
+    return float(scipy.optimize.brentq(lambda p: sign_test_power(n, p, alpha) - power, 0.5, 1.0, xtol=1e-6))
+
+

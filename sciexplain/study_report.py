@@ -13,9 +13,10 @@ from typing import Mapping
 
 from .comparisons import verdict_sentence
 from .records import DataError, first_answers, read_json, read_jsonl, write_json
-from .stats import DECISIVE_STRENGTHS, _pval, paired_wilcoxon, reward_summary
+from .stats import DECISIVE_STRENGTHS, round_p, paired_wilcoxon, reward_summary
 from .teacher_check import sentence as teacher_sentence
-from .verdicts import NOT_VALIDATED, holm
+from .stats import holm
+from .verdicts import NOT_VALIDATED
 
 PLOT_COLUMNS = ("bar", "pair", "who", "model", "strength", "votes")
 FAMILY = "compare.pairs"  # the family of headline sign tests: every comparison of compare.pairs
@@ -184,7 +185,7 @@ def reward_statistics(rewards: Mapping[str, Mapping[str, float]], baseline: str 
         out[m] = entry
     adjusted = holm({m: e["wilcoxon"]["p_value"] for m, e in out.items() if e["wilcoxon"]})
     for m, p in adjusted.items():
-        out[m]["wilcoxon"]["p_holm"] = _pval(p)
+        out[m]["wilcoxon"]["p_holm"] = round_p(p)
     return out
 
 

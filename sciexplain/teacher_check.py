@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
-from .annotations import build_sheet
+from .sheets import build_sheet
 from .comparisons import summarize, verdict_sentence
 
 PAIR = "teacher_vs_base"

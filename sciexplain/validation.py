@@ -1,6 +1,6 @@
 """Judges checked against people: every judge of the panel and two baselines on held-out human pairs.
 
-Each test pair becomes one blind sheet item (:func:`sciexplain.annotations.build_sheet`, ``item_id`` = the
+Each test pair becomes one blind sheet item (:func:`sciexplain.sheets.build_sheet`, ``item_id`` = the
 pair id): the human-preferred answer is shown as A or B by a seeded draw per item (``validate.seed``), not in
 both orders -- LLM judges already ask both orders themselves (:class:`sciexplain.judges.LLMJudge`), and the
 rubric scores each answer on its own. Predictors:
@@ -30,11 +30,11 @@ import random
 from collections import defaultdict
 from typing import Mapping, Sequence
 
-from .annotations import build_sheet
+from .sheets import build_sheet
 from .panel import Panel
 from .splits import hash_order
-from .stats import TIE, _pval, _rate, verdict_side, wilson_interval
-from .verdicts import cluster_bootstrap_ci, cohen_kappa, holm, mcnemar_exact
+from .stats import TIE, round_p, round_rate, verdict_side, wilson_interval
+from .stats import cluster_bootstrap_ci, cohen_kappa, holm, mcnemar_exact
 
 BASELINES = ("longer", "random")
 
@@ -104,11 +104,11 @@ def score_predictor(choices: Mapping[str, str], human: Mapping[str, str], questi
     uneven = [i for i in decisive if longer[i] != TIE]
     return {
         "n": n, "questions": len({questions[i] for i in items}), "decisive": d, "ties": n - d, "correct": k,
-        "agreement": _rate(k / d) if d else None, "agreement_ci_low": _rate(lo), "agreement_ci_high": _rate(hi),
-        "agreement_cluster_ci_low": _rate(clo), "agreement_cluster_ci_high": _rate(chi),
-        "agreement_all": _rate(k / n) if n else None, "coverage": _rate(d / n) if n else None,
-        "kappa": _rate(cohen_kappa([choices[i] for i in items], [human[i] for i in items])),
-        "longer_share": _rate(sum(choices[i] == longer[i] for i in uneven) / len(uneven)) if uneven else None,
+        "agreement": round_rate(k / d) if d else None, "agreement_ci_low": round_rate(lo), "agreement_ci_high": round_rate(hi),
+        "agreement_cluster_ci_low": round_rate(clo), "agreement_cluster_ci_high": round_rate(chi),
+        "agreement_all": round_rate(k / n) if n else None, "coverage": round_rate(d / n) if n else None,
+        "kappa": round_rate(cohen_kappa([choices[i] for i in items], [human[i] for i in items])),
+        "longer_share": round_rate(sum(choices[i] == longer[i] for i in uneven) / len(uneven)) if uneven else None,
         "validated": clo is not None and clo > 0.5,
     }
 
@@ -155,14 +155,14 @@ def validate(pairs: Sequence[Mapping], panel: Panel | None, *, seed: int = 0, n_
     for name in judged:
         t = mcnemar_exact([predictors[name][i] == human[i] for i in items], longer_right)
         tests[name] = {"judge_only_right": t["only_1"], "longer_only_right": t["only_2"],
-                       "discordant": t["discordant"], "p": _pval(t["p"])}
+                       "discordant": t["discordant"], "p": round_p(t["p"])}
     adjusted = holm({name: t["p"] for name, t in tests.items()})
     for name in tests:
-        tests[name]["p_holm"] = _pval(adjusted[name])
+        tests[name]["p_holm"] = round_p(adjusted[name])
     uneven = [i for i in items if longer[i] != TIE]
     return {
         "pairs": {"n": len(items), "questions": len(set(questions.values())),
-                  "human_prefers_longer": _rate(sum(human[i] == longer[i] for i in uneven) / len(uneven)) if uneven else None,
+                  "human_prefers_longer": round_rate(sum(human[i] == longer[i] for i in uneven) / len(uneven)) if uneven else None,
                   "equal_length": len(items) - len(uneven)},
         "judges": scores,
         "vs_longer": tests,

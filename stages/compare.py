@@ -19,7 +19,7 @@ from pathlib import Path
 
 import click
 
-from sciexplain.annotations import build_sheet, write_sheet_csv
+from sciexplain.sheets import build_sheet, write_sheet_csv
 from sciexplain.cli import params_option, read_params, stage
 from sciexplain.records import DataError, first_answers, new_dir, read_jsonl, write_json, write_jsonl
 

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import click
 
-from sciexplain.annotations import JUDGE, read_sheet, sheet_hashes, write_annotations
+from sciexplain.annotation_store import write_annotations
+from sciexplain.annotations import JUDGE
+from sciexplain.sheets import read_sheet, sheet_hashes
 from sciexplain.cli import params_option, read_params, stage
 from sciexplain.records import DataError, new_dir, write_json
 from sciexplain.judges import Panel

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import click
 
-from sciexplain.annotations import check_pair_folders, read_key, read_sheet, sheet_hashes
+from sciexplain.annotations import check_pair_folders
+from sciexplain.sheets import read_key, read_sheet, sheet_hashes
 from sciexplain.cli import stage
 from sciexplain.comparisons import power_at, read_groups, summarize, verdict_sentence
 from sciexplain.records import DataError, read_json, write_json

@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 from sciexplain.annotate_web import make_server
-from sciexplain.annotations import item_hash, load_annotations, read_annotations, work_dir
+from sciexplain.annotation_store import work_dir
+from sciexplain.annotations import load_annotations, read_annotations
+from sciexplain.sheets import item_hash
 from sciexplain.records import UserError, write_jsonl
 
 CHROMIUM = "/usr/bin/chromium"
@@ -349,7 +351,7 @@ def test_stale_and_hashless_files_at_start(tmp_path):
     finally:
         server.server_close()
     write_jsonl(out, [{"item_id": "q1", "choice": "A", "strength": "Better"}])
-    with pytest.raises(UserError, match="line 1, field 'item_hash'.*python -m sciexplain.annotations migrate"):
+    with pytest.raises(UserError, match="line 1, field 'item_hash'.*python -m sciexplain.migrate_annotations"):
         make_server(pair / "sheet.jsonl", out, port=0, quiet=True)
 
 

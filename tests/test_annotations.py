@@ -4,10 +4,10 @@ import os
 
 import pytest
 
-from sciexplain.annotations import (
-    STRENGTHS, Annotation, AnnotationLock, append_annotation, build_sheet, item_hash, load_annotations, migrate_file,
-    read_annotation_dir, read_annotations, read_sheet, sheet_hashes, validate_annotation, work_dir, write_sheet_csv,
-)
+from sciexplain.annotation_store import AnnotationLock, append_annotation, work_dir
+from sciexplain.annotations import STRENGTHS, Annotation, load_annotations, read_annotation_dir, read_annotations, validate_annotation
+from sciexplain.migrate_annotations import migrate_file
+from sciexplain.sheets import build_sheet, item_hash, read_sheet, sheet_hashes, write_sheet_csv
 from sciexplain.records import DataError, UserError, write_jsonl
 
 IDS = ["q1", "q2", "q3"]
@@ -287,7 +287,7 @@ def test_load_annotations_keeps_current_rows_and_counts_stale_ones(tmp_path):
     with pytest.raises(DataError) as ei:
         load_annotations(p, HASHES, sheet_path="data/compare/x/sheet.jsonl")
     assert (ei.value.where, ei.value.field) == (2, "item_hash")
-    assert f"python -m sciexplain.annotations migrate --sheet data/compare/x/sheet.jsonl {p}" in str(ei.value)
+    assert f"python -m sciexplain.migrate_annotations --sheet data/compare/x/sheet.jsonl {p}" in str(ei.value)
     assert "\n" not in str(ei.value)
     write_lines(p, [{"item_id": "q1", "item_hash": HASHES["q1"], "choice": "A", "strength": "Better",
                      "annotator_type": "robot"}])

@@ -15,7 +15,7 @@ def set_pairs(path, *names):
     """compare.pairs = exactly these pairs ({x_vs_y: [x, y]}; write_params would merge mappings)."""
     write_params(path, {"compare": {"pairs": None}})
     write_params(path, {"compare": {"pairs": {n: n.split("_vs_") for n in names}}})
-from sciexplain.annotations import item_hash
+from sciexplain.sheets import item_hash
 from stages import compare, judge, winrate
 
 PROMPT = str(ROOT / "prompts" / "judge.md")
@@ -243,7 +243,7 @@ def _winrate(root):
 
 def test_stale_human_rows_are_not_counted_and_are_reported(judged):
     """A/B order (compare.seed) or an answer changes after annotation: those votes no longer count, per file."""
-    from sciexplain.annotations import _ab_swap
+    from sciexplain.sheets import _ab_swap
 
     _write(judged / ALICE, _votes(judged, "base"))  # alice prefers base everywhere, on the sheet of seed 0
     m, err = _winrate(judged)
@@ -281,7 +281,7 @@ def test_stale_human_rows_are_not_counted_and_are_reported(judged):
 
 @pytest.mark.parametrize("fmt", ["csv", "jsonl"])
 def test_old_files_without_hashes_are_an_error_until_migrated(judged, fmt):
-    from sciexplain.annotations import _cli
+    from sciexplain.migrate_annotations import main as migrate_cli
 
     path = judged / f"data/annotations/base_vs_sft/alice.{fmt}"
     rows = [{k: v for k, v in r.items() if k != "item_hash"} for r in _votes(judged, "base")]
@@ -298,13 +298,13 @@ def test_old_files_without_hashes_are_an_error_until_migrated(judged, fmt):
     assert r.exit_code == 1 and len(r.stderr.strip().splitlines()) == 1, r.output
     rel = f"data/annotations/base_vs_sft/alice.{fmt}"
     assert f"{rel}, line {2 if fmt == 'csv' else 1}, field 'item_hash'" in r.stderr
-    assert f"python -m sciexplain.annotations migrate --sheet {SHEET} {rel}" in r.stderr
+    assert f"python -m sciexplain.migrate_annotations --sheet {SHEET} {rel}" in r.stderr
     assert not (judged / "metrics/compare/base_vs_sft.json").exists()
 
     # the migration asks first; "no" changes nothing
-    r = CliRunner().invoke(_cli(), ["migrate", "--sheet", SHEET, rel], input="n\n")
+    r = CliRunner().invoke(migrate_cli, ["--sheet", SHEET, rel], input="n\n")
     assert r.exit_code != 0 and path.read_bytes() == before
-    r = CliRunner().invoke(_cli(), ["migrate", "--sheet", SHEET, rel], input="y\n")
+    r = CliRunner().invoke(migrate_cli, ["--sheet", SHEET, rel], input="y\n")
     assert r.exit_code == 0 and "4 rows stamped" in r.output, r.output
     m, _ = _winrate(judged)
     assert m["human_annotators"] == ["alice"] and m["humans"]["models"]["base"]["wins"] == 4

@@ -14,7 +14,7 @@ from conftest import ROOT, write_params
 
 pytestmark = pytest.mark.e2e
 
-PIPELINE_FILES = ["dvc.yaml", "params.yaml", "stages", "sciexplain", "prompts", "data/raw", "data/annotations"]
+PIPELINE_FILES = ["dvc.yaml", "params.yaml", ".dvcignore", "stages", "sciexplain", "prompts", "data/raw", "data/annotations"]
 
 
 def _env() -> dict:
@@ -267,6 +267,42 @@ def test_outputs_of_the_tiny_run(tiny_repo):
         assert compare["judge_annotators"] == ["judge-rubric"]
         assert {k: v for k, v in winrates[pair].items() if k != "multiple_testing" and k != "verdict"} == \
             {k: v for k, v in compare.items() if k != "verdict"}  # the report adds the family's adjustment only
+
+
+def _strings(node, path=""):
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _strings(v, f"{path}.{k}")
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _strings(v, f"{path}[{i}]")
+    elif isinstance(node, str):
+        yield path, node
+
+
+def test_metrics_hold_numbers_and_codes_and_the_headline_fits_a_terminal(tiny_repo):
+    """No metrics file holds a sentence (the report says things in words); metrics/headline.json has every
+    comparison, every model's reward statistics and the instruments, and `dvc metrics diff` of it fits 120 columns
+    (the tiny run's HEAD has no metrics yet, so the diff lists every headline value)."""
+    repo, _ = tiny_repo
+    for f in sorted((repo / "metrics").rglob("*.json")):
+        for path, value in _strings(json.loads(f.read_text())):
+            assert len(value) <= 48, f"{f.relative_to(repo)}: {path}: {value!r}"
+    head = json.loads((repo / "metrics/headline.json").read_text())
+    winrates = json.loads((repo / "metrics/eval_winrates.json").read_text())
+    assert set(head) == {*PAIRS, "reward", "agree", "rm"} and set(head["reward"]) == set(MODELS)
+    for pair in PAIRS:
+        v = winrates[pair]["verdict"]
+        assert head[pair]["verdict"] == v["verdict"] and head[pair]["win_rate"] == v["win_rate"]
+        assert head[pair]["by"] == winrates[pair]["headline_source"] and head[pair]["ci_low"] <= head[pair]["ci_high"]
+    rewards = json.loads((repo / "metrics/eval_rewards.json").read_text())
+    assert head["reward"]["sft"] == {k: rewards["sft"][k] for k in ("mean", "median", "std")}
+    shown = _run(["dvc", "metrics", "show"], repo).stdout.splitlines()
+    assert shown[1].split()[0] == "metrics/headline.json", shown[:3]  # listed first
+    diff = _run(["dvc", "metrics", "diff", "HEAD", "--all", "--targets", "metrics/headline.json"], repo).stdout
+    rows = diff.splitlines()
+    assert len(rows) > 20 and "sft_vs_base.win_rate" in diff, diff
+    assert max(len(r) for r in rows) <= 120, diff
 
 
 def test_a_human_annotation_file_updates_stats_without_regenerating(_tiny):

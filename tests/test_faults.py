@@ -291,7 +291,7 @@ def test_teacher_local_killed_resumes_without_loss(tmp_path, tiny_base, one_torc
 
 @pytest.mark.e2e
 def test_llm_judge_openai_killed_resumes_without_loss(tmp_path, servers):
-    from sciexplain.annotations import build_sheet
+    from sciexplain.sheets import build_sheet
 
     clean_srv, srv = servers
     pairs = [{"item_id": f"i{n}", "question": q, "answer_1": f"{q} Short answer {n}.",

@@ -8,7 +8,8 @@ import pytest
 import openai_server
 from conftest import ROOT
 from openai_server import FakeOpenAIServer
-from sciexplain.annotations import STRENGTHS, Annotation, read_annotations, write_annotations
+from sciexplain.annotation_store import write_annotations
+from sciexplain.annotations import STRENGTHS, Annotation, read_annotations
 from sciexplain.generation import GenResult
 from sciexplain.records import DataError
 from sciexplain.judges import (LLMJudge, Panel, combine_verdicts, load_template, parse_verdict, render_prompt,

@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 from sciexplain import plots, report
-from sciexplain.stats import STRENGTHS, paired_wilcoxon, reward_summary, summarize_pair
+from sciexplain.comparisons import summarize_pair
+from sciexplain.stats import STRENGTHS, paired_wilcoxon, reward_summary
 
 ROOT = Path(__file__).resolve().parents[1]
 SIG, BET, SLI, UNS = STRENGTHS

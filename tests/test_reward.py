@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from sciexplain import preferences as prefs
-from sciexplain.annotations import sheet_hashes
+from sciexplain.sheets import sheet_hashes
 from sciexplain.records import DataError, UserError, stable_id
 from sciexplain.models import load_tokenizer
 from sciexplain.reward import (ChatEncoder, chat_prompt, RewardScorer, check_pooling, constant_loss, encode_pairs,

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from conftest import read_jsonl, write_params
 from sciexplain import rm_gate
-from sciexplain.annotations import item_hash
+from sciexplain.sheets import item_hash
 from sciexplain.records import stable_id
 from stages import reward_model
 

@@ -17,9 +17,9 @@ from sciexplain.stats import (
     majority_vote,
     paired_wilcoxon,
     reward_summary,
-    summarize_pair,
     wilson_interval,
 )
+from sciexplain.comparisons import summarize_pair
 
 SIG, BET, SLI, UNS = STRENGTHS
 

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from conftest import read_jsonl, write_params
 from openai_server import FakeOpenAIServer
-from sciexplain.annotations import build_sheet, read_sheet
+from sciexplain.sheets import build_sheet, read_sheet
 from sciexplain.records import DataError
 from sciexplain.judges import Panel
 from sciexplain.teacher_check import check_items, teacher_vs_student

@@ -11,9 +11,9 @@ from sciexplain.generation import GenResult
 from sciexplain.records import stable_id
 from sciexplain.judges import Panel
 from sciexplain.validation import choices_from_scores, make_sheet, validate
-from sciexplain.verdicts import (BETTER, CANNOT_TELL, NOT_VALIDATED, VERDICTS, WORSE, _critical_k,
-                                 cluster_bootstrap_ci, cohen_kappa, comparison_verdict, detectable_win_rate, holm,
-                                 mcnemar_exact, sign_test_power)
+from sciexplain.stats import (_critical_k, cluster_bootstrap_ci, cohen_kappa, detectable_win_rate, holm, mcnemar_exact,
+                              sign_test_power)
+from sciexplain.verdicts import BETTER, CANNOT_TELL, NOT_VALIDATED, VERDICTS, WORSE, comparison_verdict
 
 PROMPT = ROOT / "prompts" / "judge.md"
 

@@ -13,14 +13,15 @@ from click.testing import CliRunner
 from conftest import read_jsonl, write_params
 from sciexplain import report
 from sciexplain.annotate_web import assign_items, make_server
-from sciexplain.annotations import Annotation, build_sheet
+from sciexplain.annotations import Annotation
+from sciexplain.sheets import build_sheet
 from sciexplain.comparisons import adjust_family, summarize
 from sciexplain.evaluation import load_eval_answers
 from sciexplain.study_report import (opening, reward_model_warning, reward_statistics,
                                    teacher_warning)
 from sciexplain.records import write_jsonl
-from sciexplain.stats import krippendorff_alpha, summarize_pair
-from sciexplain.verdicts import holm
+from sciexplain.comparisons import summarize_pair
+from sciexplain.stats import holm, krippendorff_alpha
 
 # --------------------------------------------------------------------------- helpers
 

@@ -8,7 +8,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))
-from sciexplain.annotations import JUDGE, Annotation, build_sheet, sheet_hashes, write_annotations  # noqa: E402
+from sciexplain.annotation_store import write_annotations  # noqa: E402
+from sciexplain.annotations import JUDGE, Annotation
+from sciexplain.sheets import build_sheet, sheet_hashes
 from sciexplain.records import write_jsonl  # noqa: E402
 
 OUT = ROOT / "tests" / "data" / "bad" / "annotations"
