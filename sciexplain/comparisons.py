@@ -35,9 +35,9 @@ import numpy as np
 from .annotations import HUMAN, JUDGE, read_annotation_dir, warn_stderr
 from .records import DataError
 from .stats import (TIE, binom_p, detectable_win_rate, fleiss_kappa, holm, krippendorff_alpha, majority_vote, round_p,
-                    round_rate, verdict_side, wilson_interval)
+                    round_rate, call_side, wilson_interval)
 from .strengths import DECISIVE_STRENGTHS, STRENGTH_MARGIN, STRENGTHS, UNSURE  # noqa: F401
-from .verdicts import BETTER, CANNOT_TELL, NOT_VALIDATED, WORSE, comparison_verdict
+from .verdicts import SUBJECT_BETTER, CANNOT_TELL, NOT_VALIDATED, SUBJECT_WORSE, comparison_verdict
 
 BASELINE = "base"
 HUMANS = "humans"
@@ -48,7 +48,7 @@ def annotator_summary(ratings: dict, key: dict, models: tuple[str, str], kind: s
     wins = {m: 0 for m in models}
     ties = 0
     for item, ann in ratings.items():
-        side = verdict_side((ann.choice or None, ann.strength), f"item {item!r}")
+        side = call_side((ann.choice or None, ann.strength), f"item {item!r}")
         if side == TIE:
             ties += 1
         else:
@@ -70,7 +70,7 @@ def agreement_with_humans(judge: dict, humans: dict[str, dict], key: dict) -> di
         if major == TIE:
             continue
         n += 1
-        hits += verdict_side((ann.choice or None, ann.strength)) == major  # A/B order is the same for both
+        hits += call_side((ann.choice or None, ann.strength)) == major  # A/B order is the same for both
     lo, hi = wilson_interval(hits, n)
     return {"agreement": round(hits / n, 4) if n else None, "n": n, "ci95_low": round_rate(lo), "ci95_high": round_rate(hi)}
 
@@ -112,9 +112,9 @@ def verdict_sentence(v: Mapping) -> str:
     p = v.get("p_holm", v.get("p"))
     holm_m = v.get("holm_family_size") or 0
     p_txt = "no test" if p is None else f"p = {p:.3g}" + (f" (Holm, {holm_m} tests)" if holm_m > 1 else "")
-    if v["verdict"] == BETTER:
+    if v["verdict"] == SUBJECT_BETTER:
         text = f"{s} is better than {o}, by {src}: {votes}, {p_txt}; {power}."
-    elif v["verdict"] == WORSE:
+    elif v["verdict"] == SUBJECT_WORSE:
         text = f"{s} is worse than {o}, by {src}: {votes}, {p_txt}; {power}."
     elif v["verdict"] == CANNOT_TELL:
         text = f"cannot tell whether {s} or {o} is better, by {src}: {votes}, {p_txt}; {power}."
@@ -229,7 +229,7 @@ def adjust_family(metrics: Mapping[str, dict], family: str, alpha: float = 0.05)
         v["p_holm"] = round_p(adjusted[pair])
         v["holm_family_size"] = size
         v["unadjusted_verdict"] = v["verdict"]
-        if v["verdict"] in (BETTER, WORSE) and (v["p_holm"] is None or v["p_holm"] > alpha):
+        if v["verdict"] in (SUBJECT_BETTER, SUBJECT_WORSE) and (v["p_holm"] is None or v["p_holm"] > alpha):
             v["verdict"] = CANNOT_TELL
     tested = [p for p, x in raw.items() if x is not None]
     return {"family": family, "method": "holm", "alpha": alpha, "m": len(tested), "members": sorted(tested),
@@ -275,7 +275,7 @@ def read_groups(pair: str, hashes: Mapping[str, str], judgments_dir, annotations
     return Groups(groups[JUDGE], groups[HUMAN], dict(sorted(stale.items())))
 
 
-__all__ = ["BETTER", "WORSE", "CANNOT_TELL", "NOT_VALIDATED", "summarize_pair", "adjust_family", "headline_summary", "power_at",
+__all__ = ["SUBJECT_BETTER", "SUBJECT_WORSE", "CANNOT_TELL", "NOT_VALIDATED", "summarize_pair", "adjust_family", "headline_summary", "power_at",
            "Groups", "read_groups", "summarize", "subject_of", "judge_validation", "verdict_sentence"]
 
 
@@ -359,7 +359,7 @@ def summarize_pair(annotations: Mapping[str, Mapping[str, Sequence]], key: Mappi
     models = (m1, m2)
 
     # side[a][item] in {"A", "B", "tie"}; label = the same in model space
-    side = {a: {item: verdict_side(v, f"annotator {a!r}, item {item!r}") for item, v in annotations[a].items()}
+    side = {a: {item: call_side(v, f"annotator {a!r}, item {item!r}") for item, v in annotations[a].items()}
             for a in annotators}
     label = {a: {item: _to_model(s, key[item]) for item, s in side[a].items()} for a in annotators}
     raters = {item: [a for a in annotators if item in annotations[a]] for item in items}

@@ -33,12 +33,12 @@ from .annotations import Annotation
 from .backends import judge_backend
 from .cache import generate_cached
 from .generation import Backend, GenRequest, SamplingParams
-from .panel import PanelResult, apply_finished_rule, rubric_annotations, short_verdict, validate_panel  # noqa: F401
+from .panel import PanelResult, apply_finished_rule, rubric_annotations, short_call, validate_panel  # noqa: F401
 from .records import DataError
 from .strengths import STRENGTHS, UNSURE, normalize_strength
 
 __all__ = [
-    "PROMPT_PATH", "parse_verdict", "swap_verdict", "combine_verdicts", "load_template", "render_prompt",
+    "PROMPT_PATH", "parse_call", "swap_call", "combine_calls", "load_template", "render_prompt",
     "rubric_annotations", "apply_finished_rule", "LLMJudge", "validate_panel", "Panel", "PanelResult",
     "run_panel",
 ]
@@ -47,16 +47,18 @@ PROMPT_PATH = "prompts/judge.md"
 PLACEHOLDERS = ("question", "answer_a", "answer_b")
 
 # "Verdict: A, Strength: Better" on one line; markdown emphasis and quotes are ignored.
-_VERDICT_RE = re.compile(
+_CALL_RE = re.compile(
     r"verdict\s*[:=]\s*(?P<side>a|b|tie|none|neither)\b[\s,;.|-]*"
     r"(?:strength\s*[:=]\s*(?P<strength>significantly\s+better|slightly\s+better|better|unsure))?",
     re.IGNORECASE,
 )
 
 
-# --------------------------------------------------------------------------- verdicts
+# --------------------------------------------------------------------------- calls
+# A judge's answer on one item is a *call*, ``(choice, strength)``, the same shape a person's annotation row has;
+# a comparison's outcome over all items is a *verdict* (:mod:`sciexplain.verdicts`).
 
-def parse_verdict(text: str | None) -> tuple[str, str] | None:
+def parse_call(text: str | None) -> tuple[str, str] | None:
     """``(choice, strength)`` from a judge reply, or None when it holds no valid verdict line.
 
     The last line that matches ``Verdict: A|B|Tie[,] Strength: <label>`` wins (so a reply may reason
@@ -67,7 +69,7 @@ def parse_verdict(text: str | None) -> tuple[str, str] | None:
         return None
     for line in reversed(text.splitlines()):
         clean = re.sub(r"[*_`\"'#>]", "", line)
-        matches = list(_VERDICT_RE.finditer(clean))
+        matches = list(_CALL_RE.finditer(clean))
         if not matches:
             continue
         m = matches[-1]
@@ -81,7 +83,7 @@ def parse_verdict(text: str | None) -> tuple[str, str] | None:
     return None
 
 
-def swap_verdict(verdict: tuple[str, str] | None) -> tuple[str, str] | None:
+def swap_call(verdict: tuple[str, str] | None) -> tuple[str, str] | None:
     """Map a verdict given on the swapped prompt (B shown as A) back to the sheet's A/B."""
     if verdict is None:
         return None
@@ -89,7 +91,7 @@ def swap_verdict(verdict: tuple[str, str] | None) -> tuple[str, str] | None:
     return ({"A": "B", "B": "A"}.get(choice, ""), strength)
 
 
-def combine_verdicts(first: tuple[str, str] | None, second: tuple[str, str] | None) -> tuple[Annotation, str]:
+def combine_calls(first: tuple[str, str] | None, second: tuple[str, str] | None) -> tuple[Annotation, str]:
     """Merge the verdicts of the two orders (both in the sheet's A/B) into one annotation and a reason.
 
     Reasons: ``"unparseable"`` (either is None), ``"disagree"`` (different sides, a tie counts as a
@@ -135,7 +137,7 @@ class LLMJudge:
     """An LLM judge: one backend, one prompt template, greedy by default, every call cached.
 
     :meth:`judge` asks every item twice (order ``ab`` as on the sheet, then ``ba`` swapped) and merges
-    the two verdicts with :func:`combine_verdicts`. After a call, :attr:`last_stats` holds counts:
+    the two verdicts with :func:`combine_calls`. After a call, :attr:`last_stats` holds counts:
     ``items, calls, unparseable`` (replies), ``unparseable_items, disagree, ties, agree`` (items), ``unfinished``
     (replies cut by max_new_tokens) and the cache ``hits, misses``.
     """
@@ -166,12 +168,12 @@ class LLMJudge:
         count_as = {"unparseable": "unparseable_items", "disagree": "disagree", "tie": "ties", "agree": "agree"}
         out = {}
         for n, item in enumerate(sheet):
-            v_ab = parse_verdict(results[2 * n].text)
-            v_ba = swap_verdict(parse_verdict(results[2 * n + 1].text))
+            v_ab = parse_call(results[2 * n].text)
+            v_ba = swap_call(parse_call(results[2 * n + 1].text))
             stats["unparseable"] += (v_ab is None) + (v_ba is None)
-            ann, reason = combine_verdicts(v_ab, v_ba)
+            ann, reason = combine_calls(v_ab, v_ba)
             stats[count_as[reason]] += 1
-            out[item["item_id"]] = ann._replace(comment=f"{reason}: ab={short_verdict(v_ab)}; ba={short_verdict(v_ba)}")
+            out[item["item_id"]] = ann._replace(comment=f"{reason}: ab={short_call(v_ab)}; ba={short_call(v_ba)}")
         self.last_stats = stats
         return out
 

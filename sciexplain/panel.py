@@ -48,13 +48,13 @@ def apply_finished_rule(annotations: Mapping[str, Annotation], sheet: Iterable[M
             new = Annotation(done, "Slightly better", "")
         else:
             continue
-        note = f"finished rule ({cut} unfinished): {short_verdict((ann.choice, ann.strength))} -> {short_verdict((new.choice, new.strength))}"
+        note = f"finished rule ({cut} unfinished): {short_call((ann.choice, ann.strength))} -> {short_call((new.choice, new.strength))}"
         out[iid] = new._replace(comment=f"{ann.comment}; {note}" if ann.comment else note)
         changed += 1
     return out, changed
 
 
-def short_verdict(v: tuple[str, str] | None) -> str:
+def short_call(v: tuple[str, str] | None) -> str:
     return "unparseable" if v is None else (f"{v[0]}/{v[1]}" if v[0] else v[1])
 
 

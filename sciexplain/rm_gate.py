@@ -4,7 +4,7 @@ The reward_model stage writes a ``validation`` block into ``metrics/reward_model
 (:func:`validation_block`): the reward model's accuracy on the held-out human pairs
 (``data/human_pairs/test.jsonl``, questions never trained on) with its question-level cluster-bootstrap 95%
 interval, and ``cleared`` = that interval's lower end is above :data:`CHANCE` (0.5). Every stage that uses the
-reward model's scores (score, select -- which feeds rs and dpo --, evaluate's reward statistics) calls
+reward model's scores (score_samples, select -- which feeds rs and dpo --, score_eval) calls
 :func:`require_validated` first: it refuses with one line naming the figure unless ``cleared``, or unless
 ``reward_model.allow_unvalidated`` is true, in which case it logs the same figure as a warning and goes on
 (the metrics then carry ``used_unvalidated: true`` and the report opens with a warning).

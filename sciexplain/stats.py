@@ -48,7 +48,7 @@ def round_p(p: float | None) -> float | None:
     return float(f"{float(p):.4g}")
 
 
-def verdict_side(verdict: Sequence, where: str | None = None) -> str:
+def call_side(verdict: Sequence, where: str | None = None) -> str:
     """The side a verdict ``(choice, strength)`` prefers: ``"A"``, ``"B"`` or ``"tie"`` (Unsure).
 
     Raises :class:`DataError` for an unknown strength, or a decisive strength whose choice is not
@@ -172,7 +172,7 @@ def majority_vote(verdicts: Iterable[Sequence]) -> str:
     one "Slightly better" counts as much as one "Significantly better". Unsure votes are
     abstentions, so ``[A, Unsure, Unsure]`` is a win for A.
     """
-    counts = Counter(verdict_side(v, f"verdict {i}") for i, v in enumerate(verdicts))
+    counts = Counter(call_side(v, f"verdict {i}") for i, v in enumerate(verdicts))
     if counts["A"] > counts["B"]:
         return "A"
     if counts["B"] > counts["A"]:

@@ -37,7 +37,7 @@ def base_label(m) -> str | None:
     return f"{m['source']}:{m['model']}" if m and m.get("model") else (m or {}).get("source")
 
 
-def make_report(p, *, rewards_dir, comparisons_dir, prepared, generations, annotations, metrics_dir, plots_dir,
+def make_report(p, *, scores_dir, comparisons_dir, prepared, generations, annotations, metrics_dir, plots_dir,
                 strengths_path, report_dir) -> tuple[dict, dict]:
     """Write every output of the report stage from the typed params ``p``; returns ``(reward statistics per model,
     win-rate metrics per pair)``."""
@@ -64,7 +64,7 @@ def make_report(p, *, rewards_dir, comparisons_dir, prepared, generations, annot
     ids = [q["id"] for q in questions]
 
     # reward statistics, over kept answers only
-    scored = {m: need(Path(rewards_dir) / f"{m}.json", f"rewards@{m}") for m in models}
+    scored = {m: need(Path(scores_dir) / f"{m}.json", f"score_eval@{m}") for m in models}
     rewards = {m: scored[m]["rewards"] for m in models}
     dropped = {m: scored[m]["dropped"] for m in models}
     reward_stats = reward_statistics(rewards, "base", n_resamples=p.evaluate.bootstrap_resamples)

@@ -33,7 +33,7 @@ from typing import Mapping, Sequence
 from .sheets import build_sheet
 from .panel import Panel
 from .splits import hash_order
-from .stats import TIE, round_p, round_rate, verdict_side, wilson_interval
+from .stats import TIE, round_p, round_rate, call_side, wilson_interval
 from .stats import cluster_bootstrap_ci, cohen_kappa, holm, mcnemar_exact
 
 BASELINES = ("longer", "random")
@@ -69,7 +69,7 @@ def random_choices(sheet: Sequence[Mapping], seed: int) -> dict[str, str]:
 
 def choices_from_annotations(annotations: Mapping) -> dict[str, str]:
     """``{item_id: Annotation}`` (a judge's output) -> ``{item_id: "A" | "B" | "tie"}``."""
-    return {item: verdict_side((ann.choice or None, ann.strength), f"item {item!r}") for item, ann in annotations.items()}
+    return {item: call_side((ann.choice or None, ann.strength), f"item {item!r}") for item, ann in annotations.items()}
 
 
 def choices_from_scores(scores: Mapping[str, tuple[float, float]], tie_tolerance: float = 0.0) -> dict[str, str]:

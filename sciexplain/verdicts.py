@@ -9,8 +9,8 @@ import math
 
 from .stats import binom_p, detectable_win_rate, round_p, round_rate  # noqa: F401  (the statistics live in stats)
 
-BETTER, WORSE, CANNOT_TELL, NOT_VALIDATED = "better", "worse", "cannot tell at this n", "judge not validated"
-VERDICTS = (BETTER, WORSE, CANNOT_TELL, NOT_VALIDATED)
+SUBJECT_BETTER, SUBJECT_WORSE, CANNOT_TELL, NOT_VALIDATED = "better", "worse", "cannot tell at this n", "judge not validated"
+VERDICTS = (SUBJECT_BETTER, SUBJECT_WORSE, CANNOT_TELL, NOT_VALIDATED)
 
 
 def comparison_verdict(wins: int, losses: int, ties: int, judge_ci: tuple | None, *, human: bool = False,
@@ -37,7 +37,7 @@ def comparison_verdict(wins: int, losses: int, ties: int, judge_ci: tuple | None
     if not validated:
         verdict = NOT_VALIDATED
     elif decisive and p <= alpha:
-        verdict = BETTER if wins > losses else WORSE
+        verdict = SUBJECT_BETTER if wins > losses else SUBJECT_WORSE
     else:
         verdict = CANNOT_TELL
     return {"verdict": verdict, "n": wins + losses + ties, "wins": wins, "losses": losses, "ties": ties,

@@ -367,10 +367,10 @@ def test_skipped_annotation_files_are_each_named_with_a_reason(judged):
 
 
 def test_the_report_reads_each_pairs_metrics_and_adjusts_the_family(judged, monkeypatch):
-    """rewards@<model> -> data/rewards, winrate@<pair> -> metrics/compare, then the report: stale human rows left
+    """score_eval@<model> -> data/eval_scores, winrate@<pair> -> metrics/compare, then the report: stale human rows left
     out and counted (per pair), the headline tests Holm-adjusted as one family in eval_winrates.json."""
     import sciexplain.reward
-    from stages import report, rewards
+    from stages import report, score_eval
 
     class FakeScorer:
         def __init__(self, *a, **k):
@@ -388,7 +388,7 @@ def test_the_report_reads_each_pairs_metrics_and_adjusts_the_family(judged, monk
     write_params(judged / "params.yaml", {"evaluate": {"models": ["base", "sft"], "examples": 1,
                                                        "bootstrap_resamples": 50, "max_questions": None}})
     for m in ("base", "sft"):
-        run(rewards, ["--model", m, "--base", "unused", "--reward", "unused", "--out", f"data/rewards/{m}.json"])
+        run(score_eval, ["--model", m, "--base", "unused", "--reward", "unused", "--out", f"data/eval_scores/{m}.json"])
     rows = _votes(judged, "sft")
     rows[0]["item_hash"] = "a" * 16  # made on another version of this item
     _write(judged / ALICE, rows)

@@ -185,7 +185,7 @@ def test_repro_then_status_clean(tiny_repo, teacher_server):
     repo, out = tiny_repo
     names = _stage_names(repo)
     assert {"answer@base", "answer@dpo", "compare@rs_vs_teacher", "judge@sft_vs_base", "winrate@dpo_vs_base",
-            "rewards@teacher", "report", "grpo"} <= set(names)
+            "score_eval@teacher", "report", "grpo"} <= set(names)
     for stage in names:
         assert f"Running stage '{stage}'" in out
     assert teacher_server.total_served > 0
@@ -213,7 +213,7 @@ MODELS = ("base", "sft", "rs", "dpo", "teacher")
     ({"generate": {"max_new_tokens": 9}}, {"answer@base", "answer@sft", "answer@rs", "answer@dpo"}),
     ({"answer": {"models": {"sft": {"splits": ["eval"]}}}}, {"answer@sft"}),
     ({"compare": {"seed": 3}}, {f"compare@{p}" for p in PAIRS}),
-    ({"evaluate": {"max_questions": 2}}, {f"compare@{p}" for p in PAIRS} | {f"rewards@{m}" for m in MODELS} | {"report"}),
+    ({"evaluate": {"max_questions": 2}}, {f"compare@{p}" for p in PAIRS} | {f"score_eval@{m}" for m in MODELS} | {"report"}),
 ])
 def test_param_change_dirties_only_its_stage(tiny_repo, update, expect):
     """`dvc status` lists the stage whose param changed (its downstream reruns only if its outputs change).
@@ -241,7 +241,7 @@ def test_a_new_pair_and_a_new_model_are_a_params_edit(tiny_repo):
                               "compare": {"pairs": {"sft2_vs_base": ["sft2", "base"], "dpo_vs_sft": ["dpo", "sft"]}},
                               "evaluate": {"models": list(MODELS) + ["sft2"]}})
         # (`dvc repro --dry` cannot walk stages whose deps do not exist yet; `dvc status` lists every stage to run)
-        assert _dirty_stages(repo) == {"answer@sft2", "rewards@sft2", "report",
+        assert _dirty_stages(repo) == {"answer@sft2", "score_eval@sft2", "report",
                                        *(f"{s}@{p}" for s in ("compare", "judge", "winrate")
                                          for p in ("sft2_vs_base", "dpo_vs_sft"))}
     finally:
@@ -311,7 +311,7 @@ def test_a_human_annotation_file_updates_stats_without_regenerating(_tiny):
     out = run["repro"]
     ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
     # every winrate reads data/annotations, as reward_model does (people's files may train it): a retrained reward
-    # model reruns what scores with it (rewards@*, score, grpo), never an answer, a sheet or a judge
+    # model reruns what scores with it (score_eval@*, score_samples, grpo), never an answer, a sheet or a judge
     assert {"winrate@sft_vs_base", "report"} <= ran
     assert not {s for s in ran if s.startswith(("answer", "teacher", "sample", "compare", "judge", "sft", "rs", "dpo"))}, ran
     compare = run["compare"]

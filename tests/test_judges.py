@@ -12,8 +12,8 @@ from sciexplain.annotation_store import write_annotations
 from sciexplain.annotations import STRENGTHS, Annotation, read_annotations
 from sciexplain.generation import GenResult
 from sciexplain.records import DataError
-from sciexplain.judges import (LLMJudge, Panel, combine_verdicts, load_template, parse_verdict, render_prompt,
-                               run_panel, swap_verdict, validate_panel)
+from sciexplain.judges import (LLMJudge, Panel, combine_calls, load_template, parse_call, render_prompt,
+                               run_panel, swap_call, validate_panel)
 
 PROMPT = ROOT / "prompts" / "judge.md"
 
@@ -74,7 +74,7 @@ def test_rubric_params_are_used():
     ("Verdict: A, Strength: Unsure", ("", "Unsure")),
 ])
 def test_parse_valid(text, expected):
-    assert parse_verdict(text) == expected
+    assert parse_call(text) == expected
 
 
 @pytest.mark.parametrize("text", [
@@ -82,18 +82,18 @@ def test_parse_valid(text, expected):
     "Verdict: A, Strength: Much better", "A\n\nA\n\nB",
 ])
 def test_parse_malformed(text):
-    assert parse_verdict(text) is None
+    assert parse_call(text) is None
 
 
 def test_combine_and_swap():
-    assert swap_verdict(("A", "Better")) == ("B", "Better") and swap_verdict(("", "Unsure")) == ("", "Unsure")
-    assert swap_verdict(None) is None
-    assert combine_verdicts(("A", "Significantly better"), ("A", "Slightly better")) == (Annotation("A", "Slightly better", ""), "agree")
-    assert combine_verdicts(("B", "Better"), ("B", "Significantly better")) == (Annotation("B", "Better", ""), "agree")
-    assert combine_verdicts(("A", "Better"), ("B", "Better"))[1] == "disagree"
-    assert combine_verdicts(("A", "Better"), ("", "Unsure")) == (Annotation("", "Unsure", ""), "disagree")
-    assert combine_verdicts(("", "Unsure"), ("", "Unsure"))[1] == "tie"
-    assert combine_verdicts(None, ("A", "Better")) == (Annotation("", "Unsure", ""), "unparseable")
+    assert swap_call(("A", "Better")) == ("B", "Better") and swap_call(("", "Unsure")) == ("", "Unsure")
+    assert swap_call(None) is None
+    assert combine_calls(("A", "Significantly better"), ("A", "Slightly better")) == (Annotation("A", "Slightly better", ""), "agree")
+    assert combine_calls(("B", "Better"), ("B", "Significantly better")) == (Annotation("B", "Better", ""), "agree")
+    assert combine_calls(("A", "Better"), ("B", "Better"))[1] == "disagree"
+    assert combine_calls(("A", "Better"), ("", "Unsure")) == (Annotation("", "Unsure", ""), "disagree")
+    assert combine_calls(("", "Unsure"), ("", "Unsure"))[1] == "tie"
+    assert combine_calls(None, ("A", "Better")) == (Annotation("", "Unsure", ""), "unparseable")
 
 
 def test_template_and_render(tmp_path):

@@ -77,7 +77,7 @@ def test_tiny_repro_params_are_valid():
 
 def test_every_key_dvc_yaml_declares_is_in_the_schema():
     stages = ps._stages(str(ROOT / "dvc.yaml"))
-    assert {"teacher", "prepare", "answer", "compare", "sft", "rs", "rewards", "report"} <= set(stages)
+    assert {"teacher", "prepare", "answer", "compare", "sft", "rs", "score_eval", "report"} <= set(stages)
     for name, spec in stages.items():
         for key in spec["params"] or []:
             model = ps.SECTIONS.get(key.split(".")[0])

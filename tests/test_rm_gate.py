@@ -1,5 +1,5 @@
 """The reward model against people: losses, the held-out evaluation with baselines, and the gate every stage that
-uses the reward model passes (score, select, rewards). No model: scorers here are plain functions."""
+uses the reward model passes (score_samples, select, score_eval). No model: scorers here are plain functions."""
 from __future__ import annotations
 
 import json
@@ -14,7 +14,7 @@ from sciexplain.records import DataError, UserError, stable_id
 from sciexplain.reward import constant_loss, pair_loss
 from sciexplain.reward_eval import heldout_eval
 from sciexplain.rm_gate import check, figure, require_validated, validation_block
-from stages import rewards, score, select
+from stages import score_eval, score_samples, select
 
 
 # --------------------------------------------------------------------------- losses
@@ -156,12 +156,12 @@ def _scored(workdir):
 def test_select_and_score_refuse_an_unvalidated_reward_model(workdir):
     _scored(workdir)
     _metrics(workdir, _block(), False)
-    for mod, name in ((select, "select"), (score, "score")):
+    for mod, name in ((select, "select"), (score_samples, "score_samples")):
         r = CliRunner().invoke(mod.main, [])
         assert r.exit_code == 1 and "Traceback" not in r.output, r.output
         assert "accuracy 0.52, 95% CI 0.43–0.61" in r.output and f"{name} refuses" in r.output
         assert "reward_model.allow_unvalidated: true" in r.output
-    assert not (workdir / "data/rs/selected.jsonl").exists() and not (workdir / "metrics/score.json").exists()
+    assert not (workdir / "data/rs/selected.jsonl").exists() and not (workdir / "metrics/score_samples.json").exists()
     # allowed: select runs and its metrics say the model was not cleared
     _metrics(workdir, _block(), True)
     r = CliRunner().invoke(select.main, [])
@@ -183,8 +183,8 @@ def test_rewards_refuses_before_scoring(workdir):
         (workdir / f"data/generations/{m}/eval.jsonl").write_text(json.dumps({**q, "answer": "Because.", "sample": 0}) + "\n")
     _metrics(workdir, _block(), False)
     write_params(workdir / "params.yaml", {"evaluate": {"models": ["base", "sft"]}})
-    r = CliRunner().invoke(rewards.main, ["--model", "sft", "--base", "nowhere", "--reward", "nowhere",
-                                          "--out", "data/rewards/sft.json"])
+    r = CliRunner().invoke(score_eval.main, ["--model", "sft", "--base", "nowhere", "--reward", "nowhere",
+                                          "--out", "data/eval_scores/sft.json"])
     assert r.exit_code == 1 and "Traceback" not in r.output, r.output
-    assert "accuracy 0.52" in r.output and "rewards refuses" in r.output
-    assert not (workdir / "data/rewards").exists()
+    assert "accuracy 0.52" in r.output and "score_eval refuses" in r.output
+    assert not (workdir / "data/eval_scores").exists()

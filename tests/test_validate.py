@@ -13,7 +13,7 @@ from sciexplain.judges import Panel
 from sciexplain.validation import choices_from_scores, make_sheet, validate
 from sciexplain.stats import (_critical_k, cluster_bootstrap_ci, cohen_kappa, detectable_win_rate, holm, mcnemar_exact,
                               sign_test_power)
-from sciexplain.verdicts import BETTER, CANNOT_TELL, NOT_VALIDATED, VERDICTS, WORSE, comparison_verdict
+from sciexplain.verdicts import SUBJECT_BETTER, CANNOT_TELL, NOT_VALIDATED, VERDICTS, SUBJECT_WORSE, comparison_verdict
 
 PROMPT = ROOT / "prompts" / "judge.md"
 
@@ -76,16 +76,16 @@ def test_detectable_win_rate_is_the_exact_sign_test_at_80_percent_power():
 def test_every_verdict_category_on_constructed_data():
     good_judge = (0.62, 0.80)
     v = comparison_verdict(40, 10, 5, good_judge)
-    assert v["verdict"] == BETTER and v["n"] == 55 and v["decisive"] == 50 and v["win_rate"] == 0.8 and v["p"] < 0.05
+    assert v["verdict"] == SUBJECT_BETTER and v["n"] == 55 and v["decisive"] == 50 and v["win_rate"] == 0.8 and v["p"] < 0.05
     assert 0.5 < v["detectable_win_rate"] < 0.8 and v["detectable_difference"] == pytest.approx(v["detectable_win_rate"] - 0.5, abs=1e-4)
-    assert comparison_verdict(10, 40, 0, good_judge)["verdict"] == WORSE
+    assert comparison_verdict(10, 40, 0, good_judge)["verdict"] == SUBJECT_WORSE
     small = comparison_verdict(7, 3, 2, good_judge)  # 70% but n too small
     assert small["verdict"] == CANNOT_TELL and small["p"] > 0.05 and small["detectable_win_rate"] > 0.7
     assert comparison_verdict(3, 1, 0, good_judge)["detectable_win_rate"] is None  # no share detectable at 4 votes
     assert comparison_verdict(0, 0, 9, good_judge)["verdict"] == CANNOT_TELL
     for ci in ((0.45, 0.70), (0.30, 0.48), (None, None), None):  # includes 0.5, below it, missing
         assert comparison_verdict(40, 10, 5, ci)["verdict"] == NOT_VALIDATED
-    assert comparison_verdict(40, 10, 5, None, human=True)["verdict"] == BETTER
+    assert comparison_verdict(40, 10, 5, None, human=True)["verdict"] == SUBJECT_BETTER
     assert {comparison_verdict(w, l, 0, ci)["verdict"] for w, l, ci in
             [(40, 10, good_judge), (10, 40, good_judge), (6, 5, good_judge), (40, 10, (0.4, 0.6))]} == set(VERDICTS)
 

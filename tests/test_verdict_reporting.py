@@ -363,7 +363,7 @@ def test_final_evaluation_stages_end_to_end(workdir, monkeypatch):
                                            "judge": {"panel": [{"name": "rubric", "type": "rubric"}]}})
     prompt = str(Path(__file__).resolve().parents[1] / "prompts/judge.md")
     for cmd, args in ((compare, []), (judge, ["--prompt", prompt]), (winrate, []),
-                      *((rewards, ["--model", m, "--base", "unused", "--reward", "unused", "--out", f"data/rewards/{m}.json"])
+                      *((rewards, ["--model", m, "--base", "unused", "--reward", "unused", "--out", f"data/eval_scores/{m}.json"])
                         for m in ("base", "sft", "rs", "dpo", "teacher")), (report, [])):
         r = CliRunner().invoke(cmd.main, args)
         assert r.exit_code == 0, (cmd.__name__, r.output)

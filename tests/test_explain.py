@@ -3,7 +3,7 @@ import torch
 from click.testing import CliRunner
 from peft import LoraConfig, get_peft_model
 
-from sciexplain import ask
+from sciexplain import explain as ask
 from sciexplain.models import load_causal_lm
 
 

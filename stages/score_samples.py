@@ -13,7 +13,7 @@ from sciexplain.records import DataError, read_jsonl, write_json, write_jsonl
               help="the reward model's validation on held-out human pairs (the gate)")
 @click.option("--samples", default="data/rs/samples.jsonl", show_default=True)
 @click.option("--out", "out_path", default="data/rs/scored.jsonl", show_default=True)
-@click.option("--metrics", "metrics_path", default="metrics/score.json", show_default=True)
+@click.option("--metrics", "metrics_path", default="metrics/score_samples.json", show_default=True)
 @params_option
 @stage
 def main(base_dir, reward_dir, reward_metrics, samples, out_path, metrics_path, params_path):
@@ -22,9 +22,9 @@ def main(base_dir, reward_dir, reward_metrics, samples, out_path, metrics_path, 
     from sciexplain.stats import reward_summary
 
     from sciexplain import models
-    p = read_params(params_path, "score")
+    p = read_params(params_path, "score_samples")
     models.set_compute_dtype(p.model.compute_dtype)  # bf16 or fp32, by CPU and work
-    require_validated(reward_metrics, p.reward_model.allow_unvalidated, "score")
+    require_validated(reward_metrics, p.reward_model.allow_unvalidated, "score_samples")
     recs = read_jsonl(samples, required=("id", "question"), allow_empty=False)
     for n, r in enumerate(recs, 1):
         if not isinstance(r.get("answer"), str):

@@ -1,4 +1,4 @@
-"""Stage rewards@<model>: the reward model scores one model's eval answers (sample 0, the first
+"""Stage score_eval@<model>: the reward model scores one model's eval answers (sample 0, the first
 ``evaluate.max_questions`` questions when set).
 
 Writes ``<out>`` = ``{"model", "questions", "rewards": {question id: reward}, "dropped": {n, reasons, ids}}``:
@@ -20,7 +20,7 @@ from sciexplain.records import read_jsonl, write_json
 @click.option("--reward-metrics", default="metrics/reward_model.json", show_default=True, help="its validation")
 @click.option("--prepared", default="data/prepared/eval.jsonl", show_default=True)
 @click.option("--generations", default="data/generations", show_default=True)
-@click.option("--out", "out_path", required=True, help="e.g. data/rewards/sft.json")
+@click.option("--out", "out_path", required=True, help="e.g. data/eval_scores/sft.json")
 @params_option
 @stage
 def main(model, base_dir, reward_dir, reward_metrics, prepared, generations, out_path, params_path):
@@ -29,13 +29,13 @@ def main(model, base_dir, reward_dir, reward_metrics, prepared, generations, out
     from sciexplain.rm_gate import require_validated
 
     from sciexplain import models
-    p = read_params(params_path, f"rewards@{model}")
+    p = read_params(params_path, f"score_eval@{model}")
     models.set_compute_dtype(p.model.compute_dtype)  # bf16 or fp32, by CPU and work
     questions = read_jsonl(prepared)
     limit = p.evaluate.max_questions
     ids = [q["id"] for q in (questions[:limit] if limit else questions)]
     answers, dropped = load_eval_answers(generations, [model], ids)
-    require_validated(reward_metrics, p.reward_model.allow_unvalidated, "rewards")
+    require_validated(reward_metrics, p.reward_model.allow_unvalidated, "score_eval")
     scorer = RewardScorer(base_dir, reward_dir, quantize_4bit=p.model.quantize_4bit)
     kept = [i for i in ids if i in answers[model]]
     recs = [answers[model][i] for i in kept]
