@@ -22,7 +22,8 @@ import logging
 import math
 import time
 
-from .dist import evaluate_before_train, is_main_process, save_adapter
+from . import trainer_config
+from .dist import evaluate_before_train, save_adapter
 from .models import (count_parameters, keep_adapter_in_compute_dtype, load_tokenizer, load_trainable_policy,
                      training_init_kwargs, training_quantization_config)
 from .prompts import student_messages
@@ -115,13 +116,8 @@ def train_dpo(base_dir, pairs: list[dict], val_pairs: list[dict], out_dir, *, in
     from .records import UserError
 
     callbacks = []
-    live = None
-    if live_dir is not None and is_main_process():
-        from dvclive import Live
-        from transformers.integrations import DVCLiveCallback
-
-        live = Live(str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None)
-        callbacks.append(DVCLiveCallback(live=live))
+    live, live_callbacks = trainer_config.dvclive(live_dir)
+    callbacks += live_callbacks
     settings = trainer
     trainer = build_dpo_trainer(base_dir, pairs, val_pairs, init_adapter=init_adapter, lora=lora, beta=beta,
                                 loss_type=loss_type, trainer=settings, scratch_dir=scratch_dir,

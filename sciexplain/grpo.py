@@ -34,7 +34,8 @@ from statistics import mean
 
 from transformers import TrainerCallback
 
-from .dist import is_main_process, save_adapter
+from . import trainer_config
+from .dist import save_adapter
 from .models import count_parameters, has_cuda, keep_adapter_in_compute_dtype, load_tokenizer, load_trainable_adapter
 from .prompts import student_messages
 
@@ -245,13 +246,8 @@ def train_grpo(base_dir, questions: list[str], out_dir, *, scorer, init_adapter,
     ds = Dataset.from_list([{"prompt": student_messages(q), "question": q} for q in questions])
     guard_cb = GuardCallback(**(guard or {}))
     callbacks = [guard_cb]
-    live = None
-    if live_dir is not None and is_main_process():
-        from dvclive import Live
-        from transformers.integrations import DVCLiveCallback
-
-        live = Live(str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None)
-        callbacks.append(DVCLiveCallback(live=live))
+    live, live_callbacks = trainer_config.dvclive(live_dir)
+    callbacks += live_callbacks
     trainer = GRPOTrainer(model=model, reward_funcs=[RewardModelReward(scorer, score_batch_size)], args=args,
                           train_dataset=ds, processing_class=tok, reward_processing_classes=[None], callbacks=callbacks)
     keep_adapter_in_compute_dtype(trainer.model)  # QLoRA on the CPU: LoRA weights stay fp32
@@ -310,13 +306,11 @@ def write_disabled(out_dir) -> None:
 def write_disabled_outputs(out_dir, live_dir, metrics_path) -> None:
     """Every output of the grpo stage when ``grpo.enabled`` is false: the adapter folder with its ``DISABLED`` note,
     a DVCLive folder (so the declared plots stay valid) and the metrics without numbers."""
-    from dvclive import Live
-
     from .records import new_dir, write_json
 
     with new_dir(Path(out_dir)) as tmp:
         write_disabled(tmp)
-    live = Live(str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None)
+    live, _ = trainer_config.dvclive(live_dir)
     live.log_metric("enabled", 0)
     live.end()
     write_json(metrics_path, disabled_metrics())

@@ -18,6 +18,7 @@ import logging
 import time
 from typing import Mapping, Sequence
 
+from . import trainer_config
 from .records import UserError
 from .reward import REWARD_CONFIG, ChatEncoder, round4, constant_loss, encode_pairs
 
@@ -108,11 +109,7 @@ def train_reward_model(base_dir, train_pairs: Sequence[Mapping], out_dir, *, lor
         from transformers import EarlyStoppingCallback
 
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=int(early_stopping_patience)))
-    if live_dir is not None and is_main_process():
-        from dvclive import Live
-        from transformers.integrations import DVCLiveCallback
-
-        callbacks.append(DVCLiveCallback(live=Live(str(live_dir), dvcyaml=False, save_dvc_exp=False)))
+    callbacks += trainer_config.dvclive(live_dir)[1]
     trainer = RewardTrainer(model=str(base_dir), args=args, train_dataset=dataset, eval_dataset=eval_dataset,
                             processing_class=tok,
                             peft_config=peft_cfg, callbacks=callbacks,

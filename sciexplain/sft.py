@@ -14,7 +14,8 @@ import logging
 import math
 import time
 
-from .dist import evaluate_before_train, is_main_process, save_adapter
+from . import trainer_config
+from .dist import evaluate_before_train, save_adapter
 from .models import (count_parameters, keep_adapter_in_compute_dtype, load_tokenizer, load_trainable_policy,
                      training_init_kwargs, training_quantization_config)
 from .prompts import student_messages
@@ -117,13 +118,8 @@ def train_sft(base_dir, train_records: list[dict], val_records: list[dict], out_
     train_ds = Dataset.from_list(to_conversations(train_records, answer_field))
     val_ds = Dataset.from_list(to_conversations(val_records, answer_field)) if val_records else None
     callbacks = []
-    live = None
-    if live_dir is not None and is_main_process():
-        from dvclive import Live
-        from transformers.integrations import DVCLiveCallback
-
-        live = Live(str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None)
-        callbacks.append(DVCLiveCallback(live=live))
+    live, live_callbacks = trainer_config.dvclive(live_dir)
+    callbacks += live_callbacks
     trainer = make_lean_trainer_class()(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
                          processing_class=tok, peft_config=peft_config, callbacks=callbacks,
                          quantization_config=training_quantization_config(quantize_4bit) if from_path else None)

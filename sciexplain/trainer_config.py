@@ -59,6 +59,20 @@ def precision(work: str = "train") -> dict:
     return {"use_cpu": not has_cuda(), "bf16": compute_dtype(work) == torch.bfloat16, "fp16": False}
 
 
+def dvclive(live_dir) -> tuple[Any, list]:
+    """A training stage's DVCLive run and its trainer callback, set up in one place: curves only (no dvc.yaml of its
+    own, no experiment, no report). ``(None, [])`` without ``live_dir`` or off the main process."""
+    from .dist import is_main_process
+
+    if live_dir is None or not is_main_process():
+        return None, []
+    from dvclive import Live
+    from transformers.integrations import DVCLiveCallback
+
+    live = Live(str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None)
+    return live, [DVCLiveCallback(live=live)]
+
+
 def build(section: str, settings: Mapping[str, Any] | None, *, defaults: Mapping[str, Any] | None = None,
           owned: Mapping[str, Any] | None = None):
     """``trl.<Config>(**(defaults | settings | owned))`` for ``section`` after :func:`check`. ``seed`` also becomes
