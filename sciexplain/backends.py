@@ -91,10 +91,9 @@ def engine_backend(params, model_name: str, base_dir, adapter=None, batch_size: 
 
 def judge_backend(spec: Mapping, base_dir: str | os.PathLike = "models/base") -> Backend:
     """The backend of an ``llm`` judge spec (as :func:`sciexplain.judges.validate_panel` returns it)."""
-    return make_backend(
-        spec["backend"], base_dir=spec.get("base") or base_dir, adapter=spec.get("adapter"),
-        quantize_4bit=spec.get("quantize_4bit", "auto"), batch_size=spec.get("batch_size", 16),
-        model=spec.get("model"), base_url=spec.get("base_url"), api_key_env=spec.get("api_key_env"),
-        max_concurrency=spec.get("max_concurrency", 8), max_retries=spec.get("max_retries", 6),
-        timeout=spec.get("timeout", 60), max_tokens_field=spec.get("max_tokens_field", "max_tokens"),
-        weights=spec.get("weights"), vllm=spec.get("vllm"), where=f"judge.panel[{spec['name']}].backend")
+    backend = spec["backend"]  # the spec's own keys, every default filled in by the schema (validate_panel)
+    kwargs = {k: spec[k] for k in ("adapter", "quantize_4bit", "batch_size", "model", "base_url", "api_key_env",
+                                   "max_concurrency", "max_retries", "timeout", "max_tokens_field", "weights", "vllm")
+              if k in spec}
+    return make_backend(backend, base_dir=spec.get("base") or base_dir, **kwargs,
+                        where=f"judge.panel[{spec['name']}].backend")

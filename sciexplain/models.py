@@ -205,7 +205,22 @@ def training_init_kwargs(quantize_4bit) -> dict:
 
 def training_quantization_config(quantize_4bit):
     """The trainer's ``quantization_config`` (NF4 with quant storage = compute dtype), or None."""
-    return bnb_config() if use_4bit(quantize_4bit) else None
+    if not use_4bit(quantize_4bit):
+        return None
+    if not has_cuda():
+        keep_cpu_4bit_layout_trainable()
+    return bnb_config()
+
+
+def keep_cpu_4bit_layout_trainable() -> None:
+    """bitsandbytes 0.50 repacks a ``Linear4bit``'s weights for its avx512_bf16 CPU kernel the first time the layer
+    runs in eval mode without grad (TRL's evaluation before training does); that kernel has no backward, so a LoRA
+    model trained after it gets no gradient through the packed layers: the adapters below them stop learning. A
+    4-bit model that will be trained on the CPU keeps the plain layout (new layers never pack; inference-only 4-bit
+    models still do)."""
+    import bitsandbytes.nn.modules as bnb_modules
+
+    bnb_modules.has_avx512bf16 = lambda: False
 
 
 # --------------------------------------------------------------------------- the base model stage

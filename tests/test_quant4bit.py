@@ -68,3 +68,25 @@ def test_qlora_steps_then_merge_into_the_fp32_base(tiny_base_4bit, tmp_path):
     with torch.no_grad():
         on_4bit = models.load_causal_lm(tiny_base_4bit, adapter=tmp_path / "qlora", quantize_4bit=True)(ids).logits
     assert torch.isfinite(on_4bit).all() and not torch.allclose(on_4bit, want, atol=1e-5)
+
+
+def test_a_4bit_model_trained_on_the_cpu_keeps_its_gradients_after_an_eval_pass(tiny_base_4bit):
+    """bitsandbytes 0.50 repacks a Linear4bit's weights for its avx512_bf16 CPU kernel after one no-grad forward in
+    eval mode (TRL evaluates before training), and that kernel has no backward: the LoRA layers below the packed ones
+    then get no gradient. The training loaders keep the plain layout (models.keep_cpu_4bit_layout_trainable). On a
+    CPU without avx512_bf16 nothing is ever packed, and this checks the plain path."""
+    if torch.cuda.is_available():
+        pytest.skip("CPU check")
+    from peft import get_peft_model
+
+    model = get_peft_model(models.trl_load(tiny_base_4bit, quantize_4bit=True),
+                           models.lora_config(r=4, alpha=8, dropout=0.0))
+    assert not any(getattr(m, "support_avx512bf16_for_cpu", False) for m in model.modules())
+    ids = torch.tensor([[1, 5, 9, 30, 40, 7]])
+    model.eval()
+    with torch.no_grad():
+        model(ids)
+    model.train()
+    model(ids, labels=ids).loss.backward()
+    first = [p.grad for n, p in model.named_parameters() if "layers.0." in n and "lora_B" in n]
+    assert len(first) == 7 and all(g is not None and g.abs().sum() > 0 for g in first)
