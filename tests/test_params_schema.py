@@ -303,13 +303,13 @@ def test_a_partial_params_file_drives_one_stage():
     only = {"compare": {"pairs": {"base_vs_sft": ["base", "sft"]}, "seed": 0}, "evaluate": {"max_questions": None}}
     assert ps.check_stage(only, "compare") is only
     assert _error(only, "teacher").startswith("params.yaml: model: missing")
-    # score declares reward_model.allow_unvalidated alone: the rest of reward_model may be absent ...
+    # score_samples declares reward_model.allow_unvalidated alone: the rest of reward_model may be absent ...
     score = {"model": {"quantize_4bit": "auto"}, "score": {"batch_size": 8}, "reward_model": {"allow_unvalidated": True}}
-    assert ps.check_stage(score, "score") is score
+    assert ps.check_stage(score, "score_samples") is score
     # ... but what is present is checked, and a declared key may not be missing
     assert "reward_model.unsure: expected one of drop, keep" in _error(
-        _set(score, "reward_model.unsure", "sometimes"), "score")
-    assert _error(_set(score, "reward_model.allow_unvalidated", DELETE), "score").startswith(
+        _set(score, "reward_model.unsure", "sometimes"), "score_samples")
+    assert _error(_set(score, "reward_model.allow_unvalidated", DELETE), "score_samples").startswith(
         "params.yaml: reward_model.allow_unvalidated: missing; expected true or false")
     # a stage that declares a whole section needs all of it
     assert "teacher.min_words: missing" in _error(_set(PARAMS, "teacher.min_words", DELETE), "report")
