@@ -38,7 +38,7 @@ def main(base_dir, out_dir, metrics_path, params_path):
     records = splitting.filter_lengths(
         tqdm(records, desc="length filter", unit="q", mininterval=2), n_tokens, drops,
         p.prepare.min_question_tokens, p.prepare.max_question_tokens, p.prepare.max_answer_tokens)
-    splits = splitting.split(records, p.prepare.splits, p.prepare.seed, eval_records)
+    splits = splitting.split(records, p.prepare.splits.model_dump(), p.prepare.seed, eval_records)
 
     out = Path(out_dir)
     for name, recs in splits.items():

@@ -34,7 +34,7 @@ ERRORS = {
     "missing_strength.jsonl": (2, "strength", "missing field"),
     "unknown_choice.jsonl": (3, "choice", "must be A or B"),
     "unknown_item_id.jsonl": (2, "item_id", "unknown item id 'q9'"),
-    "hash_missing.jsonl": (2, "item_hash", "python -m sciexplain.annotations migrate --sheet "
+    "hash_missing.jsonl": (2, "item_hash", "python -m sciexplain.migrate_annotations --sheet "
                                            "data/compare/base_vs_sft/sheet.jsonl"),
     "hash_wrong_type.jsonl": (2, "item_hash", "must be a string, got int"),
     "wrong_type.jsonl": (1, "strength", "must be a string, got int"),

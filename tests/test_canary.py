@@ -25,8 +25,8 @@ import yaml
 from conftest import ROOT, write_params
 from openai_server import FakeOpenAIServer, answer_text, verdict_reply
 
-STAGES = ["answer", "validate", "teacher", "compare", "judge", "sample"]  # every one calls a server
-RUNS = ["answer@base", "answer@sft", "validate", "teacher", "compare@sft_vs_base", "judge@sft_vs_base", "sample"]
+STAGES = ["code", "answer", "validate", "teacher", "compare", "judge", "sample"]  # every one but code calls a server
+RUNS = ["code", "answer@base", "answer@sft", "validate", "teacher", "compare@sft_vs_base", "judge@sft_vs_base", "sample"]
 SEARCHED = ["data", "models", "metrics", "reports", "plots", ".dvc", "logs", "dvc.lock"]
 ENGINE_KEY_ENV = "SCIEXPLAIN_ENGINE_API_KEY"
 
@@ -150,7 +150,7 @@ def test_no_api_key_in_any_output_cache_dvc_file_or_log(tmp_path, tiny_base):
     assert server.total_served >= 40, server.total_served
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
     assert set(lock["stages"]) == set(RUNS)
-    assert lock["stages"]["teacher"]["params"]["params.yaml"]["teacher.api_key_env"] == "OPENAI_API_KEY"  # a name only
+    assert lock["stages"]["teacher"]["params"]["params.yaml"]["teacher"]["api_key_env"] == "OPENAI_API_KEY"  # a name only
     assert (repo / "data/cache/teacher.jsonl").exists() and (repo / "data/judgments/sft_vs_base/judge-gpt.jsonl").exists()
 
     roots = [repo / p for p in SEARCHED if (repo / p).exists()]
