@@ -221,7 +221,8 @@ def teacher_warning(teacher_check: Mapping | None) -> str | None:
         rate = rate.get("teacher")
     rate_txt = f" (teacher win rate {100 * rate:.0f}% of decisive votes)" if isinstance(rate, (int, float)) else ""
     what = (f"the check says {verdict!r}" if verdict else "the check made no comparison")
-    why = f" {teacher_sentence(block)}" if "verdict" in block else ""
+    full = "decisive" in block and block.get("judge")  # a vs_student block of teacher_check (or not compared)
+    why = f" {teacher_sentence(block)}" if full or "not_compared" in block else ""
     return (f"Warning: the teacher is not shown to write better than its student{rate_txt}; {what}. Training on "
             f"its answers (sft, rs) has no premise to stand on.{why}")
 

@@ -117,9 +117,11 @@ def test_vllm_missing_is_one_clear_line(tiny_base, monkeypatch):
 def _params(tmp_path, **engine):
     import yaml
 
+    from sciexplain.params_schema import Params
+
     p = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
     p["engine"].update(engine)
-    return p
+    return Params(p)
 
 
 def test_engine_backend_served_names_and_weights(tiny_base, tmp_path):

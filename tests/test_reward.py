@@ -308,8 +308,7 @@ def test_annotation_pairs_keep_unsure_with_zero_margin(compare_dirs):
     b = prefs.make_pair("q", "q", "two", "one", "", "Unsure", "s", "keep")
     assert (a["chosen"], a["rejected"]) == (b["chosen"], b["rejected"])
     assert prefs.make_pair("q", "q", "one", "two", "", "Unsure", "s", "drop") is None
-    with pytest.raises(DataError, match="unsure"):
-        prefs.make_pair("q", "q", "one", "two", "A", "Better", "s", "maybe")
+    # a bad reward_model.unsure stops at the params check (tests/test_params_schema.py), before any pair is built
 
 
 GOOD = ("The sky looks blue because air molecules scatter short wavelengths of sunlight more strongly than long ones, "

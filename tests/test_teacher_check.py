@@ -12,7 +12,7 @@ from openai_server import FakeOpenAIServer
 from sciexplain.sheets import build_sheet, read_sheet
 from sciexplain.records import DataError
 from sciexplain.judges import Panel
-from sciexplain.teacher_check import check_items, teacher_vs_student
+from sciexplain.teacher_check import check_items, teacher_vs_student, sentence
 
 GOOD = ("{q} The direct answer is a physical mechanism. Sunlight, water and molecules follow simple laws, and "
         "scientists describe them with measurable quantities.\n\nFirst, the cause acts on a small scale; therefore "
@@ -60,7 +60,7 @@ def test_teacher_vs_student_verdicts(teacher_text, student_text, val, verdict):
     assert v["win_rate"] == wins / 12 and v["ci_low"] <= v["win_rate"] <= v["ci_high"] and v["p"] < 0.001
     assert 0.5 < v["detectable_win_rate"] < 1 and v["detectable_difference"] == pytest.approx(v["detectable_win_rate"] - 0.5, abs=1e-3)
     assert v["judge_ci_low"] == (val["judges"]["rubric"]["agreement_cluster_ci_low"] if val else None)
-    assert set(v["judges"]) == {"rubric"} and v["finished_rule"] == {"rubric": 0} and v["sentence"]
+    assert set(v["judges"]) == {"rubric"} and v["finished_rule"] == {"rubric": 0} and "teacher" in sentence(v)
 
 
 def test_teacher_vs_student_small_n_and_unfinished_student():
@@ -72,7 +72,7 @@ def test_teacher_vs_student_small_n_and_unfinished_student():
     v = teacher_vs_student(records("teacher", POOR, 4), cut, panel, validation(0.6))
     assert v["student_unfinished"] == 4 and v["losses"] == 0 and v["finished_rule"]["rubric"] == 4
     empty = teacher_vs_student([], cut, panel, None)
-    assert empty["n"] == 0 and empty["verdict"] is None and "not compared" in empty["sentence"]
+    assert empty["n"] == 0 and empty["verdict"] is None and "not compared" in sentence(empty)
 
 
 # --------------------------------------------------------------------------- the teacher stage

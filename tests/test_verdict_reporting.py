@@ -15,7 +15,7 @@ from sciexplain import report
 from sciexplain.annotate_web import assign_items, make_server
 from sciexplain.annotations import Annotation
 from sciexplain.sheets import build_sheet
-from sciexplain.comparisons import adjust_family, summarize
+from sciexplain.comparisons import adjust_family, summarize, verdict_sentence
 from sciexplain.evaluation import load_eval_answers
 from sciexplain.study_report import (opening, reward_model_warning, reward_statistics,
                                    teacher_warning)
@@ -86,7 +86,8 @@ def test_judge_headline_and_the_four_verdicts():
     assert m["headline_source"] == "judge-rubric"  # the best-validated judge, not the first name
     assert m["verdict"]["verdict"] == "better" and m["win_rate"]["sft"] == 1.0
     assert m["judges"]["judge-weak"]["verdict"]["verdict"] == "judge not validated"
-    assert "not validated" in m["judges"]["judge-weak"]["verdict"]["sentence"]
+    assert "not validated" in verdict_sentence(m["judges"]["judge-weak"]["verdict"])
+    assert "sentence" not in m["verdict"]  # metrics hold codes and numbers; the words are made when shown
     # no validation file: no judge is validated, whatever it says
     none = summarize("sft_vs_base", sheet, key, judges, {}, None)
     assert none["verdict"]["verdict"] == "judge not validated" and none["headline_source"] == "judge-rubric"
@@ -94,7 +95,7 @@ def test_judge_headline_and_the_four_verdicts():
     small_sheet, small_key = _sheet(8)
     few = summarize("sft_vs_base", small_sheet, small_key, {"judge-rubric": _votes(small_key, "sft", items=sorted(small_key)[:6])
                     | _votes(small_key, "base", items=sorted(small_key)[6:])}, {}, _validation(rubric=(0.62, 0.8)))
-    assert few["verdict"]["verdict"] == "cannot tell at this n" and "80% power" in few["verdict"]["sentence"]
+    assert few["verdict"]["verdict"] == "cannot tell at this n" and "80% power" in verdict_sentence(few["verdict"])
     assert few["verdict"]["n"] == 8 and few["verdict"]["detectable_win_rate"] is not None
 
 
@@ -116,7 +117,7 @@ def test_holm_family_adjusts_headlines_only():
     assert metrics["sft_vs_base"]["verdict"]["verdict"] == "better"  # p 0.0004 -> Holm 0.0012
     assert metrics["rs_vs_base"]["verdict"]["verdict"] == "cannot tell at this n"  # p 0.041 -> Holm 0.083
     assert metrics["rs_vs_base"]["verdict"]["unadjusted_verdict"] == "better"
-    assert "(Holm, 3 tests)" in metrics["rs_vs_base"]["verdict"]["sentence"]
+    assert "(Holm, 3 tests)" in verdict_sentence(metrics["rs_vs_base"]["verdict"])
     single = {"sft_vs_base": summarize("sft_vs_base", *_sheet(20), {}, {"alice": _votes(_sheet(20)[1], "sft")})}
     assert adjust_family(single, "one")["adjusted"] is False
 
@@ -280,8 +281,8 @@ def test_warnings_from_teacher_check_and_reward_model():
     assert w.startswith("Warning: the teacher is not shown") and "48%" in w
     assert teacher_warning({"teacher_better": False}) is not None
     assert teacher_warning({"vs_student": {"verdict": "better", "teacher_better": True}}) is None  # teacher_check.py
-    w = teacher_warning({"vs_student": {"verdict": None, "sentence": "The teacher was not compared."}})
-    assert "made no comparison" in w and w.endswith("The teacher was not compared.")
+    w = teacher_warning({"vs_student": {"verdict": None, "not_compared": "empty_panel"}})
+    assert "made no comparison" in w and w.endswith("The teacher was not compared with its student: judge.panel is empty.")
     assert reward_model_warning({"heldout": {"accuracy": 0.5}}) is None  # no flag: no warning
     assert reward_model_warning({"validation": {"cleared": True}}) is None
     w = reward_model_warning({"validation": {"cleared": False, "accuracy": 0.52, "allow_unvalidated": True}})
@@ -334,7 +335,7 @@ def test_final_evaluation_stages_end_to_end(workdir, monkeypatch):
     """compare, judge, winrate per pair, rewards per model (reward model stubbed), then the report: dropped teacher
     answers out and counted, verdicts in eval_winrates.json, the report opening with the warnings and verdicts."""
     import sciexplain.reward
-    from stages import compare, judge, report, rewards, winrate
+    from stages import compare, judge, report, score_eval, winrate
 
     class FakeScorer:
         def __init__(self, *a, **k):
@@ -363,7 +364,7 @@ def test_final_evaluation_stages_end_to_end(workdir, monkeypatch):
                                            "judge": {"panel": [{"name": "rubric", "type": "rubric"}]}})
     prompt = str(Path(__file__).resolve().parents[1] / "prompts/judge.md")
     for cmd, args in ((compare, []), (judge, ["--prompt", prompt]), (winrate, []),
-                      *((rewards, ["--model", m, "--base", "unused", "--reward", "unused", "--out", f"data/eval_scores/{m}.json"])
+                      *((score_eval, ["--model", m, "--base", "unused", "--reward", "unused", "--out", f"data/eval_scores/{m}.json"])
                         for m in ("base", "sft", "rs", "dpo", "teacher")), (report, [])):
         r = CliRunner().invoke(cmd.main, args)
         assert r.exit_code == 0, (cmd.__name__, r.output)
