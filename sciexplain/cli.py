@@ -45,6 +45,24 @@ def params_option(fn):
                         type=click.Path(dir_okay=False), help="params file")(fn)
 
 
+def _options(fn, options):
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def generation_outputs(out: str, cache: str, metrics: str, out_dest: str = "out_path"):
+    """The outputs of a stage that generates text: ``--out`` (a DVC out), ``--cache`` (the append-only response cache,
+    kept outside DVC outs so it survives reruns and resumes a killed run) and ``--metrics``."""
+    options = (
+        click.option("--out", out_dest, default=out, show_default=True),
+        click.option("--cache", "cache_path", default=cache, show_default=True,
+                     help="response cache (kept outside DVC outs so it survives reruns)"),
+        click.option("--metrics", "metrics_path", default=metrics, show_default=True),
+    )
+    return lambda fn: _options(fn, options)
+
+
 def trainer_outputs(name: str):
     """The four outputs of a training stage as options, defaults from its ``name``: ``--out models/<name>`` (the
     adapter), ``--metrics metrics/<name>.json``, ``--live metrics/<name>`` (DVCLive curves) and ``--scratch
@@ -58,12 +76,7 @@ def trainer_outputs(name: str):
                      help="trainer scratch: checkpoints (not a DVC out)"),
     )
 
-    def decorate(fn):
-        for option in reversed(options):
-            fn = option(fn)
-        return fn
-
-    return decorate
+    return lambda fn: _options(fn, options)
 
 
 def read_params(path: str, stage: str | list[str] | None = None):

@@ -254,9 +254,13 @@ class BankSource(Section):
     path: Str(what="a file path")
 
 
-class StackExchangeSource(Section):
+class _StackExchangeDump(Section):
+    """A Stack Exchange dump's Posts.xml (a question source for prepare, or human pairs for validate)."""
     type: Literal["stackexchange"]
     path: Str(what="a file path (Posts.xml)")
+
+
+class StackExchangeSource(_StackExchangeDump):
     min_score: Int(ge=0) = 1
     domain: Str(null=True) = None
     require_answer: Bool() = False
@@ -713,9 +717,7 @@ class PairsSource(Section):
     path: Str(what="a file path (.jsonl or .csv)")
 
 
-class HumanStackExchangeSource(Section):
-    type: Literal["stackexchange"]
-    path: Str(what="a file path (Posts.xml)")
+class HumanStackExchangeSource(_StackExchangeDump):
     min_score_gap: Count() = 2
     max_pairs_per_question: Count() = 3
     margin_full_gap: Count() = 15
@@ -740,14 +742,8 @@ class ValidateParams(Section):
     bootstrap: Count()
 
 
-class SampleParams(Section):
+class SampleParams(GenerateParams):
     n: Count()
-    max_new_tokens: Count()
-    temperature: Temperature()
-    top_p: TopP()
-    seed: Seed()
-    batch_size: Count()
-    repetition_penalty: RepetitionPenalty = 1.0
 
 
 class ScoreParams(Section):

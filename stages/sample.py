@@ -5,7 +5,7 @@ vLLM (``n`` samples in one request), or an OpenAI-compatible server (one call pe
 """
 import click
 
-from sciexplain.cli import params_option, read_params, stage
+from sciexplain.cli import generation_outputs, params_option, read_params, stage
 from sciexplain.records import read_jsonl, write_json, write_jsonl
 
 
@@ -14,9 +14,7 @@ from sciexplain.records import read_jsonl, write_json, write_jsonl
 @click.option("--adapter", default="models/sft", show_default=True)
 @click.option("--model-name", default="sft", show_default=True, help="the sampled model's name (served name for openai)")
 @click.option("--questions", default="data/prepared/rs.jsonl", show_default=True)
-@click.option("--out", "out_path", default="data/rs/samples.jsonl", show_default=True)
-@click.option("--cache", "cache_path", default="data/cache/sample.jsonl", show_default=True)
-@click.option("--metrics", "metrics_path", default="metrics/sample.json", show_default=True)
+@generation_outputs("data/rs/samples.jsonl", "data/cache/sample.jsonl", "metrics/sample.json")
 @params_option
 @stage
 def main(base_dir, adapter, model_name, questions, out_path, cache_path, metrics_path, params_path):

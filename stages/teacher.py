@@ -22,7 +22,7 @@ from pathlib import Path
 
 import click
 
-from sciexplain.cli import params_option, read_params, stage
+from sciexplain.cli import generation_outputs, params_option, read_params, stage
 from sciexplain.records import read_jsonl, write_json, write_jsonl
 
 
@@ -30,10 +30,7 @@ from sciexplain.records import read_jsonl, write_json, write_jsonl
 @click.option("--prepared", default="data/prepared", show_default=True, help="folder of split files")
 @click.option("--base", "base_dir", default="models/base", show_default=True)
 @click.option("--prompts", "prompts_dir", default="prompts", show_default=True)
-@click.option("--out", "out_dir", default="data/generations/teacher", show_default=True)
-@click.option("--cache", "cache_path", default="data/cache/teacher.jsonl", show_default=True,
-              help="response cache (kept outside DVC outs so it survives reruns)")
-@click.option("--metrics", "metrics_path", default="metrics/teacher.json", show_default=True)
+@generation_outputs("data/generations/teacher", "data/cache/teacher.jsonl", "metrics/teacher.json", out_dest="out_dir")
 @click.option("--student", "student_path", default="data/generations/base/sft.jsonl", show_default=True,
               help="the student's (base model's) answers to the sft questions; the check is skipped when missing")
 @click.option("--validation", "validation_path", default="metrics/validate.json", show_default=True,

@@ -163,3 +163,26 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def cache_lines(path: Path) -> list[dict]:
+    """The records of a response cache file (JSONL), a torn last line left out; [] when there is none."""
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:  # a torn last line
+            pass
+    return out
+
+
+class WordCountScorer:
+    """Stands in for sciexplain.reward.RewardScorer where the model does not matter: reward = words / 100."""
+
+    def __init__(self, *a, **k):
+        pass
+
+    def score(self, questions, answers, batch_size=1, progress=False):
+        return [len(a.split()) / 100 for a in answers]

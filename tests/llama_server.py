@@ -39,8 +39,10 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
+
+from openai_server import LoopbackHTTP
 
 
 def free_port() -> int:
@@ -135,7 +137,7 @@ def last_user_content(body: dict) -> str:
     return users[-1] if users else ""
 
 
-class CountingProxy:
+class CountingProxy(LoopbackHTTP):
     """A loopback HTTP proxy in front of an OpenAI-compatible server that counts the chat completions it relays."""
 
     def __init__(self, upstream_base_url: str, timeout: float = 300.0):
@@ -148,15 +150,7 @@ class CountingProxy:
         self.delay = 0.0  # seconds each chat completion waits before it is forwarded
         self.in_flight = 0  # chat completions received and not yet answered
         self.lock = threading.Lock()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
-        self._httpd.daemon_threads = True
-        self._httpd.handle_error = lambda request, client_address: None  # a client that hung up (killed stage)
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-
-    @property
-    def base_url(self) -> str:
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}/v1"
+        self._start_http()
 
     @property
     def total(self) -> int:
@@ -179,15 +173,6 @@ class CountingProxy:
             self.attempts.clear()
             self.bodies.clear()
             self.texts.clear()
-
-    def __enter__(self) -> "CountingProxy":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join(timeout=5)
 
     def _handler_class(self):
         proxy = self

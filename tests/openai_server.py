@@ -75,7 +75,31 @@ def completion_for(body: dict, finish_reason: str = "stop", text: str | None = N
     }
 
 
-class FakeOpenAIServer:
+class LoopbackHTTP:
+    """An HTTP server on 127.0.0.1 (a free port) run in a thread by ``with``; subclasses give ``_handler_class``."""
+
+    def _start_http(self) -> None:
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._httpd.daemon_threads = True
+        self._httpd.handle_error = lambda request, client_address: None  # clients that hang up: not our problem
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host}:{port}/v1"
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=5)
+
+
+class FakeOpenAIServer(LoopbackHTTP):
     def __init__(self):
         self.fail_first = 0
         self.fail_status = 429
@@ -101,15 +125,7 @@ class FakeOpenAIServer:
         self.bodies: list[dict] = []
         self.auth: list[str | None] = []
         self.lock = threading.Lock()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
-        self._httpd.daemon_threads = True
-        self._httpd.handle_error = lambda request, client_address: None  # clients that hang up: not our problem
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-
-    @property
-    def base_url(self) -> str:
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}/v1"
+        self._start_http()
 
     @property
     def total_served(self) -> int:
@@ -129,15 +145,9 @@ class FakeOpenAIServer:
         self._drop = drop
         self._gate.set()
 
-    def __enter__(self) -> "FakeOpenAIServer":
-        self._thread.start()
-        return self
-
     def __exit__(self, *exc) -> None:
         self.open_gate(drop=True)
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join(timeout=5)
+        super().__exit__(*exc)
 
     # -- request handling ----------------------------------------------------------------------
     def _decide(self, body: dict, auth: str) -> tuple[int, dict, dict, float]:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from conftest import ROOT, read_jsonl, write_params
+from conftest import ROOT, WordCountScorer, read_jsonl, write_params
 
 
 def set_pairs(path, *names):
@@ -372,14 +372,7 @@ def test_the_report_reads_each_pairs_metrics_and_adjusts_the_family(judged, monk
     import sciexplain.reward
     from stages import report, score_eval
 
-    class FakeScorer:
-        def __init__(self, *a, **k):
-            pass
-
-        def score(self, questions, answers, batch_size=1, progress=False):
-            return [len(a.split()) / 100 for a in answers]
-
-    monkeypatch.setattr(sciexplain.reward, "RewardScorer", FakeScorer)
+    monkeypatch.setattr(sciexplain.reward, "RewardScorer", WordCountScorer)
     metrics = judged / "metrics"
     metrics.mkdir(exist_ok=True)
     for name, obj in (("select", {}), ("base_model", {"source": "tiny"}), ("reward_model", {"validation": {"cleared": True}}),

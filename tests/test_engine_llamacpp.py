@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from conftest import ROOT, read_jsonl, write_params
+from conftest import ROOT, cache_lines, read_jsonl, write_params
 from llama_server import CountingProxy, LlamaServer, llama_cpp_available
 
 pytestmark = [pytest.mark.slow, pytest.mark.engine]
@@ -68,16 +68,6 @@ def _finish(proc: subprocess.Popen, timeout: float = 300) -> str:
     return out
 
 
-def _cache_lines(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:  # a torn last line
-            pass
-    return out
 
 
 # -- the engine itself ---------------------------------------------------------------------------------------
@@ -137,7 +127,7 @@ def test_teacher_stage_on_llamacpp(teacher_project, proxy, llama):
     assert [m["role"] for m in sent["messages"]] == ["system", "user"]  # the quality prompt, then the question
     # what the stage cached is what llama.cpp answered
     relayed = sorted(t for texts in proxy.texts.values() for t in texts)
-    cached = sorted(e["text"] for e in _cache_lines(teacher_project / "data/cache/teacher.jsonl"))
+    cached = sorted(e["text"] for e in cache_lines(teacher_project / "data/cache/teacher.jsonl"))
     assert cached == relayed and all(t.strip() for t in relayed)
     sft = read_jsonl(teacher_project / "data/generations/teacher/sft.jsonl")
     assert [x["id"] for x in sft] == ["q0", "q1"] and sft[0]["source"] == "openai:base"
@@ -167,13 +157,13 @@ def test_sample_stage_n_distinct_and_resume_after_kill(workdir, proxy, llama):
     proxy.delay = 0.3  # room to kill the stage between answers
     proc = _run_stage("sample", args, workdir)
     deadline = time.monotonic() + 240
-    while len(_cache_lines(cache)) < 4 and proc.poll() is None and time.monotonic() < deadline:
+    while len(cache_lines(cache)) < 4 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=30)
     assert proc.returncode == -signal.SIGKILL, "the stage finished before it could be killed"
     proxy.wait_idle()  # a call in flight when the stage died is still answered by the server
-    cached = {(e["id"], e["sample"]): e["text"] for e in _cache_lines(cache)}
+    cached = {(e["id"], e["sample"]): e["text"] for e in cache_lines(cache)}
     assert 4 <= len(cached) < 9
     assert not (workdir / "data/rs/samples.jsonl").exists()
     first = Counter(proxy.calls)
@@ -232,6 +222,6 @@ def test_answer_stage_cache_follows_served_weights_fingerprint(workdir, proxy):
     (weights / "adapter_model.safetensors").write_bytes(b"adapter v2")  # retrained, served under the same name
     run()
     assert proxy.total == 4 and not any(v > 2 for v in proxy.calls.values())
-    assert len(_cache_lines(workdir / "data/cache/answer-sft.jsonl")) == 4  # both versions kept, each under its key
+    assert len(cache_lines(workdir / "data/cache/answer-sft.jsonl")) == 4  # both versions kept, each under its key
     run()
     assert proxy.total == 4  # the new weights' answers are cached in turn

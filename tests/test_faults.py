@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, write_params
+from conftest import ROOT, cache_lines, write_params
 from openai_server import FakeOpenAIServer, answer_text, call_key, verdict_reply
 
 M = 3  # max_concurrency of every openai path here
@@ -58,16 +58,6 @@ def _stage(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", f"stages.{module}", *args]
 
 
-def _cache_lines(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:  # a torn last line
-            pass
-    return out
 
 
 def _questions(path: Path, questions) -> list[dict]:
@@ -102,7 +92,7 @@ def kill_and_resume(argv, cwd: Path, cache: Path, total: int, kill_at: list[int]
         return Counter(line for line in calls_log.read_text().splitlines() if line)
 
     def cached_calls() -> set:
-        lines = _cache_lines(cache)
+        lines = cache_lines(cache)
         if server is None:
             return {f"{e['id']}:{e['sample']}" for e in lines}
         by_text = {_reply_of(server, b): call_key(b) for b in server.bodies}
@@ -114,7 +104,7 @@ def kill_and_resume(argv, cwd: Path, cache: Path, total: int, kill_at: list[int]
         log = cwd / f"run{n}.log"
         proc = _popen(argv, cwd, log)
         deadline = time.monotonic() + timeout
-        while len(_cache_lines(cache)) < k and proc.poll() is None and time.monotonic() < deadline:
+        while len(cache_lines(cache)) < k and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.003)
         time.sleep(settle)  # let the calls started after the k-th answer reach the engine
         in_flight = server.in_flight if server is not None else None
@@ -134,7 +124,7 @@ def kill_and_resume(argv, cwd: Path, cache: Path, total: int, kill_at: list[int]
     proc.wait(timeout=timeout)
     assert proc.returncode == 0, log.read_text()[-3000:]
     final_asked = sent() - before
-    assert len(_cache_lines(cache)) == total, f"{len(_cache_lines(cache))} cache lines for {total} calls (a call cached twice?)"
+    assert len(cache_lines(cache)) == total, f"{len(cache_lines(cache))} cache lines for {total} calls (a call cached twice?)"
     return {"crashes": crashes, "final_asked": final_asked, "all_sent": sent(), "server": server is not None}
 
 
@@ -178,7 +168,7 @@ def _same_files(clean: Path, fault: Path, rels: list[str]) -> None:
 
 
 def _texts(cache: Path) -> dict:
-    return {(e["id"], e["sample"]): e["text"] for e in _cache_lines(cache)}
+    return {(e["id"], e["sample"]): e["text"] for e in cache_lines(cache)}
 
 
 @pytest.fixture()

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from conftest import read_jsonl, write_params
+from conftest import WordCountScorer, read_jsonl, write_params
 from sciexplain import report
 from sciexplain.annotate_web import assign_items, make_server
 from sciexplain.annotations import Annotation
@@ -337,14 +337,7 @@ def test_final_evaluation_stages_end_to_end(workdir, monkeypatch):
     import sciexplain.reward
     from stages import compare, judge, report, score_eval, winrate
 
-    class FakeScorer:
-        def __init__(self, *a, **k):
-            pass
-
-        def score(self, questions, answers, batch_size=1, progress=False):
-            return [len(a.split()) / 100 for a in answers]
-
-    monkeypatch.setattr(sciexplain.reward, "RewardScorer", FakeScorer)
+    monkeypatch.setattr(sciexplain.reward, "RewardScorer", WordCountScorer)
     ids = _generations(workdir)
     for m in ("dpo",):
         write_jsonl(workdir / f"data/generations/{m}/eval.jsonl",
