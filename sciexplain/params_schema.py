@@ -13,14 +13,10 @@ trl_fields.json (no TRL import here), a setting the code owns is refused with th
 
     params.yaml: sft.trainer.learnin_rate: unknown setting of trl.SFTConfig; did you mean learning_rate?
 
-:func:`load` (what :func:`sciexplain.cli.read_params` calls, with the name of the stage that calls it) returns
-:class:`Params`: every section a frozen typed model with its defaults applied, read as attributes
-(``p.teacher.temperature``). It checks the sections the stage declares in dvc.yaml under ``params:`` first
-(:func:`check_stage`: a key the stage does not declare may be missing, so a trimmed params file still drives a single
-stage; a present key is always checked; a declared key without a default must be there), so every stage stops on a
-bad value before it loads a model; any other section is checked when first read. :func:`check_file` checks a whole
-file, every section required. This module owns the allowed values (splits, backends, loss types, the rubric's
-settings); the modules that act on them import them from here.
+:func:`check_stage` checks the sections a stage of dvc.yaml declares under ``params:`` (a key that the stage does
+not declare may be missing, so a trimmed params file still drives a single stage; a present key is always checked);
+:func:`check_file` checks a whole file, every section required. :func:`sciexplain.cli.read_params` calls
+:func:`check_stage` for the stage it is called from, so every stage stops on a bad value before it loads a model.
 
     python -m sciexplain.params_schema                         # check params.yaml (exit 1 with one line if bad)
     python -m sciexplain.params_schema other.yaml --stage teacher  # only what stage teacher declares
